@@ -1,0 +1,95 @@
+//! `coord`: starts the ftkv servers listed in a config file and coordinates them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ftkv::coord::{CoordOptions, default_server_bin, run};
+
+/// The ftkv coordinator. End of standard input (ctrl+d), SIGINT or SIGTERM shut the whole
+/// service down: every server writes server_<id>.primary and .secondary, then exits.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Port where clients ask for the configuration (0: any free port).
+    #[arg(short = 'c', long)]
+    clients_port: u16,
+    /// Port where servers report and heartbeat (0: any free port).
+    #[arg(short = 's', long)]
+    servers_port: u16,
+    /// Configuration file.
+    #[arg(short = 'C', long)]
+    config: PathBuf,
+    /// Seconds without a heartbeat before a server is declared dead (fractions allowed).
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    timeout: f64,
+    /// Log file (default: standard error).
+    #[arg(short = 'l', long)]
+    log: Option<PathBuf>,
+    /// Server heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    heartbeat_ms: u64,
+    /// The server binary (default: `server` beside this program).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where servers write their logs.
+    #[arg(long, default_value = ".")]
+    log_dir: PathBuf,
+    /// Where servers write their dumps.
+    #[arg(long, default_value = ".")]
+    dump_dir: PathBuf,
+    /// Do not shut down at the end of standard input (run in the background).
+    #[arg(long)]
+    ignore_stdin: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = match start(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("coord: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, String> {
+    std::path::absolute(&path).map_err(|e| format!("bad path {}: {e}", path.display()))
+}
+
+fn start(args: Args) -> Result<(), String> {
+    if !(args.timeout.is_finite() && args.timeout >= 0.05) {
+        return Err(format!(
+            "bad timeout {} (seconds, at least 0.05)",
+            args.timeout
+        ));
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
+    if heartbeat * 2 > timeout {
+        return Err(format!(
+            "heartbeat interval {heartbeat:?} is too long for a timeout of {timeout:?} (at most half)"
+        ));
+    }
+    let specs = ftkv::config::load(&args.config).map_err(|e| e.to_string())?;
+    ftkv::logging::init(args.log.as_deref(), "info")?;
+    let server_bin = match args.server_bin {
+        Some(path) => path,
+        None => default_server_bin().ok_or("cannot locate the server binary (use --server-bin)")?,
+    };
+    let opts = CoordOptions {
+        clients_port: args.clients_port,
+        servers_port: args.servers_port,
+        specs,
+        timeout,
+        heartbeat,
+        server_bin: absolute(server_bin)?,
+        log_dir: absolute(args.log_dir)?,
+        dump_dir: absolute(args.dump_dir)?,
+        watch_stdin: !args.ignore_stdin,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(run(opts)).map_err(|e| e.to_string())
+}

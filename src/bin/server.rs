@@ -1,0 +1,115 @@
+//! `server`: one ftkv storage server, normally started by `coord`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ftkv::server::{ServerOptions, run};
+
+/// An ftkv storage server. Started by `coord`, which passes the cluster token on standard
+/// input (or in FTKV_CLUSTER_TOKEN); it is never given on the command line.
+#[derive(Parser, Debug)]
+#[command(version, disable_help_flag = true)]
+struct Args {
+    /// Coordinator's host.
+    #[arg(short = 'h', long = "host")]
+    coord_host: String,
+    /// Coordinator's servers port.
+    #[arg(short = 'm', long = "coord-port")]
+    coord_port: u16,
+    /// Own clients port (0: any free port).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    clients_port: u16,
+    /// Own servers (replication) port (0: any free port).
+    #[arg(short = 's', long, default_value_t = 0)]
+    servers_port: u16,
+    /// Own coordinator-control port (0: any free port).
+    #[arg(short = 'M', long, default_value_t = 0)]
+    control_port: u16,
+    /// This server's id, 0..N-1.
+    #[arg(short = 'S', long)]
+    id: u32,
+    /// Number of servers in the cluster.
+    #[arg(short = 'n', long)]
+    servers: u32,
+    /// Log file (default: server_<id>.log in the working directory).
+    #[arg(short = 'l', long)]
+    log: Option<PathBuf>,
+    /// Directory for server_<id>.primary and .secondary.
+    #[arg(long, default_value = ".")]
+    dump_dir: PathBuf,
+    /// Address the listening ports bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Which start of this id this is (set by coord).
+    #[arg(long, default_value_t = 0)]
+    incarnation: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    heartbeat_ms: u64,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn read_token() -> Result<Vec<u8>, String> {
+    if let Ok(token) = std::env::var("FTKV_CLUSTER_TOKEN") {
+        return Ok(token.trim().as_bytes().to_vec());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the cluster token from standard input: {e}"))?;
+    let token = line.trim();
+    if token.is_empty() {
+        return Err("no cluster token on standard input (or in FTKV_CLUSTER_TOKEN)".into());
+    }
+    Ok(token.as_bytes().to_vec())
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = match start(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("server: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn start(args: Args) -> Result<(), String> {
+    if args.servers < 3 || args.id >= args.servers {
+        return Err(format!(
+            "bad id {} for {} servers (need id < n, n >= 3)",
+            args.id, args.servers
+        ));
+    }
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("server_{}.log", args.id)));
+    ftkv::logging::init(Some(&log), "info")?;
+    let token = read_token()?;
+    let opts = ServerOptions {
+        id: args.id,
+        servers: args.servers,
+        coordinator: format!("{}:{}", args.coord_host, args.coord_port),
+        bind_host: args.bind,
+        client_port: args.clients_port,
+        servers_port: args.servers_port,
+        control_port: args.control_port,
+        dump_dir: args.dump_dir,
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
+        incarnation: args.incarnation,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let result = runtime.block_on(run(opts, token));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "server stopped");
+    }
+    result.map_err(|e| e.to_string())
+}

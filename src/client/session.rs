@@ -1,0 +1,112 @@
+//! One interactive or scripted client session: parses lines, runs them, prints results in
+//! the original's format, and remembers the worst outcome for the exit status.
+
+use std::io::Write;
+
+use crate::client::line::{Command, Parsed, parse_line, quote};
+use crate::client::{Client, OpError};
+use crate::protocol::StatusReport;
+
+/// Exit status: 0 all succeeded, 1 only `Key not found` failures, 2 any other failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Ok = 0,
+    NotFound = 1,
+    Failed = 2,
+}
+
+pub struct Session {
+    client: Client,
+    operations: u64,
+    worst: Outcome,
+}
+
+impl Session {
+    pub fn new(client: Client) -> Self {
+        Session {
+            client,
+            operations: 0,
+            worst: Outcome::Ok,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        self.worst
+    }
+
+    /// Runs one input line (blank lines and `#` comments are skipped).
+    pub async fn run_line(&mut self, line: &str) {
+        match parse_line(line) {
+            Ok(Parsed::Empty) => {}
+            Ok(Parsed::Command(command)) => self.run(command).await,
+            Err(e) => {
+                self.operations += 1;
+                self.fail(&format!("Invalid operation format ({e})"), Outcome::Failed);
+            }
+        }
+    }
+
+    /// Runs one parsed operation and prints its result.
+    pub async fn run(&mut self, command: Command) {
+        self.operations += 1;
+        let result = match command {
+            Command::Put { key, value } => self
+                .client
+                .put(&key, &value)
+                .await
+                .map(|()| format!("value[{}] <- {}", quote(&key), quote(&value))),
+            Command::Get { key } => match self.client.get(&key).await {
+                Ok(Some(value)) => Ok(format!("value[{}] == {}", quote(&key), quote(&value))),
+                Ok(None) => Err(OpError::NotFound),
+                Err(e) => Err(e),
+            },
+            Command::Del { key } => match self.client.del(&key).await {
+                Ok(true) => Ok(format!("value[{}] deleted", quote(&key))),
+                Ok(false) => Err(OpError::NotFound),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(text) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Err(OpError::NotFound) => self.fail("Key not found", Outcome::NotFound),
+            Err(e) => self.fail(&e.to_string(), Outcome::Failed),
+        }
+    }
+
+    fn fail(&mut self, reason: &str, outcome: Outcome) {
+        eprintln!("Operation #{} failed with: {reason}", self.operations);
+        self.worst = self.worst.max(outcome);
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// `client status --json`: exactly one JSON object in the documented shape.
+pub fn status_json(report: &StatusReport) -> String {
+    let servers: Vec<serde_json::Value> = report
+        .servers
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id,
+                "host": s.host,
+                "client_port": s.client_port,
+                "servers_port": s.servers_port,
+                "coord_port": s.coord_port,
+                "pid": s.pid,
+                "state": s.state.as_str(),
+            })
+        })
+        .collect();
+    let recovery = report
+        .recovery
+        .map(|r| serde_json::json!({ "server": r.server, "step": r.step }));
+    serde_json::json!({ "epoch": report.epoch, "servers": servers, "recovery": recovery })
+        .to_string()
+}

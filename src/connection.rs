@@ -1,0 +1,240 @@
+//! One framed TCP connection: length-prefixed bincode frames, a size limit, deadlines.
+//!
+//! Every read that has started must finish within a deadline (a peer that sends one byte
+//! and holds cannot pin a task forever), and no frame may exceed [`MAX_FRAME_LEN`], checked
+//! from the length prefix before anything is allocated.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::error::{Error, Result};
+use crate::protocol::{Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Role};
+
+/// How long a peer may take to finish a frame it has started, and to send its hello.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME_LEN>,
+>;
+
+/// Bincode settings: the limit bounds every allocation a hostile length field could ask for.
+fn bincode_config() -> Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_LEN)
+        .new_codec()
+}
+
+/// Serializes one message into a frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes> {
+    bincode::serde::encode_to_vec(msg, bincode_config())
+        .map(Bytes::from)
+        .map_err(|e| Error::Malformed(e.to_string()))
+}
+
+/// Parses one frame payload; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| Error::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(Error::Malformed(format!(
+            "{} trailing bytes",
+            payload.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+fn map_codec_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        Error::FrameTooLarge { max: MAX_FRAME_LEN }
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// The receiving half of a [`Connection`].
+pub struct ConnReader {
+    frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+}
+
+impl ConnReader {
+    /// Waits for the next message. `Ok(None)` is a clean end of stream between frames.
+    /// Waiting for a frame to *start* is unbounded (idle connections are fine); once its
+    /// first byte has arrived it must complete within [`FRAME_DEADLINE`].
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        loop {
+            match tokio::time::timeout(FRAME_DEADLINE, self.frames.next()).await {
+                Ok(Some(Ok(frame))) => return decode(&frame).map(Some),
+                Ok(Some(Err(e))) => return Err(map_codec_error(e)),
+                Ok(None) if self.frames.read_buffer().is_empty() => return Ok(None),
+                Ok(None) => return Err(Error::Malformed("connection closed mid-frame".into())),
+                Err(_) if self.frames.read_buffer().is_empty() => continue,
+                Err(_) => return Err(Error::Timeout("waiting for the rest of a frame")),
+            }
+        }
+    }
+
+    /// Like [`recv`](Self::recv), but the whole wait is bounded and end of stream is an error.
+    pub async fn recv_within<T: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(Ok(Some(msg))) => Ok(msg),
+            Ok(Ok(None)) => Err(Error::Closed),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout(what)),
+        }
+    }
+
+    /// True when a complete or partial frame is already buffered (more messages are ready
+    /// without waiting): used to batch answers before flushing.
+    pub fn has_buffered(&self) -> bool {
+        !self.frames.read_buffer().is_empty()
+    }
+}
+
+/// The sending half of a [`Connection`].
+pub struct ConnWriter {
+    frames: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+}
+
+impl ConnWriter {
+    /// Queues a message without flushing: call [`flush`](Self::flush) after a batch.
+    pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<()> {
+        let payload = encode(msg)?;
+        self.frames.feed(payload).await.map_err(map_codec_error)
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        SinkExt::<Bytes>::flush(&mut self.frames)
+            .await
+            .map_err(map_codec_error)
+    }
+
+    /// Sends one message at once.
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+}
+
+/// A framed connection; [`split`](Self::split) it to read and write from separate tasks.
+pub struct Connection {
+    pub reader: ConnReader,
+    pub writer: ConnWriter,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Result<Self> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let (read, write) = stream.into_split();
+        Ok(Connection {
+            reader: ConnReader {
+                frames: FramedRead::new(read, codec()),
+            },
+            writer: ConnWriter {
+                frames: FramedWrite::new(write, codec()),
+            },
+            peer,
+        })
+    }
+
+    /// Connects with [`CONNECT_TIMEOUT`] and sends the hello.
+    pub async fn connect(addr: &str, hello: &Hello) -> Result<Self> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout("connecting"))??;
+        let mut conn = Connection::new(stream)?;
+        conn.writer.send(hello).await?;
+        Ok(conn)
+    }
+
+    /// Reads and checks the hello of a connection just accepted: version, and a role that
+    /// `allowed` accepts. `token` is the cluster token this port requires (empty: none).
+    pub async fn accept_hello(
+        &mut self,
+        allowed: impl Fn(Role) -> bool,
+        token: &[u8],
+    ) -> Result<Role> {
+        let hello: Hello = self
+            .reader
+            .recv_within(FRAME_DEADLINE, "waiting for the hello")
+            .await?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "protocol version {} (expected {PROTOCOL_VERSION})",
+                hello.version
+            )));
+        }
+        if !allowed(hello.role) {
+            return Err(Error::Protocol(format!(
+                "role {:?} not accepted on this port",
+                hello.role
+            )));
+        }
+        if !constant_time_eq(&hello.token, token) {
+            return Err(Error::Protocol("wrong cluster token".into()));
+        }
+        Ok(hello.role)
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
+        self.writer.send(msg).await
+    }
+
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        self.reader.recv().await
+    }
+
+    /// One request, one answer, bounded by `limit`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        request: &Req,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Resp> {
+        tokio::time::timeout(limit, async {
+            self.writer.send(request).await?;
+            self.reader.recv_within(limit, what).await
+        })
+        .await
+        .map_err(|_| Error::Timeout(what))?
+    }
+
+    pub fn split(self) -> (ConnReader, ConnWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,239 @@
+//! The coordinator's connections: control links to servers, and the handlers of its two
+//! listening ports (clients asking for the configuration, servers reporting).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, ReportRequest,
+    ReportResponse, Role, StatusReport,
+};
+use crate::routing::ClusterConfig;
+
+/// What the coordinator publishes to clients.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub config: Option<ClusterConfig>,
+    pub status: StatusReport,
+}
+
+/// What the report port tells the coordinator's main loop.
+#[derive(Debug)]
+pub enum Event {
+    Started {
+        id: u32,
+        incarnation: u64,
+        ports: BoundPorts,
+        pid: u32,
+    },
+    ReportLost {
+        id: u32,
+        incarnation: u64,
+        why: String,
+    },
+}
+
+/// State shared by the coordinator's port handlers and its main loop.
+pub struct Shared {
+    pub servers: u32,
+    pub token: Vec<u8>,
+    /// Lease granted with each heartbeat answer.
+    pub lease: Duration,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub view: watch::Sender<View>,
+    origin: Instant,
+    /// Per server id: the incarnation whose reports are accepted.
+    incarnations: Vec<AtomicU64>,
+    /// Per server id: time of the last heartbeat, microseconds since `origin`.
+    last_heartbeat: Vec<AtomicU64>,
+}
+
+impl Shared {
+    pub fn new(
+        servers: u32,
+        token: Vec<u8>,
+        lease: Duration,
+        events: mpsc::UnboundedSender<Event>,
+        view: watch::Sender<View>,
+    ) -> Self {
+        Shared {
+            servers,
+            token,
+            lease,
+            events,
+            view,
+            origin: Instant::now(),
+            incarnations: (0..servers).map(|_| AtomicU64::new(0)).collect(),
+            last_heartbeat: (0..servers).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn set_incarnation(&self, id: u32, incarnation: u64) {
+        self.incarnations[id as usize].store(incarnation, Ordering::SeqCst);
+    }
+
+    fn current(&self, id: u32, incarnation: u64) -> bool {
+        self.incarnations[id as usize].load(Ordering::SeqCst) == incarnation
+    }
+
+    fn heartbeat(&self, id: u32) {
+        let now = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_micros() as u64;
+        self.last_heartbeat[id as usize].store(now, Ordering::SeqCst);
+    }
+
+    /// Time of the last heartbeat from server `id`.
+    pub fn last_heartbeat(&self, id: u32) -> Instant {
+        self.origin + Duration::from_micros(self.last_heartbeat[id as usize].load(Ordering::SeqCst))
+    }
+}
+
+/// A client on the coordinator's clients port.
+pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<()> {
+    conn.accept_hello(|role| role == Role::Client, &[]).await?;
+    while let Some(request) = conn.recv::<CoordRequest>().await? {
+        let view = shared.view.borrow().clone();
+        let response = match request {
+            CoordRequest::GetConfig => CoordResponse::Config(view.config),
+            CoordRequest::Status => CoordResponse::Status(view.status),
+        };
+        conn.send(&response).await?;
+    }
+    Ok(())
+}
+
+/// A server on the coordinator's servers port: `Started`, then heartbeats answered with
+/// leases. The end of this link is reported as evidence that the server is gone.
+pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<()> {
+    let n = shared.servers;
+    let role = conn
+        .accept_hello(
+            |role| matches!(role, Role::Server(id) if id < n),
+            &shared.token,
+        )
+        .await?;
+    let Role::Server(id) = role else {
+        unreachable!("checked by accept_hello")
+    };
+    let first: ReportRequest = conn
+        .reader
+        .recv_within(FRAME_DEADLINE, "waiting for Started")
+        .await?;
+    let ReportRequest::Started {
+        ports,
+        pid,
+        incarnation,
+    } = first
+    else {
+        return Err(Error::Protocol(format!(
+            "server {id} sent {first:?} before Started"
+        )));
+    };
+    if !shared.current(id, incarnation) {
+        conn.send(&ReportResponse::Refused(
+            "replaced by a newer server".into(),
+        ))
+        .await?;
+        return Err(Error::Protocol(format!(
+            "server {id} incarnation {incarnation} is not current"
+        )));
+    }
+    shared.heartbeat(id);
+    let _ = shared.events.send(Event::Started {
+        id,
+        incarnation,
+        ports,
+        pid,
+    });
+    conn.send(&ReportResponse::Welcome).await?;
+    let lease_ms = shared.lease.as_millis() as u64;
+    let outcome = async {
+        while let Some(request) = conn.recv::<ReportRequest>().await? {
+            if !shared.current(id, incarnation) {
+                conn.send(&ReportResponse::Refused(
+                    "replaced by a newer server".into(),
+                ))
+                .await?;
+                return Err(Error::Protocol("heartbeat from a replaced server".into()));
+            }
+            match request {
+                ReportRequest::Heartbeat => {
+                    shared.heartbeat(id);
+                    conn.send(&ReportResponse::Lease { lease_ms }).await?;
+                }
+                ReportRequest::Started { .. } => {
+                    return Err(Error::Protocol("second Started on one link".into()));
+                }
+            }
+        }
+        Err::<(), Error>(Error::Closed)
+    }
+    .await;
+    let why = outcome.err().map_or_else(String::new, |e| e.to_string());
+    let _ = shared.events.send(Event::ReportLost {
+        id,
+        incarnation,
+        why,
+    });
+    Ok(())
+}
+
+type Call = (ControlRequest, oneshot::Sender<Result<ControlResponse>>);
+
+/// A control link to one server, served by its own task so that a slow server never
+/// blocks the coordinator: callers wait on their own answer, with a deadline.
+#[derive(Clone)]
+pub struct ControlLink {
+    id: u32,
+    tx: mpsc::Sender<Call>,
+}
+
+impl ControlLink {
+    pub async fn connect(id: u32, addr: &str, token: &[u8]) -> Result<Self> {
+        let mut conn = Connection::connect(addr, &Hello::new(Role::Coordinator, token)).await?;
+        let (tx, mut rx) = mpsc::channel::<Call>(16);
+        tokio::spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                let result = conn
+                    .call(&request, Duration::from_secs(30), "waiting for a server")
+                    .await;
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    break;
+                }
+            }
+        });
+        info!(id, addr, "control link open");
+        Ok(ControlLink { id, tx })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends one command and waits at most `limit` for its answer.
+    pub async fn call(&self, request: ControlRequest, limit: Duration) -> Result<ControlResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((request, reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        let result = tokio::time::timeout(limit, answer)
+            .await
+            .map_err(|_| Error::Timeout("waiting for a control answer"))?
+            .map_err(|_| Error::Closed)?;
+        if let Err(e) = &result {
+            warn!(id = self.id, error = %e, "control call failed");
+        }
+        result
+    }
+}

@@ -1,0 +1,31 @@
+//! The library's one error type.
+
+use std::io;
+
+use crate::config::ConfigError;
+use crate::protocol::Refusal;
+
+/// Everything that can go wrong in ftkv's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("frame larger than {max} bytes")]
+    FrameTooLarge { max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,24 @@
+//! ftkv: a 1-fault-tolerant, replicated, in-memory key-value service.
+//!
+//! Three programs share this library:
+//! - `server` ([`server`]): holds a primary table (its own keys) and a secondary table (the
+//!   keys of the previous server), copies every write to the next server over an ordered
+//!   stream, and answers a client only once both copies hold the write.
+//! - `coord` ([`coord`]): spawns the servers, hands out the epoch-stamped configuration,
+//!   watches heartbeats, grants leases, and shuts everything down in order.
+//! - `client` ([`client`]): routes each key to its owner (MD5 mod N), keeps connections
+//!   open, and retries across configuration changes until a deadline.
+//!
+//! The wire format lives in [`protocol`] and [`connection`]; key placement in [`routing`].
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod coord;
+pub mod error;
+pub mod logging;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+
+pub use error::{Error, Result};

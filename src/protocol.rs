@@ -1,0 +1,275 @@
+//! Every message that crosses a socket, defined once.
+//!
+//! Each TCP connection starts with a [`Hello`] from the side that connected, then carries
+//! frames of exactly one request enum one way and its response enum the other way:
+//!
+//! | port                  | connector     | request            | response            |
+//! |-----------------------|---------------|--------------------|---------------------|
+//! | server, clients port  | client        | [`ClientRequest`]  | [`ClientResponse`]  |
+//! | server, servers port  | primary       | [`ReplMessage`]    | [`ReplAck`]         |
+//! | server, control port  | coordinator   | [`ControlRequest`] | [`ControlResponse`] |
+//! | coord, clients port   | client        | [`CoordRequest`]   | [`CoordResponse`]   |
+//! | coord, servers port   | server        | [`ReportRequest`]  | [`ReportResponse`]  |
+//!
+//! Payloads are bincode 2 (serde) inside length-delimited frames (see [`crate::connection`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::ClusterConfig;
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest key accepted anywhere (64 KiB).
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// Largest value accepted anywhere (16 MiB).
+pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
+/// Largest frame: one maximal entry plus room for the envelope. Replication batches are
+/// cut so that they never exceed it either.
+pub const MAX_FRAME_LEN: usize = MAX_VALUE_LEN + MAX_KEY_LEN + 64 * 1024;
+
+/// Who is on the other end of a connection; checked against the port it connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Client,
+    /// A server, with its id (replication links and reports to the coordinator).
+    Server(u32),
+    Coordinator,
+}
+
+/// First frame of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub role: Role,
+    /// The cluster token on server-side ports (control, replication, reports); empty for clients.
+    pub token: Vec<u8>,
+}
+
+impl Hello {
+    pub fn new(role: Role, token: &[u8]) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            token: token.to_vec(),
+        }
+    }
+}
+
+/// One key-value operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Get { key: Vec<u8> },
+    Del { key: Vec<u8> },
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Get { key } | Op::Del { key } => key,
+        }
+    }
+
+    /// Checks the size limits; the same check runs in the client and in the server.
+    pub fn check_limits(&self) -> Result<(), Refusal> {
+        if self.key().is_empty() {
+            return Err(Refusal::EmptyKey);
+        }
+        if self.key().len() > MAX_KEY_LEN {
+            return Err(Refusal::KeyTooLarge {
+                len: self.key().len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        if let Op::Put { value, .. } = self
+            && value.len() > MAX_VALUE_LEN
+        {
+            return Err(Refusal::ValueTooLarge {
+                len: value.len(),
+                max: MAX_VALUE_LEN,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A client operation, stamped with the configuration epoch the client routed it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    pub epoch: u64,
+    pub op: Op,
+}
+
+/// Answer to a [`ClientRequest`]; answers come back in request order on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// PUT stored on both copies.
+    Stored,
+    /// GET result: `None` when the key does not exist.
+    Value(Option<Vec<u8>>),
+    /// DEL done; `existed` tells whether there was a value to delete.
+    Deleted { existed: bool },
+    /// The operation was not applied.
+    Refused(Refusal),
+}
+
+/// Why an operation was not applied. Every variant means "nothing changed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("this server does not own the key in epoch {epoch}")]
+    WrongOwner { epoch: u64 },
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    #[error("key of {len} bytes is larger than {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value of {len} bytes is larger than {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("empty key")]
+    EmptyKey,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// Which table of the receiving server a replication stream writes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TableKind {
+    Primary,
+    Secondary,
+}
+
+/// Primary -> secondary: an ordered stream of writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplMessage {
+    /// First message after the hello: which table the stream fills, in which epoch.
+    Open { into: TableKind, epoch: u64 },
+    /// Writes `first_seq`, `first_seq + 1`, ... in order. Only Put and Del appear here.
+    Batch { first_seq: u64, ops: Vec<Op> },
+}
+
+/// Secondary -> primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplAck {
+    /// Every write up to and including `seq` is applied.
+    Applied { seq: u64 },
+    /// The stream is refused (wrong sender, wrong epoch, shutting down); the primary must not
+    /// count anything after the last `Applied` as stored.
+    Refused(String),
+}
+
+/// Coordinator -> server, on the server's control port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// The topology: whom to replicate to and which keys to serve.
+    SetConfig(ClusterConfig),
+    /// Stop taking client operations and wait until no replicated write is in flight.
+    Drain,
+    /// Write the dump files and exit.
+    Shutdown,
+}
+
+/// Server -> coordinator, on the control port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Done,
+    /// Dumps written; the counts are logged by the coordinator.
+    ShutDown {
+        primary_keys: u64,
+        secondary_keys: u64,
+    },
+    Failed(String),
+}
+
+/// Client -> coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordRequest {
+    GetConfig,
+    Status,
+}
+
+/// Coordinator -> client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordResponse {
+    /// `None` while the cluster is still starting.
+    Config(Option<ClusterConfig>),
+    Status(StatusReport),
+}
+
+/// State of one server as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerState {
+    Starting,
+    Running,
+    Failed,
+    Recovering,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Starting => "starting",
+            ServerState::Running => "running",
+            ServerState::Failed => "failed",
+            ServerState::Recovering => "recovering",
+        }
+    }
+}
+
+/// One row of `client status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: u32,
+    pub host: String,
+    pub client_port: u16,
+    pub servers_port: u16,
+    pub coord_port: u16,
+    pub pid: u32,
+    pub state: ServerState,
+}
+
+/// A recovery in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    pub server: u32,
+    pub step: u8,
+}
+
+/// Answer to [`CoordRequest::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub epoch: u64,
+    pub servers: Vec<ServerStatus>,
+    pub recovery: Option<RecoveryStatus>,
+}
+
+/// The ports a server really bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundPorts {
+    pub client: u16,
+    pub servers: u16,
+    pub control: u16,
+}
+
+/// Server -> coordinator, on the coordinator's servers port (one long-lived connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportRequest {
+    /// Sent once, right after the hello.
+    Started {
+        ports: BoundPorts,
+        pid: u32,
+        incarnation: u64,
+    },
+    /// Sent periodically; answered with a lease.
+    Heartbeat,
+}
+
+/// Coordinator -> server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportResponse {
+    /// The server may serve clients for `lease_ms` from the moment it sent the heartbeat.
+    Lease {
+        lease_ms: u64,
+    },
+    /// Started acknowledged.
+    Welcome,
+    Refused(String),
+}

@@ -1,0 +1,161 @@
+//! Who owns a key: the MD5 rule, the ring of primaries and secondaries, and the
+//! epoch-stamped configuration that the coordinator hands out.
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+/// The slot of a key among `n` servers: the 16-byte MD5 digest read as a big-endian u128,
+/// modulo `n`. Slot `i` belongs to server `i` unless a recovery moved it.
+pub fn slot_of(key: &[u8], n: u32) -> u32 {
+    let digest: [u8; 16] = Md5::digest(key).into();
+    (u128::from_be_bytes(digest) % u128::from(n)) as u32
+}
+
+/// The server that keeps the secondary copy of server `id`'s keys.
+pub fn secondary_of(id: u32, n: u32) -> u32 {
+    (id + 1) % n
+}
+
+/// The server whose keys server `id` keeps as secondary copies.
+pub fn primary_of(id: u32, n: u32) -> u32 {
+    (id + n - 1) % n
+}
+
+/// Where one server can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAddr {
+    pub id: u32,
+    /// Host name clients and peers connect to.
+    pub host: String,
+    pub client_port: u16,
+    pub servers_port: u16,
+}
+
+impl ServerAddr {
+    pub fn client_addr(&self) -> String {
+        format!("{}:{}", self.host, self.client_port)
+    }
+
+    pub fn servers_addr(&self) -> String {
+        format!("{}:{}", self.host, self.servers_port)
+    }
+}
+
+/// The cluster as the coordinator last published it. Every change bumps `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub epoch: u64,
+    /// Indexed by server id.
+    pub servers: Vec<ServerAddr>,
+    /// `serving[slot]` is the id of the server that answers for that slot's keys: `slot`
+    /// itself normally, its secondary while it is being recovered.
+    pub serving: Vec<u32>,
+}
+
+impl ClusterConfig {
+    /// A configuration in which every server serves its own slot.
+    pub fn new(epoch: u64, servers: Vec<ServerAddr>) -> Self {
+        let serving = (0..servers.len() as u32).collect();
+        ClusterConfig {
+            epoch,
+            servers,
+            serving,
+        }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.servers.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub fn slot_of(&self, key: &[u8]) -> u32 {
+        slot_of(key, self.len())
+    }
+
+    /// The server a client should send an operation on `key` to.
+    pub fn server_for(&self, key: &[u8]) -> &ServerAddr {
+        let serving = self.serving[self.slot_of(key) as usize];
+        &self.servers[serving as usize]
+    }
+
+    /// Checks the shape, so that the indexing above cannot panic on a malformed message.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.servers.len();
+        if n < 3 {
+            return Err(format!("{n} servers, at least 3 needed"));
+        }
+        if self.serving.len() != n {
+            return Err(format!(
+                "{} serving entries for {n} servers",
+                self.serving.len()
+            ));
+        }
+        if let Some(bad) = self.serving.iter().find(|&&s| s as usize >= n) {
+            return Err(format!("serving entry {bad} out of range"));
+        }
+        if let Some((i, _)) = self
+            .servers
+            .iter()
+            .enumerate()
+            .find(|(i, s)| s.id as usize != *i)
+        {
+            return Err(format!("server at index {i} has the wrong id"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digests checked against `printf %s KEY | md5sum`.
+    #[test]
+    fn md5_owner_vectors() {
+        // md5("") = d41d8cd98f00b204e9800998ecf8427e
+        let empty = u128::from_str_radix("d41d8cd98f00b204e9800998ecf8427e", 16).unwrap();
+        assert_eq!(slot_of(b"", 3), (empty % 3) as u32);
+        // md5("hello") = 5d41402abc4b2a76b9719d911017c592
+        let hello = u128::from_str_radix("5d41402abc4b2a76b9719d911017c592", 16).unwrap();
+        assert_eq!(slot_of(b"hello", 3), (hello % 3) as u32);
+        assert_eq!(slot_of(b"hello", 7), (hello % 7) as u32);
+        // md5("key1") = c2add694bf942dc77b376592d9c862cd
+        let key1 = u128::from_str_radix("c2add694bf942dc77b376592d9c862cd", 16).unwrap();
+        assert_eq!(slot_of(b"key1", 5), (key1 % 5) as u32);
+        assert_eq!(slot_of(b"hello", 3), 1);
+        assert_eq!(slot_of(b"key1", 3), 0);
+    }
+
+    #[test]
+    fn ring_neighbours() {
+        assert_eq!(secondary_of(2, 3), 0);
+        assert_eq!(primary_of(0, 3), 2);
+        for n in 3..10 {
+            for i in 0..n {
+                assert_eq!(primary_of(secondary_of(i, n), n), i);
+            }
+        }
+    }
+
+    #[test]
+    fn serving_redirects_a_slot() {
+        let servers = (0..3)
+            .map(|id| ServerAddr {
+                id,
+                host: "h".into(),
+                client_port: 1000 + id as u16,
+                servers_port: 0,
+            })
+            .collect();
+        let mut config = ClusterConfig::new(1, servers);
+        assert_eq!(config.server_for(b"hello").id, 1);
+        config.serving[1] = 2;
+        assert_eq!(config.server_for(b"hello").id, 2);
+        assert!(config.validate().is_ok());
+        config.serving[1] = 9;
+        assert!(config.validate().is_err());
+    }
+}

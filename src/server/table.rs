@@ -1,0 +1,93 @@
+//! A table of keys and values: the primary or the secondary copy held by a server.
+//!
+//! A std `Mutex` is enough: it is held only for a map operation, never across an `.await`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::client::line::quote;
+use crate::protocol::Op;
+
+/// What applying a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Stored,
+    Deleted { existed: bool },
+}
+
+/// One table (keys stored as their real bytes).
+#[derive(Default)]
+pub struct Table {
+    map: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
+        // A panic while holding the lock cannot leave the map half-updated (each operation
+        // is one HashMap call), so a poisoned lock is still a consistent map.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Applies a PUT or DEL; a GET changes nothing.
+    pub fn apply(&self, op: Op) -> Applied {
+        match op {
+            Op::Put { key, value } => {
+                self.lock().insert(key, value);
+                Applied::Stored
+            }
+            Op::Del { key } => Applied::Deleted {
+                existed: self.lock().remove(&key).is_some(),
+            },
+            Op::Get { .. } => Applied::Stored,
+        }
+    }
+
+    /// Applies a batch under one lock acquisition.
+    pub fn apply_all(&self, ops: impl IntoIterator<Item = Op>) {
+        let mut map = self.lock();
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    map.insert(key, value);
+                }
+                Op::Del { key } => {
+                    map.remove(&key);
+                }
+                Op::Get { .. } => {}
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes every entry as a client line `P "key" "value"`, sorted by key, so that a dump
+    /// is readable, diffable and can be replayed with `client -f`. Returns the entry count.
+    pub fn dump(&self, path: &Path) -> std::io::Result<u64> {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        entries.sort_unstable();
+        let tmp = path.with_extension("tmp");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for (key, value) in &entries {
+            writeln!(out, "P {} {}", quote(key), quote(value))?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(entries.len() as u64)
+    }
+}
