@@ -42,6 +42,7 @@ pub struct Hello {
     pub version: u32,
     pub role: Role,
     /// The cluster token on server-side ports (control, replication, reports); empty for clients.
+    #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
 }
 
@@ -58,9 +59,20 @@ impl Hello {
 /// One key-value operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Del { key: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Del {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -106,7 +118,7 @@ pub enum ClientResponse {
     /// PUT stored on both copies.
     Stored,
     /// GET result: `None` when the key does not exist.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// DEL done; `existed` tells whether there was a value to delete.
     Deleted { existed: bool },
     /// The operation was not applied.

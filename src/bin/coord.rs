@@ -91,5 +91,8 @@ fn start(args: Args) -> Result<(), String> {
         watch_stdin: !args.ignore_stdin,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    runtime.block_on(run(opts)).map_err(|e| e.to_string())
+    let result = runtime.block_on(run(opts));
+    // The stdin reader is a blocking read that cannot be cancelled: do not wait for it.
+    runtime.shutdown_background();
+    result.map_err(|e| e.to_string())
 }

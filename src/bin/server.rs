@@ -108,6 +108,7 @@ fn start(args: Args) -> Result<(), String> {
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts, token));
+    runtime.shutdown_background();
     if let Err(e) = &result {
         tracing::error!(error = %e, "server stopped");
     }

@@ -1,0 +1,224 @@
+//! The whole service end to end: real coordinator and servers, real sockets.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ftkv::client::OpError;
+use ftkv::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use ftkv::routing::{secondary_of, slot_of};
+use support::cluster::{Cluster, alive, wait_until};
+
+/// 5,000 PUTs from 8 concurrent clients, read back; overwrites and deletes; then each value
+/// is on exactly its owner (primary table) and the next server (secondary table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_land_on_owner_and_secondary() {
+    let mut cluster = Cluster::start(3);
+    let clients = 8;
+    let per_client = 625;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = cluster.client();
+        tasks.push(tokio::spawn(async move {
+            let mut written = HashMap::new();
+            for i in 0..per_client {
+                let key = format!("key-{c}-{i}").into_bytes();
+                let value = format!("value-{c}-{i}-{}", "x".repeat(i % 50)).into_bytes();
+                client.put(&key, &value).await.expect("put");
+                written.insert(key, value);
+            }
+            for (key, value) in &written {
+                assert_eq!(client.get(key).await.expect("get").as_ref(), Some(value));
+            }
+            written
+        }));
+    }
+    let mut expected: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for task in tasks {
+        expected.extend(task.await.unwrap());
+    }
+    assert_eq!(expected.len(), clients * per_client);
+
+    // Overwrite every 7th key, delete every 11th.
+    let mut client = cluster.client();
+    let keys: Vec<Vec<u8>> = expected.keys().cloned().collect();
+    for (i, key) in keys.iter().enumerate() {
+        if i % 11 == 0 {
+            assert!(client.del(key).await.unwrap(), "delete of an existing key");
+            assert!(
+                !client.del(key).await.unwrap(),
+                "second delete finds nothing"
+            );
+            assert_eq!(client.get(key).await.unwrap(), None);
+            expected.remove(key);
+        } else if i % 7 == 0 {
+            client.put(key, b"overwritten").await.unwrap();
+            assert_eq!(
+                client.get(key).await.unwrap().as_deref(),
+                Some(&b"overwritten"[..])
+            );
+            expected.insert(key.clone(), b"overwritten".to_vec());
+        }
+    }
+
+    assert!(cluster.ctrl_d().success());
+    let primaries: Vec<_> = (0..3).map(|id| cluster.dump(id, "primary")).collect();
+    let secondaries: Vec<_> = (0..3).map(|id| cluster.dump(id, "secondary")).collect();
+    let total: usize = primaries.iter().chain(&secondaries).map(HashMap::len).sum();
+    assert_eq!(
+        total,
+        2 * expected.len(),
+        "every key exactly twice, nothing else"
+    );
+    for (key, value) in &expected {
+        let owner = slot_of(key, 3);
+        assert_eq!(
+            primaries[owner as usize].get(key),
+            Some(value),
+            "primary of {owner}"
+        );
+        let secondary = secondary_of(owner, 3) as usize;
+        assert_eq!(
+            secondaries[secondary].get(key),
+            Some(value),
+            "secondary on {secondary}"
+        );
+    }
+}
+
+/// The largest key and value round-trip; one byte more is refused and the client goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limits_are_exact() {
+    let cluster = Cluster::start(3);
+    let mut client = cluster.client();
+    let key = vec![b'k'; MAX_KEY_LEN];
+    let value: Vec<u8> = (0..MAX_VALUE_LEN).map(|i| (i % 251) as u8).collect();
+    client.put(&key, &value).await.unwrap();
+    assert_eq!(client.get(&key).await.unwrap().as_ref(), Some(&value));
+
+    let long_key = vec![b'k'; MAX_KEY_LEN + 1];
+    let err = client.put(&long_key, b"v").await.unwrap_err();
+    assert!(matches!(err, OpError::KeyTooLarge { .. }), "{err:?}");
+    assert!(matches!(
+        client.get(&long_key).await.unwrap_err(),
+        OpError::KeyTooLarge { .. }
+    ));
+    let mut big = value.clone();
+    big.push(0);
+    let err = client.put(b"big", &big).await.unwrap_err();
+    assert!(matches!(err, OpError::ValueTooLarge { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("Value too large"));
+    assert_eq!(
+        client.get(b"big").await.unwrap(),
+        None,
+        "nothing stored by a refusal"
+    );
+    client.put(b"after", b"fine").await.unwrap();
+    assert_eq!(client.get(&key).await.unwrap().as_ref(), Some(&value));
+}
+
+/// ctrl+d: the coordinator exits 0, every server is gone within 2 s, dumps are complete.
+#[test]
+fn ctrl_d_shuts_down_quickly_with_dumps() {
+    let mut cluster = Cluster::start(3);
+    let run = cluster.run_client(&[], "P \"a\" \"1\"\nP \"b\" \"2\"\nP \"c\" \"3\"\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let began = std::time::Instant::now();
+    assert!(cluster.ctrl_d().success());
+    let pids = cluster.pids.clone();
+    assert!(
+        wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !alive(p))),
+        "servers still running"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        began.elapsed()
+    );
+    let mut keys = 0;
+    for id in 0..3 {
+        keys += cluster.dump(id, "primary").len();
+        assert_eq!(
+            cluster.dump(id, "primary").len(),
+            cluster.dump((id + 1) % 3, "secondary").len()
+        );
+    }
+    assert_eq!(keys, 3);
+}
+
+/// SIGTERM to the coordinator is an orderly shutdown too.
+#[test]
+fn sigterm_shuts_down_with_dumps() {
+    let mut cluster = Cluster::start(3);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    support::cluster::kill(cluster.coord.id(), "TERM");
+    let status = cluster
+        .wait_coord(Duration::from_secs(5))
+        .expect("coordinator exits on SIGTERM");
+    assert!(status.success());
+    let owner = slot_of(b"k", 3);
+    assert_eq!(
+        cluster
+            .dump(owner, "primary")
+            .get(&b"k"[..])
+            .map(Vec::as_slice),
+        Some(&b"v"[..])
+    );
+}
+
+/// kill -9 of the coordinator: the servers notice, write their dumps, and exit.
+#[test]
+fn servers_exit_when_the_coordinator_is_killed() {
+    let mut cluster = Cluster::start(3);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    support::cluster::kill(cluster.coord.id(), "KILL");
+    cluster
+        .wait_coord(Duration::from_secs(5))
+        .expect("coordinator killed");
+    let pids = cluster.pids.clone();
+    assert!(
+        wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))),
+        "orphaned servers"
+    );
+    let owner = slot_of(b"k", 3);
+    assert_eq!(
+        cluster
+            .dump(owner, "primary")
+            .get(&b"k"[..])
+            .map(Vec::as_slice),
+        Some(&b"v"[..])
+    );
+    assert_eq!(cluster.dump(secondary_of(owner, 3), "secondary").len(), 1);
+}
+
+/// A write is visible only once both copies hold it: with the secondary paused, the PUT
+/// is not acknowledged and a GET at the primary still sees the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_invisible_until_secondary_has_it() {
+    let cluster = Cluster::start_with(3, &["-t", "30"]);
+    let key = b"visibility".to_vec();
+    let owner = slot_of(&key, 3);
+    let mut reader = cluster.client();
+    reader.put(&key, b"old").await.unwrap();
+    let secondary_pid = cluster.pids[secondary_of(owner, 3) as usize];
+    support::cluster::kill(secondary_pid, "STOP");
+    let mut writer = cluster.client();
+    let k = key.clone();
+    let pending = tokio::spawn(async move { writer.put(&k, b"new").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pending.is_finished(),
+        "acknowledged while the secondary is paused"
+    );
+    assert_eq!(
+        reader.get(&key).await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    support::cluster::kill(secondary_pid, "CONT");
+    pending.await.unwrap().unwrap();
+    assert_eq!(
+        reader.get(&key).await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+}

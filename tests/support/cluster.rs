@@ -1,0 +1,223 @@
+//! A real cluster for tests: the `coord` binary on ephemeral ports in a temporary
+//! directory, which starts the real `server` binaries. Everything is killed on drop.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ftkv::client::Client;
+use ftkv::client::line::{Command as Line, Parsed, parse_line};
+
+pub const COORD: &str = env!("CARGO_BIN_EXE_coord");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coord: Child,
+    stdin: Option<ChildStdin>,
+    pub clients_port: u16,
+    pub servers_port: u16,
+    /// Lines the coordinator printed on standard output after "ready".
+    pub stdout: mpsc::Receiver<String>,
+    pub pids: Vec<u32>,
+}
+
+impl Cluster {
+    /// Starts `n` local servers with default options.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Starts `n` local servers; `extra` goes on the coordinator's command line.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = format!("{n}\n");
+        for _ in 0..n {
+            config.push_str("localhost 0 0 0\n");
+        }
+        std::fs::write(dir.path().join("config.txt"), config).unwrap();
+        let mut coord = Command::new(COORD)
+            .current_dir(dir.path())
+            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn coord");
+        let stdin = coord.stdin.take();
+        let stdout = coord.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut cluster = Cluster {
+            dir,
+            coord,
+            stdin,
+            clients_port: 0,
+            servers_port: 0,
+            stdout: rx,
+            pids: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = cluster
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("coordinator not ready; log:\n{}", cluster.coord_log()));
+            if let Some(rest) = line.strip_prefix("ftkv coordinator: clients port ") {
+                let (clients, servers) = rest.split_once(", servers port ").unwrap();
+                cluster.clients_port = clients.parse().unwrap();
+                cluster.servers_port = servers.parse().unwrap();
+            } else if let Some(pid) = table_pid(&line) {
+                cluster.pids.push(pid);
+            } else if line.starts_with("cluster ready") {
+                break;
+            }
+        }
+        assert_eq!(cluster.pids.len(), n, "pids from the coordinator's table");
+        cluster
+    }
+
+    pub fn coord_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.clients_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.coord_addr(), Duration::from_secs(10))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn coord_log(&self) -> String {
+        std::fs::read_to_string(self.path("coord.log")).unwrap_or_default()
+    }
+
+    /// Runs the client binary with `args` after `-h 127.0.0.1 -p PORT`, feeding `input`.
+    pub fn run_client(&self, args: &[&str], input: &str) -> ClientRun {
+        let port = self.clients_port.to_string();
+        let mut child = Command::new(CLIENT)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        ClientRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Closes the coordinator's standard input (ctrl+d) and waits for it to exit.
+    pub fn ctrl_d(&mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        self.wait_coord(Duration::from_secs(10))
+            .expect("coordinator did not exit after ctrl+d")
+    }
+
+    pub fn wait_coord(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.coord.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Reads `server_<id>.<kind>` back into a map.
+    pub fn dump(&self, id: u32, kind: &str) -> HashMap<Vec<u8>, Vec<u8>> {
+        read_dump(&self.path(&format!("server_{id}.{kind}")))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.coord.kill();
+        let _ = self.coord.wait();
+        for &pid in &self.pids {
+            kill(pid, "KILL");
+        }
+    }
+}
+
+pub struct ClientRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A row of the coordinator's cluster table: `id host client servers coord pid state`.
+fn table_pid(line: &str) -> Option<u32> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.len() == 7 && words[0].parse::<u32>().is_ok() && words[6] == "running" {
+        return words[5].parse().ok();
+    }
+    None
+}
+
+pub fn read_dump(path: &Path) -> HashMap<Vec<u8>, Vec<u8>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| match parse_line(line) {
+            Ok(Parsed::Command(Line::Put { key, value })) => (key, value),
+            other => panic!("bad dump line {line:?}: {other:?}"),
+        })
+        .collect()
+}
+
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `cond` holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
