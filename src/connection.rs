@@ -61,10 +61,13 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 }
 
 fn map_codec_error(e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        Error::FrameTooLarge { max: MAX_FRAME_LEN }
-    } else {
-        Error::Io(e)
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::FrameTooLarge { max: MAX_FRAME_LEN },
+        // The codec's end-of-stream check: the peer closed with part of a frame sent.
+        std::io::ErrorKind::Other if e.to_string().contains("bytes remaining") => {
+            Error::Malformed("connection closed mid-frame".into())
+        }
+        _ => Error::Io(e),
     }
 }
 
@@ -237,4 +240,123 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientRequest, Op};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: our framed end and the raw peer socket.
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let raw = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (Connection::new(accepted).unwrap(), raw)
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        let request = ClientRequest { epoch: 7, op: Op::Put { key: b"k".to_vec(), value: vec![0, 255] } };
+        peer.send(&request).await.unwrap();
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
+        drop(peer);
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), None, "clean end of stream");
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_from_its_prefix() {
+        let (mut conn, mut raw) = pair().await;
+        raw.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()).await.unwrap();
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error() {
+        let (mut conn, mut raw) = pair().await;
+        raw.write_all(&frame(&[1, 2, 3, 4, 5])[..6]).await.unwrap();
+        drop(raw);
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_frame_times_out() {
+        let (mut conn, mut raw) = pair().await;
+        raw.write_all(&[0, 0, 0, 10, 1]).await.unwrap();
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_message_and_trailing_bytes_are_refused() {
+        let (mut conn, mut raw) = pair().await;
+        // Variant index 200 of `Op` does not exist.
+        raw.write_all(&frame(&[7, 200, 1, b'k'])).await.unwrap();
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+        let mut good = encode(&ClientRequest { epoch: 1, op: Op::Get { key: b"k".to_vec() } })
+            .unwrap()
+            .to_vec();
+        good.push(0);
+        raw.write_all(&frame(&good)).await.unwrap();
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hostile_length_fields_do_not_allocate() {
+        // A key claiming 2^60 bytes inside a small frame.
+        let mut payload = vec![1, 1]; // epoch 1, Op::Get
+        payload.push(0xff); // varint u64 marker
+        payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<ClientRequest>(&payload).is_err());
+    }
+
+    #[tokio::test]
+    async fn hello_checks_version_role_and_token() {
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        peer.send(&Hello { version: PROTOCOL_VERSION + 1, role: Role::Client, token: vec![] })
+            .await
+            .unwrap();
+        let err = conn.accept_hello(|_| true, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("protocol version"), "{err}");
+
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        peer.send(&Hello::new(Role::Client, &[])).await.unwrap();
+        let err = conn.accept_hello(|r| r == Role::Coordinator, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("role"), "{err}");
+
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        peer.send(&Hello::new(Role::Coordinator, b"wrong")).await.unwrap();
+        let err = conn.accept_hello(|_| true, b"secret").await.unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        peer.send(&Hello::new(Role::Coordinator, b"secret")).await.unwrap();
+        assert_eq!(conn.accept_hello(|_| true, b"secret").await.unwrap(), Role::Coordinator);
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
 }
