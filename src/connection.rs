@@ -268,17 +268,29 @@ mod tests {
     async fn round_trip() {
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        let request = ClientRequest { epoch: 7, op: Op::Put { key: b"k".to_vec(), value: vec![0, 255] } };
+        let request = ClientRequest {
+            epoch: 7,
+            op: Op::Put {
+                key: b"k".to_vec(),
+                value: vec![0, 255],
+            },
+        };
         peer.send(&request).await.unwrap();
         assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
         drop(peer);
-        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), None, "clean end of stream");
+        assert_eq!(
+            conn.recv::<ClientRequest>().await.unwrap(),
+            None,
+            "clean end of stream"
+        );
     }
 
     #[tokio::test]
     async fn oversized_frame_is_refused_from_its_prefix() {
         let (mut conn, mut raw) = pair().await;
-        raw.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()).await.unwrap();
+        raw.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::FrameTooLarge { .. }), "{err}");
     }
@@ -307,9 +319,12 @@ mod tests {
         raw.write_all(&frame(&[7, 200, 1, b'k'])).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
-        let mut good = encode(&ClientRequest { epoch: 1, op: Op::Get { key: b"k".to_vec() } })
-            .unwrap()
-            .to_vec();
+        let mut good = encode(&ClientRequest {
+            epoch: 1,
+            op: Op::Get { key: b"k".to_vec() },
+        })
+        .unwrap()
+        .to_vec();
         good.push(0);
         raw.write_all(&frame(&good)).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
@@ -329,28 +344,42 @@ mod tests {
     async fn hello_checks_version_role_and_token() {
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello { version: PROTOCOL_VERSION + 1, role: Role::Client, token: vec![] })
-            .await
-            .unwrap();
+        peer.send(&Hello {
+            version: PROTOCOL_VERSION + 1,
+            role: Role::Client,
+            token: vec![],
+        })
+        .await
+        .unwrap();
         let err = conn.accept_hello(|_| true, &[]).await.unwrap_err();
         assert!(err.to_string().contains("protocol version"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
         peer.send(&Hello::new(Role::Client, &[])).await.unwrap();
-        let err = conn.accept_hello(|r| r == Role::Coordinator, &[]).await.unwrap_err();
+        let err = conn
+            .accept_hello(|r| r == Role::Coordinator, &[])
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("role"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello::new(Role::Coordinator, b"wrong")).await.unwrap();
+        peer.send(&Hello::new(Role::Coordinator, b"wrong"))
+            .await
+            .unwrap();
         let err = conn.accept_hello(|_| true, b"secret").await.unwrap_err();
         assert!(err.to_string().contains("token"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello::new(Role::Coordinator, b"secret")).await.unwrap();
-        assert_eq!(conn.accept_hello(|_| true, b"secret").await.unwrap(), Role::Coordinator);
+        peer.send(&Hello::new(Role::Coordinator, b"secret"))
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.accept_hello(|_| true, b"secret").await.unwrap(),
+            Role::Coordinator
+        );
     }
 
     #[test]
