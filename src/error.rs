@@ -26,6 +26,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Unavailable(String),
+    /// The coordinator replaced this server with a newer start of the same id.
+    #[error("replaced by a newer server")]
+    Replaced,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

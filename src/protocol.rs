@@ -31,8 +31,11 @@ pub const MAX_FRAME_LEN: usize = MAX_VALUE_LEN + MAX_KEY_LEN + 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Client,
-    /// A server, with its id (replication links and reports to the coordinator).
-    Server(u32),
+    /// A server: its id, and which start of that id it is (older ones are fenced off).
+    Server {
+        id: u32,
+        incarnation: u64,
+    },
     Coordinator,
 }
 
@@ -272,6 +275,9 @@ pub enum ReportRequest {
     },
     /// Sent periodically; answered with a lease.
     Heartbeat,
+    /// Recovery steps 3 and 4: the snapshot streamed `into` the new server's table for
+    /// configuration `epoch` is fully acknowledged.
+    Updated { into: TableKind, epoch: u64 },
 }
 
 /// Coordinator -> server.
@@ -281,7 +287,7 @@ pub enum ReportResponse {
     Lease {
         lease_ms: u64,
     },
-    /// Started acknowledged.
+    /// Started (or Updated) acknowledged.
     Welcome,
     Refused(String),
 }

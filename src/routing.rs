@@ -21,7 +21,18 @@ pub fn primary_of(id: u32, n: u32) -> u32 {
     (id + n - 1) % n
 }
 
-/// Where one server can be reached.
+/// Whether a server holds a usable copy of its slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Replica {
+    /// Serving, or holding secondary copies, normally.
+    Up,
+    /// Lost: its neighbours run without it (degraded mode).
+    Down,
+    /// A replacement being filled by its neighbours (recovery steps 2-4).
+    Joining,
+}
+
+/// One server of the configuration: where it is, which start of it, and its state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerAddr {
     pub id: u32,
@@ -29,6 +40,9 @@ pub struct ServerAddr {
     pub host: String,
     pub client_port: u16,
     pub servers_port: u16,
+    /// Which start of this id; replication from any other start is refused.
+    pub incarnation: u64,
+    pub state: Replica,
 }
 
 impl ServerAddr {
@@ -104,6 +118,28 @@ impl ClusterConfig {
         {
             return Err(format!("server at index {i} has the wrong id"));
         }
+        for server in &self.servers {
+            let serving = self.serving[server.id as usize];
+            let allowed = match server.state {
+                Replica::Up => serving == server.id,
+                Replica::Down | Replica::Joining => serving == secondary_of(server.id, n as u32),
+            };
+            if !allowed {
+                return Err(format!(
+                    "slot {} served by {serving} while {:?}",
+                    server.id, server.state
+                ));
+            }
+        }
+        if self
+            .servers
+            .iter()
+            .filter(|s| s.state != Replica::Up)
+            .count()
+            > 1
+        {
+            return Err("more than one server not up".into());
+        }
         Ok(())
     }
 }
@@ -148,13 +184,24 @@ mod tests {
                 host: "h".into(),
                 client_port: 1000 + id as u16,
                 servers_port: 0,
+                incarnation: 0,
+                state: Replica::Up,
             })
             .collect();
         let mut config = ClusterConfig::new(1, servers);
         assert_eq!(config.server_for(b"hello").id, 1);
+        assert!(config.validate().is_ok());
         config.serving[1] = 2;
+        assert!(
+            config.validate().is_err(),
+            "an Up server serves its own slot"
+        );
+        config.servers[1].state = Replica::Down;
         assert_eq!(config.server_for(b"hello").id, 2);
         assert!(config.validate().is_ok());
+        config.servers[0].state = Replica::Down;
+        config.serving[0] = 1;
+        assert!(config.validate().is_err(), "two servers down");
         config.serving[1] = 9;
         assert!(config.validate().is_err());
     }

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
+use crate::protocol::TableKind;
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, ReportRequest,
     ReportResponse, Role, StatusReport,
@@ -37,6 +38,12 @@ pub enum Event {
         id: u32,
         incarnation: u64,
         why: String,
+    },
+    /// Recovery steps 3 and 4.
+    Updated {
+        id: u32,
+        into: TableKind,
+        epoch: u64,
     },
 }
 
@@ -75,6 +82,10 @@ impl Shared {
         }
     }
 
+    /// Fences server `id`: from now on only `incarnation` gets answers (and leases).
+    /// Together with [`heartbeat`](Self::heartbeat) recording before checking, a reader of
+    /// [`last_heartbeat`](Self::last_heartbeat) after this call sees every heartbeat that
+    /// was answered with a lease by an older incarnation (both sides use SeqCst).
     pub fn set_incarnation(&self, id: u32, incarnation: u64) {
         self.incarnations[id as usize].store(incarnation, Ordering::SeqCst);
     }
@@ -116,11 +127,11 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
     let n = shared.servers;
     let role = conn
         .accept_hello(
-            |role| matches!(role, Role::Server(id) if id < n),
+            |role| matches!(role, Role::Server { id, .. } if id < n),
             &shared.token,
         )
         .await?;
-    let Role::Server(id) = role else {
+    let Role::Server { id, .. } = role else {
         unreachable!("checked by accept_hello")
     };
     let first: ReportRequest = conn
@@ -157,17 +168,22 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
     let lease_ms = shared.lease.as_millis() as u64;
     let outcome = async {
         while let Some(request) = conn.recv::<ReportRequest>().await? {
+            if matches!(request, ReportRequest::Heartbeat) {
+                // Recorded before the incarnation check: see `Shared::set_incarnation`.
+                shared.heartbeat(id);
+            }
             if !shared.current(id, incarnation) {
                 conn.send(&ReportResponse::Refused(
                     "replaced by a newer server".into(),
                 ))
                 .await?;
-                return Err(Error::Protocol("heartbeat from a replaced server".into()));
+                return Err(Error::Protocol("report from a replaced server".into()));
             }
             match request {
-                ReportRequest::Heartbeat => {
-                    shared.heartbeat(id);
-                    conn.send(&ReportResponse::Lease { lease_ms }).await?;
+                ReportRequest::Heartbeat => conn.send(&ReportResponse::Lease { lease_ms }).await?,
+                ReportRequest::Updated { into, epoch } => {
+                    let _ = shared.events.send(Event::Updated { id, into, epoch });
+                    conn.send(&ReportResponse::Welcome).await?;
                 }
                 ReportRequest::Started { .. } => {
                     return Err(Error::Protocol("second Started on one link".into()));

@@ -1,11 +1,17 @@
-//! The coordinator: starts the servers, publishes the configuration, grants leases, and
-//! shuts the service down in order.
+//! The coordinator: starts the servers, publishes the configuration, grants leases, detects
+//! failures, runs recoveries, and shuts the service down in order.
+//!
+//! One main loop owns the topology. It never waits on a peer: every call to a server runs in
+//! a task of its own whose result comes back to the loop as an [`Internal`] message.
 
 mod launcher;
 mod links;
+pub mod recovery;
 mod topology;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,16 +28,22 @@ use tracing::{error, info, warn};
 use crate::config::ServerSpec;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{ControlRequest, ControlResponse, ServerState};
+use crate::protocol::{ControlRequest, ControlResponse, RecoveryStatus, ServerState};
+use crate::routing::{ClusterConfig, Replica, secondary_of};
 
 pub use launcher::{Launcher, default_server_bin};
 pub use links::{ControlLink, Event, Shared, View};
+use recovery::{Action, Deadlines, Input, Recovery};
 pub use topology::{Member, Topology, format_table};
 
 /// How long all servers may take to start and report.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 /// Deadline of each shutdown phase.
 const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(3);
+/// Deadline of one configuration install on one server.
+const INSTALL_LIMIT: Duration = Duration::from_secs(4);
+/// How often heartbeats and recovery deadlines are checked.
+const TICK: Duration = Duration::from_millis(10);
 
 /// The coordinator's settings (from the `coord` binary's flags).
 #[derive(Debug, Clone)]
@@ -48,6 +60,23 @@ pub struct CoordOptions {
     /// Shut down at the end of standard input (the original's ctrl+d).
     pub watch_stdin: bool,
 }
+
+/// Results of work the main loop handed to tasks.
+enum Internal {
+    Recovery(Input),
+    Spawned {
+        id: u32,
+        incarnation: u64,
+        child: Child,
+    },
+    LinkReady {
+        id: u32,
+        incarnation: u64,
+        link: ControlLink,
+    },
+}
+
+type StopSignal = Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// Binds both ports, starts the cluster, serves until asked to stop, then shuts down.
 pub async fn run(opts: CoordOptions) -> Result<()> {
@@ -69,7 +98,8 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         config: None,
         status: topology.status(),
     });
-    // The lease must end before the coordinator gives up on a silent server (by a margin).
+    // A server's lease ends before the coordinator could act on its silence, by a margin:
+    // a paused or cut-off server stops answering before its keys move.
     let lease = opts.timeout / 2;
     let shared = Arc::new(Shared::new(
         n,
@@ -82,13 +112,21 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let s = shared.clone();
-    accept_loop(clients, "clients", &tracker, cancel.clone(), move |conn| {
-        links::serve_client(s.clone(), conn)
-    });
+    crate::server::accept_loop(
+        clients,
+        "clients",
+        &tracker,
+        cancel.clone(),
+        move |conn: Connection| links::serve_client(s.clone(), conn),
+    );
     let s = shared.clone();
-    accept_loop(reports, "servers", &tracker, cancel.clone(), move |conn| {
-        links::serve_report(s.clone(), conn)
-    });
+    crate::server::accept_loop(
+        reports,
+        "servers",
+        &tracker,
+        cancel.clone(),
+        move |conn: Connection| links::serve_report(s.clone(), conn),
+    );
 
     let launcher = Launcher {
         server_bin: opts.server_bin.clone(),
@@ -99,12 +137,17 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         heartbeat: opts.heartbeat,
         token_hex,
     };
+    let (internal_tx, internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster {
         topology,
         shared,
         launcher,
-        children: Vec::new(),
-        links: Vec::new(),
+        timeout: opts.timeout,
+        children: HashMap::new(),
+        links: (0..n).map(|_| None).collect(),
+        recovery: None,
+        internal_tx,
+        fatal: None,
     };
     let mut stop = stop_signal(opts.watch_stdin);
 
@@ -119,7 +162,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
                 "cluster ready: {n} servers, epoch {}",
                 cluster.topology.epoch()
             );
-            cluster.serve(&mut events, &mut stop).await
+            cluster.serve(&mut events, internal, &mut stop).await
         }
         Err(e) => Err(e),
     };
@@ -138,23 +181,8 @@ async fn bind(port: u16, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on port {port} ({what} port): {e}")))
 }
 
-fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    what: &'static str,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-    handle: F,
-) where
-    F: Fn(Connection) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
-{
-    crate::server::accept_loop(listener, what, tracker, cancel, handle)
-}
-
 /// Resolves with a reason on end of standard input (if watched), SIGINT or SIGTERM.
-fn stop_signal(
-    watch_stdin: bool,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> {
+fn stop_signal(watch_stdin: bool) -> StopSignal {
     Box::pin(async move {
         let stdin_closed = async {
             if !watch_stdin {
@@ -174,21 +202,30 @@ fn stop_signal(
     })
 }
 
-/// The running cluster: topology, processes and control links.
+/// The running cluster: topology, processes, control links and the recovery in progress.
 struct Cluster {
     topology: Topology,
     shared: Arc<Shared>,
     launcher: Launcher,
-    children: Vec<Child>,
+    timeout: Duration,
+    /// Local server processes by (id, incarnation).
+    children: HashMap<(u32, u64), Child>,
     links: Vec<Option<ControlLink>>,
+    recovery: Option<Recovery>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    /// Set when the service must shut down (two faults): the reason.
+    fatal: Option<String>,
 }
 
 impl Cluster {
-    fn publish(&self) {
-        self.shared.view.send_replace(View {
-            config: self.topology.config.clone(),
-            status: self.topology.status(),
+    fn publish(&mut self) {
+        self.topology.recovery = self.recovery.as_ref().map(|r| RecoveryStatus {
+            server: r.failed,
+            step: r.step.number(),
         });
+        self.shared
+            .view
+            .send_modify(|view| view.status = self.topology.status());
     }
 
     /// Spawns every server, waits for all to report, opens control links, and installs the
@@ -198,26 +235,23 @@ impl Cluster {
         for member in &self.topology.members {
             let child = self.launcher.spawn(member, n).await?;
             info!(id = member.id, pid = child.id(), "server spawned");
-            self.children.push(child);
+            self.children.insert((member.id, 0), child);
         }
         let deadline = Instant::now() + STARTUP_LIMIT;
-        while self.topology.members.iter().any(|m| m.ports.is_none()) {
+        while self.topology.members.iter().any(|m| !m.live) {
             let event = tokio::select! {
                 event = events.recv() => event.ok_or(Error::Closed)?,
                 _ = tokio::time::sleep_until(deadline) => {
-                    let missing: Vec<u32> = self.topology.members.iter().filter(|m| m.ports.is_none()).map(|m| m.id).collect();
+                    let missing: Vec<u32> = self.topology.members.iter().filter(|m| !m.live).map(|m| m.id).collect();
                     return Err(Error::Unavailable(format!("servers {missing:?} did not start within {STARTUP_LIMIT:?}; see their logs")));
                 }
-                exited = first_exit(&mut self.children) => {
-                    let (id, status) = exited;
+                (id, status) = first_exit(&mut self.children) => {
                     return Err(Error::Unavailable(format!("server {id} exited during start-up ({status}); see server_{id}.log")));
                 }
             };
             match event {
                 Event::Started { id, ports, pid, .. } => {
-                    let member = &mut self.topology.members[id as usize];
-                    member.ports = Some(ports);
-                    member.pid = pid;
+                    self.topology.members[id as usize].started(ports, pid);
                     info!(id, ?ports, pid, "server started");
                 }
                 Event::ReportLost { id, why, .. } => {
@@ -225,58 +259,389 @@ impl Cluster {
                         "server {id} lost during start-up: {why}"
                     )));
                 }
+                Event::Updated { .. } => {}
             }
         }
         for member in &self.topology.members {
             let link =
                 ControlLink::connect(member.id, &member.control_addr(), &self.shared.token).await?;
-            self.links.push(Some(link));
+            self.links[member.id as usize] = Some(link);
         }
         let config = self.topology.initial_config();
-        let calls = self
-            .links
-            .iter()
-            .flatten()
-            .map(|link| link.call(ControlRequest::SetConfig(config.clone()), STARTUP_LIMIT));
-        for (id, result) in join_all(calls).await.into_iter().enumerate() {
-            match result? {
-                ControlResponse::Done => {}
-                other => {
-                    return Err(Error::Unavailable(format!(
-                        "server {id} refused the configuration: {other:?}"
-                    )));
-                }
-            }
-        }
-        self.topology.config = Some(config);
+        let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
+        install(&config, &[links])
+            .await
+            .map_err(Error::Unavailable)?;
+        self.topology.config = Some(config.clone());
         for member in &mut self.topology.members {
             member.state = ServerState::Running;
         }
+        self.shared
+            .view
+            .send_modify(|view| view.config = Some(config));
         self.publish();
         Ok(())
     }
 
-    /// Serves until a stop signal. (Failure handling is logged only.)
+    /// Serves until a stop signal or a fatal failure.
     async fn serve(
         &mut self,
         events: &mut mpsc::UnboundedReceiver<Event>,
-        stop: &mut std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        stop: &mut StopSignal,
     ) -> Result<()> {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 why = &mut *stop => {
                     info!(reason = %why, "shutting down");
                     return Ok(());
                 }
-                event = events.recv() => match event.ok_or(Error::Closed)? {
-                    Event::ReportLost { id, why, .. } => {
-                        warn!(id, reason = %why, "server lost");
-                        self.topology.members[id as usize].state = ServerState::Failed;
-                        self.publish();
-                    }
-                    Event::Started { id, .. } => warn!(id, "unexpected Started"),
-                },
+                Some(event) = events.recv() => self.on_event(event),
+                Some(message) = internal.recv() => self.on_internal(message),
+                _ = ticker.tick() => self.on_tick(),
             }
+            if let Some(why) = self.fatal.take() {
+                return Err(Error::Unavailable(format!(
+                    "{why}; the service was shut down (survivors wrote their dumps)"
+                )));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started {
+                id,
+                incarnation,
+                ports,
+                pid,
+            } => {
+                let member = &mut self.topology.members[id as usize];
+                if member.incarnation != incarnation {
+                    return;
+                }
+                member.started(ports, pid);
+                info!(id, incarnation, ?ports, pid, "replacement server started");
+                let addr = member.control_addr();
+                let token = self.shared.token.clone();
+                let tx = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let message = match ControlLink::connect(id, &addr, &token).await {
+                        Ok(link) => Internal::LinkReady {
+                            id,
+                            incarnation,
+                            link,
+                        },
+                        Err(e) => Internal::Recovery(Input::SpawnFailed {
+                            incarnation,
+                            why: format!("control link: {e}"),
+                        }),
+                    };
+                    let _ = tx.send(message);
+                });
+            }
+            Event::ReportLost {
+                id,
+                incarnation,
+                why,
+            } => {
+                let member = &self.topology.members[id as usize];
+                if member.incarnation == incarnation && member.live {
+                    self.lost(id, format!("report link lost ({why})"));
+                }
+            }
+            Event::Updated { id, into, epoch } => {
+                info!(id, ?into, epoch, "copy to the new server caught up");
+                self.feed(Input::Updated { into, epoch });
+            }
+        }
+    }
+
+    fn on_internal(&mut self, message: Internal) {
+        match message {
+            Internal::Recovery(input) => {
+                if let Input::Installed { epoch, .. } = input {
+                    self.publish_config(epoch);
+                }
+                self.feed(input);
+            }
+            Internal::Spawned {
+                id,
+                incarnation,
+                child,
+            } => {
+                self.children.insert((id, incarnation), child);
+            }
+            Internal::LinkReady {
+                id,
+                incarnation,
+                link,
+            } => {
+                if self.topology.members[id as usize].incarnation == incarnation {
+                    self.links[id as usize] = Some(link);
+                    self.feed(Input::Started { incarnation });
+                }
+            }
+        }
+    }
+
+    /// Declares silent servers lost and drives recovery deadlines.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<u32> = self
+            .topology
+            .members
+            .iter()
+            .filter(|m| {
+                m.live
+                    && now.saturating_duration_since(self.shared.last_heartbeat(m.id))
+                        > self.timeout
+            })
+            .map(|m| m.id)
+            .collect();
+        for id in silent {
+            self.lost(id, format!("no heartbeat for {:?}", self.timeout));
+        }
+        if let Some(recovery) = &mut self.recovery {
+            let actions = recovery.tick(now);
+            self.perform(actions);
+        }
+    }
+
+    /// Server `id` (its current incarnation) is gone.
+    fn lost(&mut self, id: u32, why: String) {
+        let member = &mut self.topology.members[id as usize];
+        member.live = false;
+        self.links[id as usize] = None;
+        let incarnation = member.incarnation;
+        warn!(id, incarnation, reason = %why, "server lost");
+        if self.recovery.is_some() {
+            return self.feed(Input::Lost { id, incarnation });
+        }
+        member.state = ServerState::Failed;
+        // Fence first, then read the last heartbeat: no lease can be granted after this read.
+        self.shared.set_incarnation(id, incarnation + 1);
+        let lease_end =
+            self.shared.last_heartbeat(id) + self.shared.lease + lease_margin(self.shared.lease);
+        let now = Instant::now();
+        info!(
+            id,
+            wait_ms = lease_end.saturating_duration_since(now).as_millis() as u64,
+            "recovery: step 0, waiting for the lease to expire"
+        );
+        self.recovery = Some(Recovery::new(
+            id,
+            incarnation + 1,
+            lease_end,
+            now,
+            Deadlines::default(),
+        ));
+        self.publish();
+        let actions = self
+            .recovery
+            .as_mut()
+            .map(|r| r.tick(now))
+            .unwrap_or_default();
+        self.perform(actions);
+    }
+
+    fn feed(&mut self, input: Input) {
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        let actions = recovery.step(input, Instant::now());
+        self.perform(actions);
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let a = recovery.failed;
+        let n = self.topology.len();
+        let b = secondary_of(a, n);
+        for action in actions {
+            info!(server = a, ?action, "recovery");
+            match action {
+                Action::TakeOver { serial } => {
+                    let config = self.next_config(|c| {
+                        c.servers[a as usize].state = Replica::Down;
+                        c.serving[a as usize] = b;
+                    });
+                    self.install_async(serial, config, vec![self.live_except(a)]);
+                }
+                Action::Spawn { incarnation } => self.spawn_replacement(a, incarnation),
+                Action::Join { serial, .. } => {
+                    let addr = self.topology.members[a as usize].addr();
+                    let config = self.next_config(|c| {
+                        c.servers[a as usize] = addr;
+                        c.servers[a as usize].state = Replica::Joining;
+                        c.serving[a as usize] = b;
+                    });
+                    let stages = vec![vec![a], self.live_except(a)];
+                    self.install_async(serial, config, stages);
+                }
+                Action::HandBack { serial } => {
+                    let config = self.next_config(|c| {
+                        c.servers[a as usize].state = Replica::Up;
+                        c.serving[a as usize] = a;
+                    });
+                    // b lets go of a's keys (its writes in flight settle) before a+ takes them.
+                    let others = self
+                        .live_except(a)
+                        .into_iter()
+                        .filter(|&id| id != b)
+                        .collect();
+                    self.install_async(serial, config, vec![vec![b], vec![a], others]);
+                }
+                Action::RollBack { serial, kill, why } => {
+                    warn!(server = a, %why, "recovery: rolling back to step 1");
+                    self.kill(a, kill);
+                    self.links[a as usize] = None;
+                    let member = &mut self.topology.members[a as usize];
+                    member.live = false;
+                    member.incarnation = kill + 1;
+                    self.shared.set_incarnation(a, kill + 1);
+                    let config = self.next_config(|c| {
+                        c.servers[a as usize].state = Replica::Down;
+                        c.serving[a as usize] = b;
+                    });
+                    self.install_async(serial, config, vec![self.live_except(a)]);
+                }
+                Action::Shutdown { why } => self.fatal = Some(why),
+                Action::Finished { took, attempts } => {
+                    self.topology.members[a as usize].state = ServerState::Running;
+                    info!(
+                        server = a,
+                        took_ms = took.as_millis() as u64,
+                        attempts,
+                        epoch = self.topology.epoch(),
+                        "recovery complete: full redundancy restored"
+                    );
+                }
+            }
+        }
+        if self.recovery.as_ref().is_some_and(Recovery::is_done) {
+            self.recovery = None;
+        }
+        self.publish();
+    }
+
+    /// Ids of the live servers other than `a`.
+    fn live_except(&self, a: u32) -> Vec<u32> {
+        self.topology
+            .members
+            .iter()
+            .filter(|m| m.live && m.id != a)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The current configuration with `change` applied and the epoch bumped; it becomes the
+    /// coordinator's current one (published to clients once installed).
+    fn next_config(&mut self, change: impl FnOnce(&mut ClusterConfig)) -> ClusterConfig {
+        let mut config = self
+            .topology
+            .config
+            .clone()
+            .expect("configured before any recovery");
+        config.epoch += 1;
+        change(&mut config);
+        self.topology.config = Some(config.clone());
+        config
+    }
+
+    fn publish_config(&mut self, epoch: u64) {
+        if let Some(config) = self.topology.config.clone().filter(|c| c.epoch == epoch) {
+            info!(epoch, serving = ?config.serving, "configuration published");
+            self.shared
+                .view
+                .send_modify(|view| view.config = Some(config));
+        }
+    }
+
+    /// Installs `config` on the servers of each stage in turn (a stage after the previous
+    /// one answered), in a task; the outcome comes back as a recovery input.
+    fn install_async(&self, serial: u64, config: ClusterConfig, stages: Vec<Vec<u32>>) {
+        let stages: Vec<Vec<ControlLink>> = stages
+            .iter()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|&id| self.links[id as usize].clone())
+                    .collect()
+            })
+            .collect();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let input = match install(&config, &stages).await {
+                Ok(()) => Input::Installed {
+                    serial,
+                    epoch: config.epoch,
+                },
+                Err(why) => Input::InstallFailed { serial, why },
+            };
+            let _ = tx.send(Internal::Recovery(input));
+        });
+    }
+
+    /// Recovery step 1: kill what is left of server `a` and start incarnation `incarnation`.
+    fn spawn_replacement(&mut self, a: u32, incarnation: u64) {
+        let member = &mut self.topology.members[a as usize];
+        member.incarnation = incarnation;
+        member.live = false;
+        member.pid = 0;
+        member.state = ServerState::Recovering;
+        self.shared.set_incarnation(a, incarnation);
+        let stale: Vec<(u32, u64)> = self
+            .children
+            .keys()
+            .filter(|&&(id, inc)| id == a && inc < incarnation)
+            .copied()
+            .collect();
+        for (id, inc) in stale {
+            self.kill(id, inc);
+        }
+        let member = self.topology.members[a as usize].clone();
+        let launcher = self.launcher.clone();
+        let n = self.topology.len();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let message = match launcher.spawn(&member, n).await {
+                Ok(child) => {
+                    info!(
+                        id = a,
+                        incarnation,
+                        pid = child.id(),
+                        "replacement server spawned"
+                    );
+                    Internal::Spawned {
+                        id: a,
+                        incarnation,
+                        child,
+                    }
+                }
+                Err(e) => Internal::Recovery(Input::SpawnFailed {
+                    incarnation,
+                    why: e.to_string(),
+                }),
+            };
+            let _ = tx.send(message);
+        });
+    }
+
+    /// Kills a server process we started (best effort) and reaps it in the background.
+    fn kill(&mut self, id: u32, incarnation: u64) {
+        if let Some(mut child) = self.children.remove(&(id, incarnation)) {
+            info!(id, incarnation, pid = child.id(), "killing server process");
+            let _ = child.start_kill();
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
         }
     }
 
@@ -302,23 +667,19 @@ impl Cluster {
                     secondary_keys,
                 }) => {
                     info!(
-                        id = link_id(link),
+                        id = link.id(),
                         primary_keys, secondary_keys, "server dumped and stopped"
                     );
                 }
-                other => warn!(
-                    id = link_id(link),
-                    ?other,
-                    "server did not shut down cleanly"
-                ),
+                other => warn!(id = link.id(), ?other, "server did not shut down cleanly"),
             }
         }
-        for child in &mut self.children {
+        for ((id, _), child) in &mut self.children {
             if tokio::time::timeout(Duration::from_secs(1), child.wait())
                 .await
                 .is_err()
             {
-                warn!(pid = child.id(), "server did not exit; killing it");
+                warn!(id, pid = child.id(), "server did not exit; killing it");
                 let _ = child.kill().await;
             }
         }
@@ -329,19 +690,43 @@ impl Cluster {
     }
 }
 
-fn link_id(link: &ControlLink) -> u32 {
-    link.id()
+/// Extra wait after a lost server's lease ends, for clock-rate differences between hosts.
+fn lease_margin(lease: Duration) -> Duration {
+    (lease / 10).max(Duration::from_millis(50))
 }
 
-/// Resolves when any child exits, with its index and status.
-async fn first_exit(children: &mut [Child]) -> (u32, String) {
-    let waits = children.iter_mut().enumerate().map(|(i, c)| {
+/// Sends `config` to each stage's servers concurrently, stage after stage.
+async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<(), String> {
+    for stage in stages {
+        let calls = stage
+            .iter()
+            .map(|link| link.call(ControlRequest::SetConfig(config.clone()), INSTALL_LIMIT));
+        for (link, result) in stage.iter().zip(join_all(calls).await) {
+            match result {
+                Ok(ControlResponse::Done) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "server {} refused epoch {}: {other:?}",
+                        link.id(),
+                        config.epoch
+                    ));
+                }
+                Err(e) => return Err(format!("server {}: {e}", link.id())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when any child exits, with its id and status.
+async fn first_exit(children: &mut HashMap<(u32, u64), Child>) -> (u32, String) {
+    let waits = children.iter_mut().map(|(&(id, _), c)| {
         Box::pin(async move {
             let status = c
                 .wait()
                 .await
                 .map_or_else(|e| e.to_string(), |s| s.to_string());
-            (i as u32, status)
+            (id, status)
         })
     });
     futures::future::select_all(waits).await.0

@@ -1,10 +1,8 @@
 //! What the coordinator knows about each server, and the views it publishes from that.
 
-use tokio::time::Instant;
-
 use crate::config::ServerSpec;
 use crate::protocol::{BoundPorts, RecoveryStatus, ServerState, ServerStatus, StatusReport};
-use crate::routing::{ClusterConfig, ServerAddr};
+use crate::routing::{ClusterConfig, Replica, ServerAddr};
 
 /// One server slot of the cluster.
 #[derive(Debug, Clone)]
@@ -17,10 +15,18 @@ pub struct Member {
     pub pid: u32,
     /// Bumped for every server started in this slot; reports from older ones are refused.
     pub incarnation: u64,
-    pub started_at: Instant,
+    /// The current incarnation reported `Started` and has not been lost since.
+    pub live: bool,
 }
 
 impl Member {
+    /// The current incarnation reported the ports it bound.
+    pub fn started(&mut self, ports: BoundPorts, pid: u32) {
+        self.ports = Some(ports);
+        self.pid = pid;
+        self.live = true;
+    }
+
     pub fn addr(&self) -> ServerAddr {
         let ports = self.ports.unwrap_or(BoundPorts {
             client: 0,
@@ -32,6 +38,8 @@ impl Member {
             host: self.spec.host.name().to_string(),
             client_port: ports.client,
             servers_port: ports.servers,
+            incarnation: self.incarnation,
+            state: Replica::Up,
         }
     }
 
@@ -62,7 +70,7 @@ impl Topology {
                 ports: None,
                 pid: 0,
                 incarnation: 0,
-                started_at: Instant::now(),
+                live: false,
             })
             .collect();
         Topology {

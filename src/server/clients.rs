@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{ClientRequest, ClientResponse, Op, Refusal, Role};
+use crate::protocol::{ClientRequest, ClientResponse, Op, Role};
 use crate::server::{Applied, Server};
 
 /// Most requests read ahead of their answers on one connection.
@@ -34,8 +34,8 @@ pub async fn serve(server: Arc<Server>, mut conn: Connection) -> Result<()> {
             while let Some(answer) = rx.recv().await {
                 let response = match answer {
                     Answer::Now(response) => response,
-                    Answer::Get { key, epoch } => match server.route(&key, epoch) {
-                        Ok((table, _)) => ClientResponse::Value(table.get(&key)),
+                    Answer::Get { key, epoch } => match server.read(&key, epoch) {
+                        Ok(value) => ClientResponse::Value(value),
                         Err(refusal) => ClientResponse::Refused(refusal),
                     },
                     Answer::Write(done) => match done.await {
@@ -76,14 +76,8 @@ async fn accept(server: &Server, ClientRequest { epoch, op }: ClientRequest) -> 
     if let Op::Get { key } = op {
         return Answer::Get { key, epoch };
     }
-    let replicator = match server.route(op.key(), epoch) {
-        Ok((_, replicator)) => replicator,
-        Err(refusal) => return Answer::Now(ClientResponse::Refused(refusal)),
-    };
-    match replicator.submit(op).await {
-        Some(done) => Answer::Write(done),
-        None => Answer::Now(ClientResponse::Refused(Refusal::Unavailable(
-            "server is shutting down".into(),
-        ))),
+    match server.write(op, epoch).await {
+        Ok(done) => Answer::Write(done),
+        Err(refusal) => Answer::Now(ClientResponse::Refused(refusal)),
     }
 }

@@ -1,6 +1,6 @@
 //! The server's side of the control path: commands from the coordinator on the control
 //! port, replication streams on the servers port, and the report link (start-up report,
-//! heartbeats, leases) to the coordinator.
+//! heartbeats, leases, recovery progress) to the coordinator.
 
 use std::process;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, Hello, ReplAck, ReplMessage, ReportRequest,
@@ -28,18 +28,15 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
         .await?;
     while let Some(request) = conn.recv::<ControlRequest>().await? {
         let response = match request {
-            ControlRequest::SetConfig(config) => match server.set_config(config) {
+            ControlRequest::SetConfig(config) => match server.set_config(config).await {
                 Ok(()) => ControlResponse::Done,
-                Err(why) => ControlResponse::Failed(why),
+                Err(why) => {
+                    warn!(%why, "configuration refused");
+                    ControlResponse::Failed(why)
+                }
             },
             ControlRequest::Drain => {
-                server.draining.store(true, Ordering::SeqCst);
-                let deadline = Instant::now() + DRAIN_LIMIT;
-                while server.own.outstanding() + server.adopted.outstanding() > 0
-                    && Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+                server.drain(DRAIN_LIMIT).await;
                 ControlResponse::Done
             }
             ControlRequest::Shutdown => {
@@ -65,75 +62,103 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
 /// A replication stream from another server.
 pub async fn serve_stream(server: Arc<Server>, mut conn: Connection) -> Result<()> {
     let role = conn
-        .accept_hello(|role| matches!(role, Role::Server(_)), &server.token)
+        .accept_hello(|role| matches!(role, Role::Server { .. }), &server.token)
         .await?;
-    let Role::Server(from) = role else {
+    let Role::Server { id, incarnation } = role else {
         unreachable!("checked by accept_hello")
     };
+    let from = (id, incarnation);
     let open: ReplMessage = conn
         .reader
-        .recv_within(crate::connection::FRAME_DEADLINE, "waiting for Open")
+        .recv_within(FRAME_DEADLINE, "waiting for Open")
         .await?;
     let ReplMessage::Open { into, epoch } = open else {
         return Err(Error::Protocol("replication stream without Open".into()));
     };
-    let table = match server.stream_table(from, into) {
-        Ok(table) => table,
-        Err(why) => {
-            conn.send(&ReplAck::Refused(why.clone())).await?;
-            return Err(Error::Protocol(why));
-        }
-    };
-    info!(from, ?into, epoch, "replication stream accepted");
+    let allowed = server
+        .stream_table(&server.config(), from, into)
+        .map(|_| ());
+    if let Err(why) = allowed {
+        conn.send(&ReplAck::Refused(why.clone())).await?;
+        return Err(Error::Protocol(why));
+    }
+    info!(
+        from = id,
+        incarnation,
+        ?into,
+        epoch,
+        "replication stream accepted"
+    );
     let (mut reader, mut writer) = conn.split();
-    let checker = server.clone();
-    receive_stream(&mut reader, &mut writer, table, move || {
-        checker.stream_table(from, into).map(|_| ())
+    receive_stream(&mut reader, &mut writer, |ops| {
+        server.apply_replicated(from, into, ops)
     })
     .await
 }
 
-/// Reports the bound ports, then heartbeats; each answer renews the lease. Returns when
-/// the link to the coordinator is lost.
+/// Reports the bound ports, then heartbeats (each answer renews the lease) and recovery
+/// progress. Returns when the link to the coordinator is lost or it replaced this server.
 pub async fn report_to_coordinator(
     server: Arc<Server>,
     opts: &ServerOptions,
     ports: BoundPorts,
 ) -> Result<()> {
-    let hello = Hello::new(Role::Server(server.id), &server.token);
+    let hello = Hello::new(
+        Role::Server {
+            id: server.id,
+            incarnation: server.incarnation,
+        },
+        &server.token,
+    );
     let mut conn = Connection::connect(&opts.coordinator, &hello).await?;
     let started = ReportRequest::Started {
         ports,
         pid: process::id(),
         incarnation: opts.incarnation,
     };
-    match conn
-        .call(
+    expect_welcome(
+        conn.call(
             &started,
             Duration::from_secs(10),
-            "waiting for the coordinator's welcome",
+            "waiting for the coordinator",
         )
-        .await?
-    {
-        ReportResponse::Welcome => {}
-        other => return Err(Error::Protocol(format!("coordinator answered {other:?}"))),
-    }
+        .await?,
+    )?;
     info!(coordinator = %opts.coordinator, "registered with the coordinator");
+    let mut caught_up = server
+        .caught_up
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or(Error::Protocol("report link started twice".into()))?;
+    let mut next_beat = Instant::now();
     loop {
-        let sent = Instant::now();
-        conn.send(&ReportRequest::Heartbeat).await?;
-        match conn.recv::<ReportResponse>().await? {
-            Some(ReportResponse::Lease { lease_ms }) => {
-                server.lease.renew(sent, Duration::from_millis(lease_ms));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_beat) => {
+                let sent = Instant::now();
+                next_beat = sent + opts.heartbeat;
+                conn.send(&ReportRequest::Heartbeat).await?;
+                match conn.recv::<ReportResponse>().await?.ok_or(Error::Closed)? {
+                    ReportResponse::Lease { lease_ms } => {
+                        server.lease.renew(sent, Duration::from_millis(lease_ms));
+                    }
+                    other => expect_welcome(other)?,
+                }
             }
-            Some(ReportResponse::Refused(why)) => {
-                return Err(Error::Protocol(format!(
-                    "coordinator refused heartbeat: {why}"
-                )));
+            Some(progress) = caught_up.recv() => {
+                let updated = ReportRequest::Updated { into: progress.into, epoch: progress.epoch };
+                conn.send(&updated).await?;
+                expect_welcome(conn.recv::<ReportResponse>().await?.ok_or(Error::Closed)?)?;
+                info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");
             }
-            Some(other) => warn!(?other, "unexpected answer to a heartbeat"),
-            None => return Err(Error::Closed),
         }
-        tokio::time::sleep_until(sent + opts.heartbeat).await;
+    }
+}
+
+fn expect_welcome(response: ReportResponse) -> Result<()> {
+    match response {
+        ReportResponse::Welcome => Ok(()),
+        ReportResponse::Refused(why) if why.contains("replaced") => Err(Error::Replaced),
+        other => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
     }
 }

@@ -1,5 +1,5 @@
-//! A storage server: a primary and a secondary table, the replication stream to the next
-//! server, and three listening ports (clients, servers, coordinator control).
+//! A storage server: a primary and a secondary table, the replication streams, and three
+//! listening ports (clients, servers, coordinator control).
 
 mod clients;
 mod control;
@@ -10,22 +10,26 @@ mod table;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{Refusal, TableKind};
-use crate::routing::{ClusterConfig, primary_of, secondary_of};
+use crate::protocol::{Op, Refusal, TableKind};
+use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 
 pub use lease::Lease;
-pub use replication::{Replicator, Target};
+pub use replication::{CaughtUp, Mode, Replicator, Target};
 pub use table::{Applied, Table};
+
+/// Longest a configuration change waits for writes in flight on a slot it hands away.
+const SETTLE_LIMIT: Duration = Duration::from_secs(3);
 
 /// How a server is started (from the `server` binary's flags).
 #[derive(Debug, Clone)]
@@ -49,17 +53,23 @@ pub struct ServerOptions {
 /// State shared by all of a server's tasks.
 pub struct Server {
     pub id: u32,
+    pub incarnation: u64,
     pub servers: u32,
     token: Vec<u8>,
     primary: Arc<Table>,
     secondary: Arc<Table>,
-    /// Writes to this server's own slot, copied to its secondary.
+    /// Writes to this server's own slot (primary table), copied to its secondary.
     own: Replicator,
-    /// Writes to the slot of this server's primary, while this server serves it for them.
+    /// Writes to the slot of this server's primary (secondary table) while this server
+    /// serves it in that server's place (recovery steps 0-5).
     adopted: Replicator,
-    config: RwLock<Option<Arc<ClusterConfig>>>,
+    /// Held for reading while a client operation is routed and queued, or a replicated
+    /// batch is checked and applied; held for writing to swap it. So nothing is ever
+    /// accepted under a configuration that has already been replaced.
+    config: RwLock<Option<ClusterConfig>>,
     lease: Lease,
     draining: AtomicBool,
+    caught_up: Mutex<Option<mpsc::UnboundedReceiver<CaughtUp>>>,
     dump_dir: PathBuf,
     cancel: CancellationToken,
 }
@@ -68,33 +78,42 @@ impl Server {
     fn new(opts: &ServerOptions, token: Vec<u8>, cancel: CancellationToken) -> Self {
         let primary = Arc::new(Table::default());
         let secondary = Arc::new(Table::default());
-        let own = Replicator::start(opts.id, token.clone(), primary.clone(), cancel.clone());
-        let adopted = Replicator::start(opts.id, token.clone(), secondary.clone(), cancel.clone());
+        let (caught_tx, caught_rx) = mpsc::unbounded_channel();
+        let me = (opts.id, opts.incarnation);
+        let start = |table: &Arc<Table>| {
+            Replicator::start(
+                me,
+                token.clone(),
+                table.clone(),
+                caught_tx.clone(),
+                cancel.clone(),
+            )
+        };
         Server {
             id: opts.id,
+            incarnation: opts.incarnation,
             servers: opts.servers,
+            own: start(&primary),
+            adopted: start(&secondary),
             token,
             primary,
             secondary,
-            own,
-            adopted,
             config: RwLock::new(None),
             lease: Lease::new(),
             draining: AtomicBool::new(false),
+            caught_up: Mutex::new(Some(caught_rx)),
             dump_dir: opts.dump_dir.clone(),
             cancel,
         }
     }
 
-    pub fn config(&self) -> Option<Arc<ClusterConfig>> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn config(&self) -> RwLockReadGuard<'_, Option<ClusterConfig>> {
+        self.config.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs a newer configuration and points the replication streams at it.
-    fn set_config(&self, config: ClusterConfig) -> Result<(), String> {
+    /// Installs a newer configuration and sets both replicators' modes from it. A slot
+    /// handed away (recovery step 5) is released only once its writes in flight settled.
+    async fn set_config(&self, config: ClusterConfig) -> Result<(), String> {
         config.validate()?;
         if config.len() != self.servers {
             return Err(format!(
@@ -103,38 +122,84 @@ impl Server {
                 self.servers
             ));
         }
-        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref().is_some_and(|c| c.epoch > config.epoch) {
+        let me = &config.servers[self.id as usize];
+        if me.incarnation != self.incarnation {
             return Err(format!(
-                "epoch {} is older than {}",
-                config.epoch,
-                current.as_ref().map_or(0, |c| c.epoch)
+                "configuration names incarnation {} of server {}",
+                me.incarnation, self.id
             ));
         }
-        let secondary = &config.servers[secondary_of(self.id, self.servers) as usize];
-        self.own.set_target(
-            Some(Target {
-                addr: secondary.servers_addr(),
-                into: TableKind::Secondary,
-                epoch: config.epoch,
-            }),
-            false,
-        );
-        info!(epoch = config.epoch, secondary = %secondary.servers_addr(), "configuration installed");
-        *current = Some(Arc::new(config));
+        let (own, adopted) = self.modes(&config);
+        {
+            let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(current) = current.as_ref().filter(|c| c.epoch > config.epoch) {
+                return Err(format!(
+                    "epoch {} is older than {}",
+                    config.epoch, current.epoch
+                ));
+            }
+            info!(epoch = config.epoch, serving = ?config.serving, "configuration installed");
+            *current = Some(config);
+        }
+        if adopted == Mode::Waiting
+            && matches!(self.adopted.mode(), Mode::Stream(_))
+            && !self.adopted.settle(SETTLE_LIMIT).await
+        {
+            return Err("writes to the handed-back slot did not settle".into());
+        }
+        self.own.set_mode(own);
+        self.adopted.set_mode(adopted);
         Ok(())
     }
 
-    /// The table and replication stream for a client operation on `key`, or why this
-    /// server must not serve it now.
-    fn route(&self, key: &[u8], client_epoch: u64) -> Result<(&Table, &Replicator), Refusal> {
+    /// The replication modes a configuration implies for (own slot, adopted slot).
+    fn modes(&self, config: &ClusterConfig) -> (Mode, Mode) {
+        let stream = |to: u32, into: TableKind, snapshot: bool| {
+            Mode::Stream(Target {
+                addr: config.servers[to as usize].servers_addr(),
+                into,
+                epoch: config.epoch,
+                snapshot,
+            })
+        };
+        let next = secondary_of(self.id, self.servers);
+        let own = if config.serving[self.id as usize] != self.id {
+            Mode::Waiting
+        } else {
+            match config.servers[next as usize].state {
+                Replica::Up => stream(next, TableKind::Secondary, false),
+                Replica::Joining => stream(next, TableKind::Secondary, true),
+                Replica::Down => Mode::Local,
+            }
+        };
+        let prev = primary_of(self.id, self.servers);
+        let adopted = if config.serving[prev as usize] != self.id {
+            Mode::Waiting
+        } else {
+            match config.servers[prev as usize].state {
+                Replica::Joining => stream(prev, TableKind::Primary, true),
+                Replica::Down => Mode::Local,
+                Replica::Up => Mode::Waiting,
+            }
+        };
+        (own, adopted)
+    }
+
+    /// Why this server must not serve an operation on `key` now, or which slot it is:
+    /// `Ok(true)` for its own slot, `Ok(false)` for the adopted one.
+    fn route(
+        &self,
+        config: &Option<ClusterConfig>,
+        key: &[u8],
+        client_epoch: u64,
+    ) -> Result<bool, Refusal> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(Refusal::Unavailable("server is shutting down".into()));
         }
         if !self.lease.is_valid() {
             return Err(Refusal::Unavailable("server has no valid lease".into()));
         }
-        let Some(config) = self.config() else {
+        let Some(config) = config else {
             return Err(Refusal::Unavailable("server not configured yet".into()));
         };
         if client_epoch > config.epoch {
@@ -149,32 +214,94 @@ impl Server {
                 epoch: config.epoch,
             });
         }
-        if slot == self.id {
-            Ok((&self.primary, &self.own))
-        } else if slot == primary_of(self.id, self.servers) {
-            Ok((&self.secondary, &self.adopted))
-        } else {
-            Err(Refusal::WrongOwner {
-                epoch: config.epoch,
-            })
+        Ok(slot == self.id)
+    }
+
+    /// A GET, checked against the configuration it is read under.
+    fn read(&self, key: &[u8], client_epoch: u64) -> Result<Option<Vec<u8>>, Refusal> {
+        let config = self.config();
+        let own = self.route(&config, key, client_epoch)?;
+        Ok(if own { &self.primary } else { &self.secondary }.get(key))
+    }
+
+    /// Queues a PUT or DEL on the right slot's replicator, atomically with the routing
+    /// check (a configuration swap cannot slip in between).
+    async fn write(
+        &self,
+        op: Op,
+        client_epoch: u64,
+    ) -> Result<oneshot::Receiver<Applied>, Refusal> {
+        loop {
+            let (own, epoch) = {
+                let config = self.config();
+                (
+                    self.route(&config, op.key(), client_epoch)?,
+                    config.as_ref().map_or(0, |c| c.epoch),
+                )
+            };
+            let replicator = if own { &self.own } else { &self.adopted };
+            let slot = replicator
+                .reserve()
+                .await
+                .ok_or_else(|| Refusal::Unavailable("server is shutting down".into()))?;
+            let config = self.config();
+            if config.as_ref().is_some_and(|c| c.epoch == epoch)
+                && self.route(&config, op.key(), client_epoch)? == own
+            {
+                return Ok(slot.submit(op));
+            }
         }
     }
 
-    /// The table a replication stream from `from` may write into, checked against the
-    /// current configuration.
-    fn stream_table(&self, from: u32, into: TableKind) -> Result<&Table, String> {
-        let config = self.config().ok_or("not configured yet")?;
+    /// The table a replication stream from `from` may write into, under `config`.
+    fn stream_table(
+        &self,
+        config: &Option<ClusterConfig>,
+        from: (u32, u64),
+        into: TableKind,
+    ) -> Result<&Table, String> {
+        let config = config.as_ref().ok_or("not configured yet")?;
+        let (id, incarnation) = from;
+        let sender = config.servers.get(id as usize).ok_or("unknown server")?;
+        if sender.incarnation != incarnation {
+            return Err(format!(
+                "server {id} incarnation {incarnation} was replaced"
+            ));
+        }
         match into {
-            TableKind::Secondary if from == primary_of(self.id, self.servers) => {
-                if config.serving[from as usize] != from {
-                    return Err(format!("server {from} no longer serves its keys"));
+            TableKind::Secondary if id == primary_of(self.id, self.servers) => {
+                if config.serving[id as usize] != id {
+                    return Err(format!(
+                        "server {id} does not serve its keys in epoch {}",
+                        config.epoch
+                    ));
                 }
                 Ok(&self.secondary)
             }
-            _ => Err(format!(
-                "server {from} may not stream into my {into:?} table"
-            )),
+            TableKind::Primary if id == secondary_of(self.id, self.servers) => {
+                let me = &config.servers[self.id as usize];
+                if me.state != Replica::Joining || config.serving[self.id as usize] != id {
+                    return Err(format!(
+                        "not being filled by server {id} in epoch {}",
+                        config.epoch
+                    ));
+                }
+                Ok(&self.primary)
+            }
+            _ => Err(format!("server {id} may not stream into my {into:?} table")),
         }
+    }
+
+    /// Applies a replicated batch if `from` may still write `into` this server.
+    fn apply_replicated(
+        &self,
+        from: (u32, u64),
+        into: TableKind,
+        ops: Vec<Op>,
+    ) -> Result<(), String> {
+        let config = self.config();
+        self.stream_table(&config, from, into)?.apply_all(ops);
+        Ok(())
     }
 
     /// Writes both dump files; returns the entry counts.
@@ -184,6 +311,13 @@ impl Server {
         let secondary = self.secondary.dump(&path("secondary"))?;
         info!(primary, secondary, dir = %self.dump_dir.display(), "dumps written");
         Ok((primary, secondary))
+    }
+
+    /// Stops client operations and waits until no replicated write is in flight.
+    async fn drain(&self, limit: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.own.settle(limit).await;
+        self.adopted.settle(limit).await;
     }
 }
 
@@ -262,17 +396,32 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     accept_loop(control, "control", &tracker, cancel.clone(), move |conn| {
         control::serve_control(s.clone(), conn)
     });
-    info!(id = opts.id, ?ports, "listening");
+    info!(
+        id = opts.id,
+        incarnation = opts.incarnation,
+        ?ports,
+        "listening"
+    );
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
         lost = control::report_to_coordinator(server.clone(), &opts, ports) => lost,
     };
     if !cancel.is_cancelled() {
-        // The coordinator is gone: stop serving once the lease lapses, keep what we hold.
-        warn!(reason = ?outcome.as_ref().err().map(ToString::to_string), "lost the coordinator; shutting down");
         server.draining.store(true, Ordering::SeqCst);
-        server.dump()?;
+        if let Err(Error::Replaced) = outcome {
+            // A newer start of this id holds the data now; ours is stale: no dumps.
+            warn!("replaced by a newer server; exiting without dumps");
+        } else {
+            // The coordinator is gone: stop serving, keep what we hold.
+            let reason = outcome
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            warn!(%reason, "lost the coordinator; writing dumps and exiting");
+            server.dump()?;
+        }
         cancel.cancel();
     }
     tracker.close();

@@ -1,17 +1,25 @@
-//! The ordered replication stream from a primary copy to its other copy.
+//! The ordered replication stream from a slot's serving copy to its other copy.
 //!
 //! Every write to a slot goes through that slot's [`Replicator`] task, which is the only
-//! writer of the local table for that slot. It gives each write the next sequence number,
-//! sends writes in batches (as many as are queued, one frame), and applies a write to the
-//! local table and answers the client only when the other copy acknowledged it. So a write
-//! is visible to GETs only once both copies hold it, and the two copies apply the same
-//! writes in the same order.
+//! writer of the local table for that slot. It numbers the writes, sends them in batches
+//! (everything queued travels in one frame), and applies a write to the local table and
+//! answers the client only once the other copy acknowledged it. So a write is visible to
+//! GETs only once both copies hold it, and both copies apply the same writes in the same
+//! order.
 //!
-//! If the link breaks, the task reconnects and resends every unacknowledged write in order.
-//! Re-applying an in-order suffix of writes leaves a table as it was, so no de-duplication
-//! is needed. A write is never reported as failed while it may have reached the other copy:
-//! it stays pending until acknowledged, or until the coordinator says the other copy is gone
-//! (target `None`): then the task applies pending writes locally (degraded mode).
+//! The coordinator's configuration sets the [`Mode`]:
+//! - `Waiting`: the slot is not served here; nothing is submitted.
+//! - `Local`: the other copy is gone (degraded mode): writes apply locally at once. Writes
+//!   still unacknowledged when this mode starts are applied locally too: they may have
+//!   reached the dead copy, never a live one, so applying them keeps the one live copy whole.
+//! - `Stream`: copy to a target; with `snapshot`, first send the whole table (recovery
+//!   step 2: a snapshot followed by the live stream, never a racing copy), then report
+//!   "caught up" once the snapshot is acknowledged.
+//!
+//! If the link breaks, the task reconnects and resends every unacknowledged entry in order.
+//! Re-applying an in-order suffix of writes leaves a table as it was, so the receiver needs
+//! no de-duplication. A write is never reported as failed while it may have reached the
+//! other copy: it stays pending until acknowledged or until the mode becomes `Local`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,11 +38,15 @@ use crate::server::table::{Applied, Table};
 
 /// Largest batch payload we aim for (a single larger write still goes alone).
 const BATCH_BYTES: usize = 1 << 20;
-/// Most writes sent and not yet acknowledged.
-const WINDOW_OPS: usize = 16 * 1024;
-/// An unacknowledged batch older than this means the link is stuck: reconnect.
+/// Most entries in one batch.
+const BATCH_OPS: usize = 4096;
+/// Most entries sent and not yet acknowledged.
+const WINDOW_OPS: usize = 64 * 1024;
+/// Most writes accepted and not yet answered (bounds memory; submitters wait beyond it).
+const QUEUE_OPS: usize = 16 * 1024;
+/// No acknowledgement for this long while entries are in flight: the link is stuck.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Where a slot's writes are copied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +56,34 @@ pub struct Target {
     /// Which of its tables receives the writes.
     pub into: TableKind,
     pub epoch: u64,
+    /// Send the whole table first (the target starts empty).
+    pub snapshot: bool,
+}
+
+/// What a replicator does with writes; see the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Waiting,
+    Local,
+    Stream(Target),
+}
+
+impl Mode {
+    /// Whether switching from `self` to `next` needs a new stream. A new epoch or a cleared
+    /// snapshot flag for the same destination keeps the stream (and its snapshot) going.
+    fn same_stream(&self, next: &Mode) -> bool {
+        match (self, next) {
+            (Mode::Stream(a), Mode::Stream(b)) => a.addr == b.addr && a.into == b.into,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// "The snapshot for this stream is fully acknowledged" (recovery steps 3 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    pub into: TableKind,
+    pub epoch: u64,
 }
 
 struct Pending {
@@ -51,237 +91,316 @@ struct Pending {
     done: oneshot::Sender<Applied>,
 }
 
+/// One entry of the stream: a client write, or a snapshot entry (already in the table).
+struct Entry {
+    op: Op,
+    done: Option<oneshot::Sender<Applied>>,
+}
+
 /// Handle to submit writes to a slot's replication task.
 #[derive(Clone)]
 pub struct Replicator {
     tx: mpsc::Sender<Pending>,
-    target: Arc<watch::Sender<Option<Target>>>,
+    mode: Arc<watch::Sender<Mode>>,
     outstanding: Arc<AtomicUsize>,
 }
 
 impl Replicator {
-    /// Starts the task; writes wait until a target is set (or are applied locally once the
-    /// target is set to `None` by [`set_target`](Self::set_target)).
-    pub fn start(me: u32, token: Vec<u8>, table: Arc<Table>, cancel: CancellationToken) -> Self {
-        let (tx, rx) = mpsc::channel(4096);
-        let (target_tx, target_rx) = watch::channel(None);
+    /// Starts the task in `Waiting` mode. `caught_up` receives a message each time a
+    /// snapshot has been fully acknowledged.
+    pub fn start(
+        me: (u32, u64),
+        token: Vec<u8>,
+        table: Arc<Table>,
+        caught_up: mpsc::UnboundedSender<CaughtUp>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_OPS);
+        let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
         let outstanding = Arc::new(AtomicUsize::new(0));
         let task = Task {
-            me,
+            role: Role::Server {
+                id: me.0,
+                incarnation: me.1,
+            },
             token,
             table,
             rx,
-            target: target_rx,
-            local: false,
+            mode: mode_rx,
             unacked: VecDeque::new(),
-            next_seq: 1,
+            snapshot_left: 0,
+            caught_up,
             outstanding: outstanding.clone(),
         };
         tokio::spawn(task.run(cancel));
         Replicator {
             tx,
-            target: Arc::new(target_tx),
+            mode: Arc::new(mode_tx),
             outstanding,
         }
     }
 
-    /// Queues a write; the receiver fires once it is applied on both copies (or locally in
-    /// degraded mode). Dropped without firing if the server shuts down first.
-    pub async fn submit(&self, op: Op) -> Option<oneshot::Receiver<Applied>> {
-        let (done, rx) = oneshot::channel();
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
-        if self.tx.send(Pending { op, done }).await.is_err() {
-            self.outstanding.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(rx)
+    /// Waits for room in the queue. The returned slot submits without waiting, so that
+    /// the caller can check the configuration and submit atomically.
+    pub async fn reserve(&self) -> Option<Slot<'_>> {
+        let permit = self.tx.reserve().await.ok()?;
+        Some(Slot {
+            permit,
+            outstanding: &self.outstanding,
+        })
     }
 
-    /// Copies to `target` from now on; `None` means "no other copy: apply locally".
-    pub fn set_target(&self, target: Option<Target>, degraded: bool) {
-        let value = if degraded { None } else { target };
-        self.target.send_replace(value);
+    /// Switches mode; a change to the same stream (new epoch only) keeps the link.
+    pub fn set_mode(&self, next: Mode) {
+        self.mode.send_if_modified(|current| {
+            if current.same_stream(&next) {
+                *current = next;
+                false
+            } else {
+                info!(from = ?current, to = ?next, "replication mode");
+                *current = next;
+                true
+            }
+        });
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.borrow().clone()
     }
 
     /// Writes submitted and not yet answered.
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::SeqCst)
     }
+
+    /// Waits (up to `limit`) until every submitted write was answered.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.outstanding() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+/// Room for one write in a replicator's queue.
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Pending>,
+    outstanding: &'a AtomicUsize,
+}
+
+impl Slot<'_> {
+    /// Queues a write; the receiver fires once it is applied on both copies (or locally in
+    /// degraded mode). It is dropped without firing if the server shuts down first.
+    pub fn submit(self, op: Op) -> oneshot::Receiver<Applied> {
+        let (done, rx) = oneshot::channel();
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        self.permit.send(Pending { op, done });
+        rx
+    }
 }
 
 struct Task {
-    me: u32,
+    role: Role,
     token: Vec<u8>,
     table: Arc<Table>,
     rx: mpsc::Receiver<Pending>,
-    target: watch::Receiver<Option<Target>>,
-    /// True once the coordinator said there is no other copy.
-    local: bool,
-    unacked: VecDeque<(u64, Pending)>,
-    next_seq: u64,
+    mode: watch::Receiver<Mode>,
+    /// Entries not yet acknowledged by the current target, in order.
+    unacked: VecDeque<Entry>,
+    /// Snapshot entries among `unacked`.
+    snapshot_left: usize,
+    caught_up: mpsc::UnboundedSender<CaughtUp>,
     outstanding: Arc<AtomicUsize>,
 }
 
 impl Task {
     async fn run(mut self, cancel: CancellationToken) {
+        let mut streaming_to: Option<Target> = None;
         loop {
-            let target = self.target.borrow_and_update().clone();
-            let outcome = match target {
-                Some(target) => {
-                    self.local = false;
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = self.stream_to(&target) => r,
+            let mode = self.mode.borrow_and_update().clone();
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                outcome = async {
+                    match mode {
+                        Mode::Waiting => self.mode.changed().await.map_err(|_| Error::Closed),
+                        Mode::Local => {
+                            streaming_to = None;
+                            self.apply_locally().await
+                        }
+                        Mode::Stream(target) => {
+                            let fresh = streaming_to.as_ref().is_none_or(|t| t.addr != target.addr || t.into != target.into);
+                            if fresh && target.snapshot {
+                                self.prepend_snapshot();
+                            }
+                            streaming_to = Some(target.clone());
+                            self.stream_to(&target).await
+                        }
                     }
-                }
-                None if self.local_mode_allowed() => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = self.apply_locally() => r,
-                    }
-                }
-                None => tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = self.target.changed() => r.map_err(|_| Error::Closed),
-                },
+                } => outcome,
             };
-            match outcome {
-                Ok(()) => {}
-                Err(Error::Closed) if self.rx.is_closed() => return,
-                Err(e) => {
-                    warn!(error = %e, "replication link lost; reconnecting");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(RECONNECT_BACKOFF) => {}
-                        _ = self.target.changed() => {}
-                    }
+            if let Err(e) = outcome {
+                if self.rx.is_closed() && matches!(e, Error::Closed) {
+                    return;
+                }
+                warn!(error = %e, "replication link lost; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RECONNECT_BACKOFF) => {}
+                    _ = self.mode.changed() => {}
                 }
             }
         }
     }
 
-    /// Before any configuration arrives the target is `None` too; only a `None` set after
-    /// the first configuration means degraded mode. `watch` cannot tell these apart, so
-    /// `set_target` is called with the real target first and `local` flips on a later `None`.
-    fn local_mode_allowed(&mut self) -> bool {
-        if self.target.has_changed().unwrap_or(false) || self.next_seq > 1 || self.local {
-            self.local = true;
+    fn complete(&mut self, entry: Entry) {
+        if let Some(done) = entry.done {
+            let applied = self.table.apply(entry.op);
+            let _ = done.send(applied);
+            self.outstanding.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.snapshot_left -= 1;
         }
-        self.local
-    }
-
-    fn complete(&mut self, pending: Pending, applied: Applied) {
-        let _ = pending.done.send(applied);
-        self.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Degraded mode: apply everything pending, then every new write, locally.
     async fn apply_locally(&mut self) -> Result<()> {
-        while let Some((_, pending)) = self.unacked.pop_front() {
-            let applied = self.table.apply(pending.op.clone());
-            self.complete(pending, applied);
+        while let Some(entry) = self.unacked.pop_front() {
+            self.complete(entry);
         }
         loop {
             tokio::select! {
-                changed = self.target.changed() => return changed.map_err(|_| Error::Closed),
+                changed = self.mode.changed() => return changed.map_err(|_| Error::Closed),
                 pending = self.rx.recv() => {
-                    let Some(pending) = pending else { return Err(Error::Closed) };
-                    self.next_seq += 1;
-                    let applied = self.table.apply(pending.op.clone());
-                    self.complete(pending, applied);
+                    let Some(Pending { op, done }) = pending else { return Err(Error::Closed) };
+                    self.complete(Entry { op, done: Some(done) });
                 }
             }
         }
     }
 
-    /// Streams to `target` until the link fails or the target changes.
+    /// Puts a copy of the whole table in front of the unacknowledged writes. The table holds
+    /// exactly the writes acknowledged so far, and this task is its only writer, so the
+    /// snapshot followed by the queued writes is the slot's exact history.
+    fn prepend_snapshot(&mut self) {
+        let snapshot = self.table.snapshot();
+        info!(entries = snapshot.len(), "snapshot queued for the new copy");
+        self.snapshot_left += snapshot.len();
+        for (key, value) in snapshot.into_iter().rev() {
+            self.unacked.push_front(Entry {
+                op: Op::Put { key, value },
+                done: None,
+            });
+        }
+    }
+
+    /// Streams to `target` until the link fails or the mode changes.
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
-        let hello = Hello::new(Role::Server(self.me), &self.token);
+        let hello = Hello::new(self.role, &self.token);
         let mut conn = Connection::connect(&target.addr, &hello).await?;
         conn.send(&ReplMessage::Open {
             into: target.into,
             epoch: target.epoch,
         })
         .await?;
-        info!(to = %target.addr, into = ?target.into, resend = self.unacked.len(), "replication stream open");
+        info!(to = %target.addr, into = ?target.into, queued = self.unacked.len(), "replication stream open");
         let (mut reader, mut writer) = conn.split();
-        // Resend what the previous link left unacknowledged, in order.
-        let resend: Vec<(u64, Op)> = self
-            .unacked
-            .iter()
-            .map(|(seq, p)| (*seq, p.op.clone()))
-            .collect();
-        for chunk in resend.chunks(1024) {
-            let ops = chunk.iter().map(|(_, op)| op.clone()).collect();
-            writer
-                .send(&ReplMessage::Batch {
-                    first_seq: chunk[0].0,
-                    ops,
-                })
-                .await?;
-        }
+        let mut base = 1u64; // sequence number of unacked[0] on this connection
+        let mut sent = 0usize; // unacked[..sent] went out on this connection
+        let mut reported = self.snapshot_left == 0;
         let mut last_progress = Instant::now();
         loop {
-            let window_open = self.unacked.len() < WINDOW_OPS;
-            let stuck_at = last_progress + ACK_TIMEOUT;
+            if !reported && self.snapshot_left == 0 {
+                reported = true;
+                let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
+                let _ = self.caught_up.send(CaughtUp {
+                    into: target.into,
+                    epoch,
+                });
+                info!(to = %target.addr, "snapshot acknowledged: copy caught up");
+            }
+            let can_send = sent < self.unacked.len() && sent < WINDOW_OPS;
+            let room = self.unacked.len() < QUEUE_OPS + self.snapshot_left;
             tokio::select! {
                 biased;
-                changed = self.target.changed() => return changed.map_err(|_| Error::Closed),
+                changed = self.mode.changed() => {
+                    changed.map_err(|_| Error::Closed)?;
+                    if !self.mode.borrow().same_stream(&Mode::Stream(target.clone())) {
+                        return Ok(());
+                    }
+                }
                 ack = reader.recv::<ReplAck>() => {
-                    self.on_ack(ack?)?;
+                    let acked = match ack? {
+                        None => return Err(Error::Closed),
+                        Some(ReplAck::Refused(why)) => return Err(Error::Protocol(format!("stream refused: {why}"))),
+                        Some(ReplAck::Applied { seq }) => seq,
+                    };
+                    if acked < base || acked >= base + sent as u64 {
+                        return Err(Error::Protocol(format!("acknowledgement {acked} out of range")));
+                    }
+                    let count = (acked - base + 1) as usize;
+                    for entry in self.unacked.drain(..count).collect::<Vec<_>>() {
+                        self.complete(entry);
+                    }
+                    base += count as u64;
+                    sent -= count;
                     last_progress = Instant::now();
                 }
-                first = self.rx.recv(), if window_open => {
-                    let Some(first) = first else { return Err(Error::Closed) };
-                    if self.unacked.is_empty() {
+                _ = async {}, if can_send => {
+                    if sent == 0 {
                         last_progress = Instant::now();
                     }
-                    self.send_batch(first, &mut writer).await?;
+                    sent += self.send_batch(&mut writer, base + sent as u64, sent).await?;
                 }
-                _ = tokio::time::sleep_until(stuck_at), if !self.unacked.is_empty() => {
+                pending = self.rx.recv(), if room => {
+                    let Some(Pending { op, done }) = pending else { return Err(Error::Closed) };
+                    self.unacked.push_back(Entry { op, done: Some(done) });
+                    while self.unacked.len() < QUEUE_OPS + self.snapshot_left {
+                        let Ok(Pending { op, done }) = self.rx.try_recv() else { break };
+                        self.unacked.push_back(Entry { op, done: Some(done) });
+                    }
+                }
+                _ = tokio::time::sleep_until(last_progress + ACK_TIMEOUT), if sent > 0 => {
                     return Err(Error::Timeout("waiting for a replication acknowledgement"));
                 }
             }
         }
     }
 
-    fn on_ack(&mut self, ack: Option<ReplAck>) -> Result<()> {
-        match ack {
-            None => Err(Error::Closed),
-            Some(ReplAck::Refused(why)) => Err(Error::Protocol(format!("stream refused: {why}"))),
-            Some(ReplAck::Applied { seq }) => {
-                let mut done = Vec::new();
-                while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
-                    done.push(self.unacked.pop_front().expect("front exists").1);
-                }
-                for pending in done {
-                    let applied = self.table.apply(pending.op.clone());
-                    self.complete(pending, applied);
-                }
-                Ok(())
+    /// Sends the entries from index `from` on, as many as fit one batch; returns how many.
+    async fn send_batch(
+        &mut self,
+        writer: &mut ConnWriter,
+        first_seq: u64,
+        from: usize,
+    ) -> Result<usize> {
+        let mut bytes = 0;
+        let mut ops = Vec::new();
+        for entry in self.unacked.range(from..) {
+            if !ops.is_empty()
+                && (bytes + op_size(&entry.op) > BATCH_BYTES || ops.len() >= BATCH_OPS)
+            {
+                break;
             }
+            bytes += op_size(&entry.op);
+            ops.push(entry.op.clone());
         }
+        let count = ops.len();
+        debug!(first_seq, count, "batch");
+        writer.send(&ReplMessage::Batch { first_seq, ops }).await?;
+        Ok(count)
     }
+}
 
-    /// Sends `first` and whatever else is already queued, as one frame.
-    async fn send_batch(&mut self, first: Pending, writer: &mut ConnWriter) -> Result<()> {
-        let first_seq = self.next_seq;
-        let mut bytes = op_size(&first.op);
-        let mut ops = vec![first.op.clone()];
-        self.push_unacked(first);
-        while bytes < BATCH_BYTES && self.unacked.len() < WINDOW_OPS {
-            let Ok(next) = self.rx.try_recv() else { break };
-            bytes += op_size(&next.op);
-            ops.push(next.op.clone());
-            self.push_unacked(next);
+impl Mode {
+    fn target_epoch(&self) -> Option<u64> {
+        match self {
+            Mode::Stream(t) => Some(t.epoch),
+            _ => None,
         }
-        debug!(first_seq, count = ops.len(), "batch");
-        writer.send(&ReplMessage::Batch { first_seq, ops }).await
-    }
-
-    fn push_unacked(&mut self, pending: Pending) {
-        self.unacked.push_back((self.next_seq, pending));
-        self.next_seq += 1;
     }
 }
 
@@ -292,29 +411,24 @@ fn op_size(op: &Op) -> usize {
     }
 }
 
-/// The receiving side: applies a stream of batches to `table` and acknowledges them.
-/// `still_valid` is asked before each batch: once it says no (the sender lost the slot),
-/// the stream is refused so that a fenced primary can never write here again.
+/// The receiving side: applies a stream of batches and acknowledges them. `apply` checks,
+/// atomically with applying, that the sender may still write here (a fenced primary must
+/// never write again once its slot moved), and refuses the stream otherwise.
 pub async fn receive_stream(
     reader: &mut ConnReader,
     writer: &mut ConnWriter,
-    table: &Table,
-    still_valid: impl Fn() -> Result<(), String>,
+    apply: impl Fn(Vec<Op>) -> Result<(), String>,
 ) -> Result<()> {
-    let mut expected: Option<u64> = None;
+    let mut expected = 1u64;
     while let Some(message) = reader.recv::<ReplMessage>().await? {
         let ReplMessage::Batch { first_seq, ops } = message else {
             return Err(Error::Protocol(
                 "second Open on a replication stream".into(),
             ));
         };
-        if let Err(why) = still_valid() {
-            writer.send(&ReplAck::Refused(why.clone())).await?;
-            return Err(Error::Protocol(why));
-        }
-        if expected.is_some_and(|e| e != first_seq) || ops.is_empty() {
+        if first_seq != expected || ops.is_empty() {
             return Err(Error::Protocol(format!(
-                "batch at seq {first_seq} out of order"
+                "batch at seq {first_seq}, expected {expected}"
             )));
         }
         if ops
@@ -326,8 +440,11 @@ pub async fn receive_stream(
             ));
         }
         let last = first_seq + ops.len() as u64 - 1;
-        expected = Some(last + 1);
-        table.apply_all(ops);
+        if let Err(why) = apply(ops) {
+            writer.send(&ReplAck::Refused(why.clone())).await?;
+            return Err(Error::Protocol(why));
+        }
+        expected = last + 1;
         writer.feed(&ReplAck::Applied { seq: last }).await?;
         if !reader.has_buffered() {
             writer.flush().await?;

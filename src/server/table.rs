@@ -64,6 +64,14 @@ impl Table {
         }
     }
 
+    /// A copy of every entry (recovery: the start of a new copy's stream).
+    pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
