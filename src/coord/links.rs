@@ -202,7 +202,11 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
     Ok(())
 }
 
-type Call = (ControlRequest, oneshot::Sender<Result<ControlResponse>>);
+type Call = (
+    ControlRequest,
+    Duration,
+    oneshot::Sender<Result<ControlResponse>>,
+);
 
 /// A control link to one server, served by its own task so that a slow server never
 /// blocks the coordinator: callers wait on their own answer, with a deadline.
@@ -217,10 +221,8 @@ impl ControlLink {
         let mut conn = Connection::connect(addr, &Hello::new(Role::Coordinator, token)).await?;
         let (tx, mut rx) = mpsc::channel::<Call>(16);
         tokio::spawn(async move {
-            while let Some((request, reply)) = rx.recv().await {
-                let result = conn
-                    .call(&request, Duration::from_secs(30), "waiting for a server")
-                    .await;
+            while let Some((request, limit, reply)) = rx.recv().await {
+                let result = conn.call(&request, limit, "waiting for a server").await;
                 let failed = result.is_err();
                 let _ = reply.send(result);
                 if failed {
@@ -240,7 +242,7 @@ impl ControlLink {
     pub async fn call(&self, request: ControlRequest, limit: Duration) -> Result<ControlResponse> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((request, reply))
+            .send((request, limit, reply))
             .await
             .map_err(|_| Error::Closed)?;
         let result = tokio::time::timeout(limit, answer)

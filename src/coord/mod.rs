@@ -38,8 +38,11 @@ pub use topology::{Member, Topology, format_table};
 
 /// How long all servers may take to start and report.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
-/// Deadline of each shutdown phase.
-const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(3);
+/// Deadline of the drain phase of a shutdown (writes in flight settle).
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+/// Deadline of the dump phase: writing dumps takes time in proportion to the data, and a
+/// server killed mid-dump leaves none, so this one is generous.
+const DUMP_LIMIT: Duration = Duration::from_secs(120);
 /// Deadline of one configuration install on one server.
 const INSTALL_LIMIT: Duration = Duration::from_secs(4);
 /// How often heartbeats and recovery deadlines are checked.
@@ -652,12 +655,12 @@ impl Cluster {
         let live: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
         join_all(
             live.iter()
-                .map(|l| l.call(ControlRequest::Drain, SHUTDOWN_STEP_LIMIT)),
+                .map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT)),
         )
         .await;
         let results = join_all(
             live.iter()
-                .map(|l| l.call(ControlRequest::Shutdown, SHUTDOWN_STEP_LIMIT)),
+                .map(|l| l.call(ControlRequest::Shutdown, DUMP_LIMIT)),
         )
         .await;
         for (link, result) in live.iter().zip(results) {

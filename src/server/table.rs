@@ -89,7 +89,9 @@ impl Table {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         entries.sort_unstable();
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         for (key, value) in &entries {
             writeln!(out, "P {} {}", quote(key), quote(value))?;

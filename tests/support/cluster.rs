@@ -195,6 +195,7 @@ pub fn read_dump(path: &Path) -> HashMap<Vec<u8>, Vec<u8>> {
 pub fn kill(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 

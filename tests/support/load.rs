@@ -1,0 +1,140 @@
+//! Concurrent client load that records every operation for the history checker.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ftkv::client::{Client, OpError};
+
+use super::history::{Event, Op, Outcome, Recorder};
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub recorder: Arc<Recorder>,
+    pub keys: Vec<Vec<u8>>,
+    pub completed: Arc<AtomicU64>,
+}
+
+/// The outcome of a write as the history checker sees it.
+fn write_outcome<T>(result: &Result<T, OpError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(OpError::Unknown(_)) => Outcome::Unknown,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+impl Load {
+    /// `clients` tasks doing random PUT (50%), GET (40%) and DEL (10%) on `keys` keys.
+    pub fn start(coordinator: String, clients: usize, keys: usize, timeout: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let recorder = Arc::new(Recorder::new());
+        let completed = Arc::new(AtomicU64::new(0));
+        let key_list: Vec<Vec<u8>> = (0..keys)
+            .map(|i| format!("load-{i}").into_bytes())
+            .collect();
+        let tasks = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                let recorder = recorder.clone();
+                let completed = completed.clone();
+                let keys = key_list.clone();
+                let mut client = Client::new(coordinator.clone(), timeout);
+                tokio::spawn(async move {
+                    let mut rng = 0x9e37_79b9_7f4a_7c15u64
+                        ^ (c as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let key = keys[(rng % keys.len() as u64) as usize].clone();
+                        let dice = (rng >> 32) % 10;
+                        n += 1;
+                        let invoke = Instant::now();
+                        let (op, outcome) = if dice < 5 {
+                            let value = format!("c{c}-{n}").into_bytes();
+                            let result = client.put(&key, &value).await;
+                            (Op::Put(value), write_outcome(&result))
+                        } else if dice < 9 {
+                            let outcome = match client.get(&key).await {
+                                Ok(value) => Outcome::Value(value),
+                                Err(_) => Outcome::Failed,
+                            };
+                            (Op::Get, outcome)
+                        } else {
+                            let result = client.del(&key).await;
+                            (Op::Del, write_outcome(&result))
+                        };
+                        let ret = Instant::now();
+                        recorder.record(Event {
+                            client: c,
+                            key,
+                            op,
+                            invoke,
+                            ret,
+                            outcome,
+                        });
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            recorder,
+            keys: key_list,
+            completed,
+        }
+    }
+
+    /// Stops the clients and waits for their last operations.
+    pub async fn stop(self) -> (Arc<Recorder>, Vec<Vec<u8>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("load task");
+        }
+        (self.recorder, self.keys)
+    }
+}
+
+/// Reads every key once more (recorded, so the checker also verifies the final state) and
+/// returns the final values.
+pub async fn final_reads(
+    coordinator: String,
+    recorder: &Recorder,
+    keys: &[Vec<u8>],
+) -> std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> {
+    let mut client = Client::new(coordinator, Duration::from_secs(10));
+    let mut values = std::collections::HashMap::new();
+    for key in keys {
+        let invoke = Instant::now();
+        let value = client.get(key).await.expect("final read");
+        let ret = Instant::now();
+        recorder.record(Event {
+            client: usize::MAX,
+            key: key.clone(),
+            op: Op::Get,
+            invoke,
+            ret,
+            outcome: Outcome::Value(value.clone()),
+        });
+        values.insert(key.clone(), value);
+    }
+    values
+}
+
+/// Time from `since` until the first operation on one of `keys` that was invoked after
+/// `since` succeeded (returned). `None` if none did.
+pub fn unavailability(events: &[Event], keys: &[Vec<u8>], since: Instant) -> Option<Duration> {
+    events
+        .iter()
+        .filter(|e| e.invoke >= since && keys.contains(&e.key))
+        .filter(|e| matches!(e.outcome, Outcome::Ok | Outcome::Value(_)))
+        .map(|e| e.ret - since)
+        .min()
+}
