@@ -256,6 +256,13 @@ pub struct StatusReport {
     pub recovery: Option<RecoveryStatus>,
 }
 
+/// Size of a recovery snapshot, for the coordinator's summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// The ports a server really bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundPorts {
@@ -277,7 +284,11 @@ pub enum ReportRequest {
     Heartbeat,
     /// Recovery steps 3 and 4: the snapshot streamed `into` the new server's table for
     /// configuration `epoch` is fully acknowledged.
-    Updated { into: TableKind, epoch: u64 },
+    Updated {
+        into: TableKind,
+        epoch: u64,
+        copied: CopyStats,
+    },
 }
 
 /// Coordinator -> server.

@@ -7,6 +7,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ftkv::connection::Connection;
+use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, wait_until};
 use support::history::check_all;
@@ -280,4 +282,65 @@ fn second_failure_during_recovery_shuts_down_in_order() {
             _ => {} // a's keys had both copies on a and b: lost with them.
         }
     }
+}
+
+/// Leases: with the coordinator paused, heartbeats go unanswered and every server stops
+/// serving once its lease (half the timeout) lapses; when the coordinator resumes, they
+/// serve again. Checked on a raw connection to a server, as a client would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_stop_serving_when_their_lease_lapses() {
+    let cluster = Cluster::start_with(N as usize, &["-t", "1"]);
+    let mut client = cluster.client();
+    client.put(b"leased", b"value").await.unwrap();
+    let s = status(&cluster);
+    let owner = slot_of(b"leased", N) as usize;
+    let port = s["servers"][owner]["client_port"].as_u64().unwrap();
+    let mut conn =
+        Connection::connect(&format!("127.0.0.1:{port}"), &Hello::new(Role::Client, &[]))
+            .await
+            .unwrap();
+    let get = ClientRequest {
+        epoch: 1,
+        op: Op::Get {
+            key: b"leased".to_vec(),
+        },
+    };
+    assert_eq!(
+        ask(&mut conn, &get).await,
+        ClientResponse::Value(Some(b"value".to_vec()))
+    );
+
+    kill(cluster.coord.id(), "STOP");
+    let paused = Instant::now();
+    let mut refused_after = None;
+    while paused.elapsed() < Duration::from_secs(2) {
+        if let ClientResponse::Refused(Refusal::Unavailable(why)) = ask(&mut conn, &get).await {
+            assert!(why.contains("lease"), "{why}");
+            refused_after = Some(paused.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused_after = refused_after.expect("still serving without a lease");
+    assert!(
+        refused_after <= TIMEOUT / 2 + Duration::from_millis(100),
+        "lease outlived: {refused_after:?}"
+    );
+    kill(cluster.coord.id(), "CONT");
+    let resumed = Instant::now();
+    let mut served = false;
+    while !served && resumed.elapsed() < Duration::from_secs(2) {
+        served = ask(&mut conn, &get).await == ClientResponse::Value(Some(b"value".to_vec()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "serves again once the lease is renewed");
+}
+
+async fn ask(
+    conn: &mut ftkv::connection::Connection,
+    request: &ftkv::protocol::ClientRequest,
+) -> ftkv::protocol::ClientResponse {
+    conn.call(request, Duration::from_secs(2), "answer")
+        .await
+        .expect("an answer")
 }

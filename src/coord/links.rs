@@ -11,11 +11,11 @@ use tracing::{info, warn};
 
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
-use crate::protocol::TableKind;
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, ReportRequest,
     ReportResponse, Role, StatusReport,
 };
+use crate::protocol::{CopyStats, TableKind};
 use crate::routing::ClusterConfig;
 
 /// What the coordinator publishes to clients.
@@ -44,6 +44,7 @@ pub enum Event {
         id: u32,
         into: TableKind,
         epoch: u64,
+        copied: CopyStats,
     },
 }
 
@@ -181,8 +182,17 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
             }
             match request {
                 ReportRequest::Heartbeat => conn.send(&ReportResponse::Lease { lease_ms }).await?,
-                ReportRequest::Updated { into, epoch } => {
-                    let _ = shared.events.send(Event::Updated { id, into, epoch });
+                ReportRequest::Updated {
+                    into,
+                    epoch,
+                    copied,
+                } => {
+                    let _ = shared.events.send(Event::Updated {
+                        id,
+                        into,
+                        epoch,
+                        copied,
+                    });
                     conn.send(&ReportResponse::Welcome).await?;
                 }
                 ReportRequest::Started { .. } => {

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::config::ServerSpec;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{ControlRequest, ControlResponse, RecoveryStatus, ServerState};
+use crate::protocol::{ControlRequest, ControlResponse, CopyStats, RecoveryStatus, ServerState};
 use crate::routing::{ClusterConfig, Replica, secondary_of};
 
 pub use launcher::{Launcher, default_server_bin};
@@ -151,6 +151,8 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         recovery: None,
         internal_tx,
         fatal: None,
+        copied: CopyStats::default(),
+        step_began: Instant::now(),
     };
     let mut stop = stop_signal(opts.watch_stdin);
 
@@ -218,6 +220,10 @@ struct Cluster {
     internal_tx: mpsc::UnboundedSender<Internal>,
     /// Set when the service must shut down (two faults): the reason.
     fatal: Option<String>,
+    /// Snapshot sizes reported during the current recovery's copy (for its summary).
+    copied: CopyStats,
+    /// When the current recovery step began (each step's duration is logged).
+    step_began: Instant,
 }
 
 impl Cluster {
@@ -355,8 +361,28 @@ impl Cluster {
                     self.lost(id, format!("report link lost ({why})"));
                 }
             }
-            Event::Updated { id, into, epoch } => {
-                info!(id, ?into, epoch, "copy to the new server caught up");
+            Event::Updated {
+                id,
+                into,
+                epoch,
+                copied,
+            } => {
+                info!(
+                    id,
+                    ?into,
+                    epoch,
+                    entries = copied.entries,
+                    bytes = copied.bytes,
+                    "copy to the new server caught up"
+                );
+                if self
+                    .recovery
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.step, recovery::Step::Copy { .. }))
+                {
+                    self.copied.entries += copied.entries;
+                    self.copied.bytes += copied.bytes;
+                }
                 self.feed(Input::Updated { into, epoch });
             }
         }
@@ -434,6 +460,8 @@ impl Cluster {
             wait_ms = lease_end.saturating_duration_since(now).as_millis() as u64,
             "recovery: step 0, waiting for the lease to expire"
         );
+        self.copied = CopyStats::default();
+        self.step_began = now;
         self.recovery = Some(Recovery::new(
             id,
             incarnation + 1,
@@ -469,7 +497,14 @@ impl Cluster {
         let n = self.topology.len();
         let b = secondary_of(a, n);
         for action in actions {
-            info!(server = a, ?action, "recovery");
+            let previous_ms = self.step_began.elapsed().as_millis() as u64;
+            self.step_began = Instant::now();
+            info!(
+                server = a,
+                ?action,
+                previous_step_ms = previous_ms,
+                "recovery"
+            );
             match action {
                 Action::TakeOver { serial } => {
                     let config = self.next_config(|c| {
@@ -503,6 +538,7 @@ impl Cluster {
                     self.install_async(serial, config, vec![vec![b], vec![a], others]);
                 }
                 Action::RollBack { serial, kill, why } => {
+                    self.copied = CopyStats::default();
                     warn!(server = a, %why, "recovery: rolling back to step 1");
                     self.kill(a, kill);
                     self.links[a as usize] = None;
@@ -522,6 +558,8 @@ impl Cluster {
                     info!(
                         server = a,
                         took_ms = took.as_millis() as u64,
+                        keys_copied = self.copied.entries,
+                        bytes_copied = self.copied.bytes,
                         attempts,
                         epoch = self.topology.epoch(),
                         "recovery complete: full redundancy restored"

@@ -146,7 +146,11 @@ pub async fn report_to_coordinator(
                 }
             }
             Some(progress) = caught_up.recv() => {
-                let updated = ReportRequest::Updated { into: progress.into, epoch: progress.epoch };
+                let updated = ReportRequest::Updated {
+                    into: progress.into,
+                    epoch: progress.epoch,
+                    copied: progress.copied,
+                };
                 conn.send(&updated).await?;
                 expect_welcome(conn.recv::<ReportResponse>().await?.ok_or(Error::Closed)?)?;
                 info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::connection::{ConnReader, ConnWriter, Connection};
 use crate::error::{Error, Result};
-use crate::protocol::{Hello, Op, ReplAck, ReplMessage, Role, TableKind};
+use crate::protocol::{CopyStats, Hello, Op, ReplAck, ReplMessage, Role, TableKind};
 use crate::server::table::{Applied, Table};
 
 /// Largest batch payload we aim for (a single larger write still goes alone).
@@ -84,6 +84,7 @@ impl Mode {
 pub struct CaughtUp {
     pub into: TableKind,
     pub epoch: u64,
+    pub copied: CopyStats,
 }
 
 struct Pending {
@@ -129,6 +130,7 @@ impl Replicator {
             mode: mode_rx,
             unacked: VecDeque::new(),
             snapshot_left: 0,
+            snapshot_stats: CopyStats::default(),
             caught_up,
             outstanding: outstanding.clone(),
         };
@@ -213,6 +215,8 @@ struct Task {
     unacked: VecDeque<Entry>,
     /// Snapshot entries among `unacked`.
     snapshot_left: usize,
+    /// Size of the last snapshot queued.
+    snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
     outstanding: Arc<AtomicUsize>,
 }
@@ -287,7 +291,18 @@ impl Task {
     /// snapshot followed by the queued writes is the slot's exact history.
     fn prepend_snapshot(&mut self) {
         let snapshot = self.table.snapshot();
-        info!(entries = snapshot.len(), "snapshot queued for the new copy");
+        let bytes = snapshot
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        self.snapshot_stats = CopyStats {
+            entries: snapshot.len() as u64,
+            bytes,
+        };
+        info!(
+            entries = snapshot.len(),
+            bytes, "snapshot queued for the new copy"
+        );
         self.snapshot_left += snapshot.len();
         for (key, value) in snapshot.into_iter().rev() {
             self.unacked.push_front(Entry {
@@ -316,9 +331,11 @@ impl Task {
             if !reported && self.snapshot_left == 0 {
                 reported = true;
                 let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
+                let copied = self.snapshot_stats;
                 let _ = self.caught_up.send(CaughtUp {
                     into: target.into,
                     epoch,
+                    copied,
                 });
                 info!(to = %target.addr, "snapshot acknowledged: copy caught up");
             }
