@@ -5,7 +5,6 @@
 //! `FTKV_BENCH_KEYS=1000000 cargo bench --bench recovery` for a million.
 
 #[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 
 use std::time::{Duration, Instant};
