@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use cluster::{Cluster, kill, wait_until};
 
 fn main() {
-    let keys: usize = std::env::var("FTKV_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let keys: usize =
+        std::env::var("FTKV_BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut cluster = Cluster::start_with(3, &["-t", "1"]);
     let began = Instant::now();
@@ -27,10 +25,7 @@ fn main() {
                 tokio::spawn(async move {
                     let value = [b'v'; 100];
                     for i in (c..keys).step_by(clients) {
-                        client
-                            .put(format!("key-{i:08}").as_bytes(), &value)
-                            .await
-                            .unwrap();
+                        client.put(format!("key-{i:08}").as_bytes(), &value).await.unwrap();
                     }
                 })
             })
@@ -44,24 +39,16 @@ fn main() {
     let victim = 1;
     kill(cluster.pids[victim], "KILL");
     let killed = Instant::now();
-    let done = wait_until(Duration::from_secs(300), || {
-        cluster.coord_log().contains("recovery complete")
-    });
+    let done =
+        wait_until(Duration::from_secs(300), || cluster.coord_log().contains("recovery complete"));
     assert!(done, "recovery did not complete:\n{}", cluster.coord_log());
     let log = cluster.coord_log();
-    let line = |needle: &str| {
-        log.lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let line =
+        |needle: &str| log.lines().find(|l| l.contains(needle)).unwrap_or_default().to_string();
     let timestamp = |l: &str| l.split_whitespace().next().unwrap_or_default().to_string();
     let started = line("replacement server started");
     let complete = line("recovery complete");
-    println!(
-        "kill -9 to full redundancy (observed): {:.2?}",
-        killed.elapsed()
-    );
+    println!("kill -9 to full redundancy (observed): {:.2?}", killed.elapsed());
     println!("a+ started at {}", timestamp(&started));
     println!("{complete}");
     let field = |name: &str| {
@@ -74,11 +61,8 @@ fn main() {
     let micros = |ts: &str| -> Option<f64> {
         let time = ts.split('T').nth(1)?.trim_end_matches('Z');
         let mut parts = time.split(':');
-        let (h, m, s): (f64, f64, f64) = (
-            parts.next()?.parse().ok()?,
-            parts.next()?.parse().ok()?,
-            parts.next()?.parse().ok()?,
-        );
+        let (h, m, s): (f64, f64, f64) =
+            (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
         Some((h * 3600.0 + m * 60.0 + s) * 1e6)
     };
     if let (Some(a), Some(b)) = (micros(&timestamp(&started)), micros(&timestamp(&complete))) {

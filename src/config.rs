@@ -37,32 +37,23 @@ impl Host {
             ));
         }
         let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         Ok(match (loopback, user) {
             (true, None) => Host::Local(host.to_string()),
-            (_, user) => Host::Ssh {
-                user,
-                host: host.to_string(),
-            },
+            (_, user) => Host::Ssh { user, host: host.to_string() },
         })
     }
 }
 
 fn valid_user(user: &str) -> bool {
     !user.is_empty()
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && !host.starts_with('-')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
 }
 
 /// One line of the file.
@@ -95,10 +86,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn error(line: usize, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        line,
-        message: message.into(),
-    }
+    ConfigError { line, message: message.into() }
 }
 
 /// Parses the file's text. Blank lines and lines starting with `#` are skipped.
@@ -110,16 +98,10 @@ pub fn parse(text: &str) -> Result<Vec<ServerSpec>, ConfigError> {
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
     let (count_line, count) = lines.next().ok_or_else(|| error(0, "empty file"))?;
     let n: usize = count.parse().map_err(|_| {
-        error(
-            count_line,
-            format!("expected the number of servers, found {count:?}"),
-        )
+        error(count_line, format!("expected the number of servers, found {count:?}"))
     })?;
     if n < MIN_SERVERS {
-        return Err(error(
-            count_line,
-            format!("{n} servers, at least {MIN_SERVERS} needed"),
-        ));
+        return Err(error(count_line, format!("{n} servers, at least {MIN_SERVERS} needed")));
     }
     let mut specs = Vec::with_capacity(n);
     for (line, text) in lines {
@@ -132,10 +114,7 @@ pub fn parse(text: &str) -> Result<Vec<ServerSpec>, ConfigError> {
         specs.push(parse_server(line, text)?);
     }
     if specs.len() < n {
-        return Err(error(
-            count_line,
-            format!("{n} servers announced, {} listed", specs.len()),
-        ));
+        return Err(error(count_line, format!("{n} servers announced, {} listed", specs.len())));
     }
     Ok(specs)
 }
@@ -199,18 +178,9 @@ mod tests {
         assert_eq!(specs[0].host, Host::Local("127.0.0.1".into()));
         assert_eq!(
             specs[1].host,
-            Host::Ssh {
-                user: Some("bob".into()),
-                host: "db1.example".into()
-            }
+            Host::Ssh { user: Some("bob".into()), host: "db1.example".into() }
         );
-        assert_eq!(
-            specs[2].host,
-            Host::Ssh {
-                user: None,
-                host: "10.0.0.2".into()
-            }
-        );
+        assert_eq!(specs[2].host, Host::Ssh { user: None, host: "10.0.0.2".into() });
     }
 
     #[test]
@@ -222,30 +192,14 @@ mod tests {
         assert!(few.message.contains("at least 3"), "{few}");
         let port = err("3\nlocalhost 0 0 0\nlocalhost 0 70000 0\nlocalhost 0 0 0\n");
         assert_eq!(port.line, 3);
-        assert!(
-            port.to_string()
-                .contains("config line 3: bad servers port \"70000\""),
-            "{port}"
-        );
-        assert_eq!(
-            err("3\nlocalhost 0 0 0\nlocalhost 0 -1 0\nlocalhost 0 0 0\n").line,
-            3
-        );
+        assert!(port.to_string().contains("config line 3: bad servers port \"70000\""), "{port}");
+        assert_eq!(err("3\nlocalhost 0 0 0\nlocalhost 0 -1 0\nlocalhost 0 0 0\n").line, 3);
         let host = err("3\nlocalhost 0 0 0\nlocalhost 0 0 0\nbad/host 0 0 0\n");
         assert_eq!(host.line, 4);
         assert!(host.message.contains("bad host"), "{host}");
-        assert_eq!(
-            err("3\nlocalhost 0 0 0\n@h 0 0 0\nlocalhost 0 0 0\n").line,
-            3
-        );
-        assert_eq!(
-            err("3\nlocalhost 0 0 0\n-oProxy=x 0 0 0\nlocalhost 0 0 0\n").line,
-            3
-        );
-        assert_eq!(
-            err("3\nlocalhost 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n").line,
-            2
-        );
+        assert_eq!(err("3\nlocalhost 0 0 0\n@h 0 0 0\nlocalhost 0 0 0\n").line, 3);
+        assert_eq!(err("3\nlocalhost 0 0 0\n-oProxy=x 0 0 0\nlocalhost 0 0 0\n").line, 3);
+        assert_eq!(err("3\nlocalhost 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n").line, 2);
         assert_eq!(err("3\nlocalhost 0 0 0\nlocalhost 0 0 0\n").line, 1);
         assert_eq!(
             err("3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n").line,

@@ -35,9 +35,7 @@ fn bincode_config() -> Config {
 }
 
 fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_LEN)
-        .new_codec()
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_LEN).new_codec()
 }
 
 /// Serializes one message into a frame payload.
@@ -52,10 +50,7 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     let (msg, used) = bincode::serde::decode_from_slice(payload, bincode_config())
         .map_err(|e| Error::Malformed(e.to_string()))?;
     if used != payload.len() {
-        return Err(Error::Malformed(format!(
-            "{} trailing bytes",
-            payload.len() - used
-        )));
+        return Err(Error::Malformed(format!("{} trailing bytes", payload.len() - used)));
     }
     Ok(msg)
 }
@@ -128,9 +123,7 @@ impl ConnWriter {
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<()> {
-        SinkExt::<Bytes>::flush(&mut self.frames)
-            .await
-            .map_err(map_codec_error)
+        SinkExt::<Bytes>::flush(&mut self.frames).await.map_err(map_codec_error)
     }
 
     /// Sends one message at once.
@@ -153,12 +146,8 @@ impl Connection {
         let peer = stream.peer_addr()?;
         let (read, write) = stream.into_split();
         Ok(Connection {
-            reader: ConnReader {
-                frames: FramedRead::new(read, codec()),
-            },
-            writer: ConnWriter {
-                frames: FramedWrite::new(write, codec()),
-            },
+            reader: ConnReader { frames: FramedRead::new(read, codec()) },
+            writer: ConnWriter { frames: FramedWrite::new(write, codec()) },
             peer,
         })
     }
@@ -180,10 +169,7 @@ impl Connection {
         allowed: impl Fn(Role) -> bool,
         token: &[u8],
     ) -> Result<Role> {
-        let hello: Hello = self
-            .reader
-            .recv_within(FRAME_DEADLINE, "waiting for the hello")
-            .await?;
+        let hello: Hello = self.reader.recv_within(FRAME_DEADLINE, "waiting for the hello").await?;
         if hello.version != PROTOCOL_VERSION {
             return Err(Error::Protocol(format!(
                 "protocol version {} (expected {PROTOCOL_VERSION})",
@@ -268,29 +254,18 @@ mod tests {
     async fn round_trip() {
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        let request = ClientRequest {
-            epoch: 7,
-            op: Op::Put {
-                key: b"k".to_vec(),
-                value: vec![0, 255],
-            },
-        };
+        let request =
+            ClientRequest { epoch: 7, op: Op::Put { key: b"k".to_vec(), value: vec![0, 255] } };
         peer.send(&request).await.unwrap();
         assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
         drop(peer);
-        assert_eq!(
-            conn.recv::<ClientRequest>().await.unwrap(),
-            None,
-            "clean end of stream"
-        );
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), None, "clean end of stream");
     }
 
     #[tokio::test]
     async fn oversized_frame_is_refused_from_its_prefix() {
         let (mut conn, mut raw) = pair().await;
-        raw.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes())
-            .await
-            .unwrap();
+        raw.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::FrameTooLarge { .. }), "{err}");
     }
@@ -319,12 +294,9 @@ mod tests {
         raw.write_all(&frame(&[7, 200, 1, b'k'])).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
-        let mut good = encode(&ClientRequest {
-            epoch: 1,
-            op: Op::Get { key: b"k".to_vec() },
-        })
-        .unwrap()
-        .to_vec();
+        let mut good = encode(&ClientRequest { epoch: 1, op: Op::Get { key: b"k".to_vec() } })
+            .unwrap()
+            .to_vec();
         good.push(0);
         raw.write_all(&frame(&good)).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
@@ -344,42 +316,28 @@ mod tests {
     async fn hello_checks_version_role_and_token() {
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello {
-            version: PROTOCOL_VERSION + 1,
-            role: Role::Client,
-            token: vec![],
-        })
-        .await
-        .unwrap();
+        peer.send(&Hello { version: PROTOCOL_VERSION + 1, role: Role::Client, token: vec![] })
+            .await
+            .unwrap();
         let err = conn.accept_hello(|_| true, &[]).await.unwrap_err();
         assert!(err.to_string().contains("protocol version"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
         peer.send(&Hello::new(Role::Client, &[])).await.unwrap();
-        let err = conn
-            .accept_hello(|r| r == Role::Coordinator, &[])
-            .await
-            .unwrap_err();
+        let err = conn.accept_hello(|r| r == Role::Coordinator, &[]).await.unwrap_err();
         assert!(err.to_string().contains("role"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello::new(Role::Coordinator, b"wrong"))
-            .await
-            .unwrap();
+        peer.send(&Hello::new(Role::Coordinator, b"wrong")).await.unwrap();
         let err = conn.accept_hello(|_| true, b"secret").await.unwrap_err();
         assert!(err.to_string().contains("token"), "{err}");
 
         let (mut conn, raw) = pair().await;
         let mut peer = Connection::new(raw).unwrap();
-        peer.send(&Hello::new(Role::Coordinator, b"secret"))
-            .await
-            .unwrap();
-        assert_eq!(
-            conn.accept_hello(|_| true, b"secret").await.unwrap(),
-            Role::Coordinator
-        );
+        peer.send(&Hello::new(Role::Coordinator, b"secret")).await.unwrap();
+        assert_eq!(conn.accept_hello(|_| true, b"secret").await.unwrap(), Role::Coordinator);
     }
 
     #[test]

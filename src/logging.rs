@@ -10,9 +10,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(file: Option<&Path>, default_level: &str) -> Result<(), String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -20,10 +18,7 @@ pub fn init(file: Option<&Path>, default_level: &str) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
-                .init();
+            builder.with_ansi(false).with_writer(Mutex::new(file)).init();
         }
         None => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

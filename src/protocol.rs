@@ -51,11 +51,7 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(role: Role, token: &[u8]) -> Self {
-        Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            token: token.to_vec(),
-        }
+        Hello { version: PROTOCOL_VERSION, role, token: token.to_vec() }
     }
 }
 
@@ -91,18 +87,12 @@ impl Op {
             return Err(Refusal::EmptyKey);
         }
         if self.key().len() > MAX_KEY_LEN {
-            return Err(Refusal::KeyTooLarge {
-                len: self.key().len(),
-                max: MAX_KEY_LEN,
-            });
+            return Err(Refusal::KeyTooLarge { len: self.key().len(), max: MAX_KEY_LEN });
         }
         if let Op::Put { value, .. } = self
             && value.len() > MAX_VALUE_LEN
         {
-            return Err(Refusal::ValueTooLarge {
-                len: value.len(),
-                max: MAX_VALUE_LEN,
-            });
+            return Err(Refusal::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
         Ok(())
     }
@@ -275,20 +265,12 @@ pub struct BoundPorts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReportRequest {
     /// Sent once, right after the hello.
-    Started {
-        ports: BoundPorts,
-        pid: u32,
-        incarnation: u64,
-    },
+    Started { ports: BoundPorts, pid: u32, incarnation: u64 },
     /// Sent periodically; answered with a lease.
     Heartbeat,
     /// Recovery steps 3 and 4: the snapshot streamed `into` the new server's table for
     /// configuration `epoch` is fully acknowledged.
-    Updated {
-        into: TableKind,
-        epoch: u64,
-        copied: CopyStats,
-    },
+    Updated { into: TableKind, epoch: u64, copied: CopyStats },
 }
 
 /// Coordinator -> server.

@@ -70,11 +70,7 @@ impl ClusterConfig {
     /// A configuration in which every server serves its own slot.
     pub fn new(epoch: u64, servers: Vec<ServerAddr>) -> Self {
         let serving = (0..servers.len() as u32).collect();
-        ClusterConfig {
-            epoch,
-            servers,
-            serving,
-        }
+        ClusterConfig { epoch, servers, serving }
     }
 
     pub fn len(&self) -> u32 {
@@ -102,20 +98,12 @@ impl ClusterConfig {
             return Err(format!("{n} servers, at least 3 needed"));
         }
         if self.serving.len() != n {
-            return Err(format!(
-                "{} serving entries for {n} servers",
-                self.serving.len()
-            ));
+            return Err(format!("{} serving entries for {n} servers", self.serving.len()));
         }
         if let Some(bad) = self.serving.iter().find(|&&s| s as usize >= n) {
             return Err(format!("serving entry {bad} out of range"));
         }
-        if let Some((i, _)) = self
-            .servers
-            .iter()
-            .enumerate()
-            .find(|(i, s)| s.id as usize != *i)
-        {
+        if let Some((i, _)) = self.servers.iter().enumerate().find(|(i, s)| s.id as usize != *i) {
             return Err(format!("server at index {i} has the wrong id"));
         }
         for server in &self.servers {
@@ -131,13 +119,7 @@ impl ClusterConfig {
                 ));
             }
         }
-        if self
-            .servers
-            .iter()
-            .filter(|s| s.state != Replica::Up)
-            .count()
-            > 1
-        {
+        if self.servers.iter().filter(|s| s.state != Replica::Up).count() > 1 {
             return Err("more than one server not up".into());
         }
         Ok(())
@@ -192,10 +174,7 @@ mod tests {
         assert_eq!(config.server_for(b"hello").id, 1);
         assert!(config.validate().is_ok());
         config.serving[1] = 2;
-        assert!(
-            config.validate().is_err(),
-            "an Up server serves its own slot"
-        );
+        assert!(config.validate().is_err(), "an Up server serves its own slot");
         config.servers[1].state = Replica::Down;
         assert_eq!(config.server_for(b"hello").id, 2);
         assert!(config.validate().is_ok());

@@ -20,10 +20,7 @@ fn repl_from_a_pipe_prints_like_the_original() {
     );
     assert_eq!(run.stderr, "Operation #6 failed with: Key not found\n");
     assert_eq!(run.code, 1, "only Key not found: exit 1");
-    assert!(
-        !run.stdout.contains("> "),
-        "no prompt when not on a terminal"
-    );
+    assert!(!run.stdout.contains("> "), "no prompt when not on a terminal");
 }
 
 #[test]
@@ -34,10 +31,7 @@ fn bad_lines_are_invalid_format_and_the_session_goes_on() {
     let errors: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(errors.len(), 4, "{}", run.stderr);
     for (i, line) in errors.iter().enumerate() {
-        let prefix = format!(
-            "Operation #{} failed with: Invalid operation format (",
-            i + 1
-        );
+        let prefix = format!("Operation #{} failed with: Invalid operation format (", i + 1);
         assert!(line.starts_with(&prefix), "{line}");
     }
     assert_eq!(run.stdout, "value[\"k\"] <- \"v\"\nvalue[\"k\"] == \"v\"\n");
@@ -50,16 +44,8 @@ fn oversized_key_in_the_repl_is_refused_and_the_client_goes_on() {
     let big_key = "k".repeat(64 * 1024 + 1);
     let input = format!("P \"{big_key}\" \"v\"\nP \"ok\" \"fine\"\nG \"ok\"\n");
     let run = cluster.run_client(&[], &input);
-    assert!(
-        run.stderr
-            .starts_with("Operation #1 failed with: Key too large"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(
-        run.stdout,
-        "value[\"ok\"] <- \"fine\"\nvalue[\"ok\"] == \"fine\"\n"
-    );
+    assert!(run.stderr.starts_with("Operation #1 failed with: Key too large"), "{}", run.stderr);
+    assert_eq!(run.stdout, "value[\"ok\"] <- \"fine\"\nvalue[\"ok\"] == \"fine\"\n");
     assert_eq!(run.code, 2);
 }
 
@@ -67,36 +53,20 @@ fn oversized_key_in_the_repl_is_refused_and_the_client_goes_on() {
 fn one_shot_words_and_script_file() {
     let cluster = Cluster::start(3);
     let run = cluster.run_client(&["P", "some key", "a value"], "");
-    assert_eq!(
-        (run.code, run.stdout.as_str()),
-        (0, "value[\"some key\"] <- \"a value\"\n")
-    );
+    assert_eq!((run.code, run.stdout.as_str()), (0, "value[\"some key\"] <- \"a value\"\n"));
     let run = cluster.run_client(&["G", "some key"], "");
-    assert_eq!(
-        (run.code, run.stdout.as_str()),
-        (0, "value[\"some key\"] == \"a value\"\n")
-    );
+    assert_eq!((run.code, run.stdout.as_str()), (0, "value[\"some key\"] == \"a value\"\n"));
     let run = cluster.run_client(&["G", "missing"], "");
-    assert_eq!(
-        (run.code, run.stderr.as_str()),
-        (1, "Operation #1 failed with: Key not found\n")
-    );
+    assert_eq!((run.code, run.stderr.as_str()), (1, "Operation #1 failed with: Key not found\n"));
     let run = cluster.run_client(&["X", "k"], "");
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("Invalid operation format"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("Invalid operation format"), "{}", run.stderr);
 
     let script = cluster.path("ops.txt");
     std::fs::write(&script, "P \"f\" \"1\"\nG \"f\"\nD \"f\"\n").unwrap();
     let run = cluster.run_client(&["-f", script.to_str().unwrap()], "G \"ignored\"\n");
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(
-        run.stdout,
-        "value[\"f\"] <- \"1\"\nvalue[\"f\"] == \"1\"\nvalue[\"f\"] deleted\n"
-    );
+    assert_eq!(run.stdout, "value[\"f\"] <- \"1\"\nvalue[\"f\"] == \"1\"\nvalue[\"f\"] deleted\n");
     let run = cluster.run_client(&["-f", "/nonexistent/ops"], "");
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("/nonexistent/ops"), "{}", run.stderr);
@@ -112,12 +82,7 @@ fn status_table_and_json() {
 
     let run = cluster.run_client(&["status", "--json"], "");
     assert_eq!(run.code, 0);
-    assert_eq!(
-        run.stdout.lines().count(),
-        1,
-        "exactly one JSON object: {}",
-        run.stdout
-    );
+    assert_eq!(run.stdout.lines().count(), 1, "exactly one JSON object: {}", run.stdout);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["epoch"], 1);
     assert!(json["recovery"].is_null());
@@ -129,15 +94,7 @@ fn status_table_and_json() {
         keys.sort();
         assert_eq!(
             keys,
-            [
-                "client_port",
-                "coord_port",
-                "host",
-                "id",
-                "pid",
-                "servers_port",
-                "state"
-            ]
+            ["client_port", "coord_port", "host", "id", "pid", "servers_port", "state"]
         );
         assert_eq!(server["id"], i as u64);
         assert_eq!(server["host"], "localhost");
@@ -158,10 +115,7 @@ fn client_without_a_coordinator_fails_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.starts_with("Operation #1 failed with: Service unavailable"),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with("Operation #1 failed with: Service unavailable"), "{stderr}");
     assert!(stderr.contains(&port), "names the coordinator: {stderr}");
 }
 
@@ -175,36 +129,22 @@ fn coord_with_config(config: &str, args: &[&str]) -> (i32, String) {
         .args(if args.is_empty() { &defaults[..] } else { args })
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
 fn coord_config_errors_name_the_line_and_exit_non_zero() {
     let (code, err) = coord_with_config("2\nlocalhost 0 0 0\nlocalhost 0 0 0\n", &[]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("config line 1") && err.contains("at least 3"),
-        "{err}"
-    );
-    let (code, err) = coord_with_config(
-        "3\nlocalhost 0 0 0\nlocalhost 0 99999 0\nlocalhost 0 0 0\n",
-        &[],
-    );
+    assert!(err.contains("config line 1") && err.contains("at least 3"), "{err}");
+    let (code, err) =
+        coord_with_config("3\nlocalhost 0 0 0\nlocalhost 0 99999 0\nlocalhost 0 0 0\n", &[]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("config line 3") && err.contains("99999"),
-        "{err}"
-    );
+    assert!(err.contains("config line 3") && err.contains("99999"), "{err}");
     let (code, err) =
         coord_with_config("3\nlocalhost 0 0 0\nlocalhost 0 0 0\nbad!host 0 0 0\n", &[]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("config line 4") && err.contains("bad host"),
-        "{err}"
-    );
+    assert!(err.contains("config line 4") && err.contains("bad host"), "{err}");
     let (code, err) = coord_with_config(
         "3\nlocalhost 0 0 0\n",
         &["-c", "0", "-s", "0", "-C", "cfg.txt", "-t", "nan"],
@@ -226,10 +166,7 @@ fn coord_port_in_use_is_a_clear_error() {
         &["-c", &port, "-s", "0", "-C", "cfg.txt"],
     );
     assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!("cannot listen on port {port}")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("cannot listen on port {port}")), "{err}");
 }
 
 #[test]

@@ -15,14 +15,7 @@ fn t(us: u64) -> Instant {
 }
 
 fn ev(client: usize, op: Op, outcome: Outcome, a: u64, b: u64) -> Event {
-    Event {
-        client,
-        key: b"k".to_vec(),
-        op,
-        invoke: t(a),
-        ret: t(b),
-        outcome,
-    }
+    Event { client, key: b"k".to_vec(), op, invoke: t(a), ret: t(b), outcome }
 }
 
 fn put(c: usize, v: &str, a: u64, b: u64) -> Event {
@@ -75,11 +68,7 @@ fn concurrent_put_and_get_may_see_either_value() {
 
 #[test]
 fn stale_read_rejected() {
-    let h = [
-        put(0, "a", 0, 1),
-        put(0, "b", 2, 3),
-        get(1, Some("a"), 4, 5),
-    ];
+    let h = [put(0, "a", 0, 1), put(0, "b", 2, 3), get(1, Some("a"), 4, 5)];
     let err = check_key(&h).unwrap_err();
     assert!(err.contains("not linearizable"), "{err}");
     assert!(err.contains("GET"), "{err}");
@@ -112,18 +101,12 @@ fn unknown_put_observed_later_accepted() {
 
 #[test]
 fn unknown_put_may_take_effect_after_later_writes() {
-    let h = [
-        put_with(1, "u", Outcome::Unknown, 0, 1),
-        put(0, "a", 10, 11),
-        get(0, Some("u"), 20, 21),
-    ];
+    let h =
+        [put_with(1, "u", Outcome::Unknown, 0, 1), put(0, "a", 10, 11), get(0, Some("u"), 20, 21)];
     assert_eq!(check_key(&h), Ok(()));
     // ...but not before its invocation.
-    let h = [
-        put(0, "a", 0, 1),
-        get(0, Some("u"), 2, 3),
-        put_with(1, "u", Outcome::Unknown, 10, 11),
-    ];
+    let h =
+        [put(0, "a", 0, 1), get(0, Some("u"), 2, 3), put_with(1, "u", Outcome::Unknown, 10, 11)];
     assert!(check_key(&h).is_err());
 }
 
@@ -143,11 +126,7 @@ fn unknown_put_never_observed_accepted() {
 
 #[test]
 fn read_of_failed_put_rejected() {
-    let h = [
-        put(0, "a", 0, 1),
-        put_with(1, "b", Outcome::Failed, 2, 3),
-        get(0, Some("b"), 4, 5),
-    ];
+    let h = [put(0, "a", 0, 1), put_with(1, "b", Outcome::Failed, 2, 3), get(0, Some("b"), 4, 5)];
     assert!(check_key(&h).is_err());
     // Without the bad read the failed put is simply ignored.
     assert_eq!(check_key(&h[..2]), Ok(()));
@@ -156,12 +135,7 @@ fn read_of_failed_put_rejected() {
 #[test]
 fn del_semantics() {
     // Deleting removes the value; deleting an absent key is fine.
-    let h = [
-        del(0, 0, 1),
-        put(0, "a", 2, 3),
-        del(1, 4, 5),
-        get(0, None, 6, 7),
-    ];
+    let h = [del(0, 0, 1), put(0, "a", 2, 3), del(1, 4, 5), get(0, None, 6, 7)];
     assert_eq!(check_key(&h), Ok(()));
     // A value reappearing after an acknowledged delete is rejected.
     let h = [put(0, "a", 0, 1), del(1, 2, 3), get(0, Some("a"), 4, 5)];
@@ -173,19 +147,11 @@ fn del_semantics() {
     }
     // Unknown delete: may or may not have happened.
     for seen in [Some("a"), None] {
-        let h = [
-            put(0, "a", 0, 1),
-            ev(1, Op::Del, Outcome::Unknown, 2, 3),
-            get(0, seen, 10, 11),
-        ];
+        let h = [put(0, "a", 0, 1), ev(1, Op::Del, Outcome::Unknown, 2, 3), get(0, seen, 10, 11)];
         assert_eq!(check_key(&h), Ok(()), "get saw {seen:?}");
     }
     // Failed delete: the value must still be there.
-    let h = [
-        put(0, "a", 0, 1),
-        ev(1, Op::Del, Outcome::Failed, 2, 3),
-        get(0, None, 10, 11),
-    ];
+    let h = [put(0, "a", 0, 1), ev(1, Op::Del, Outcome::Failed, 2, 3), get(0, None, 10, 11)];
     assert!(check_key(&h).is_err());
 }
 
@@ -233,10 +199,7 @@ fn lost_acknowledged_writes_helper() {
         with_key(del(0, 0, 1), "z"),
     ];
     let finals = |pairs: &[(&str, Option<&str>)]| -> HashMap<Vec<u8>, Option<Vec<u8>>> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(Vec::from)))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.map(Vec::from))).collect()
     };
     let ok = finals(&[
         ("x", Some("b")),
@@ -255,10 +218,7 @@ fn lost_acknowledged_writes_helper() {
         ("v", None),      // fine
     ]);
     let lost = lost_acknowledged_writes(&h, &bad);
-    assert_eq!(
-        lost,
-        vec![b"w".to_vec(), b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]
-    );
+    assert_eq!(lost, vec![b"w".to_vec(), b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
     let lost_put = finals(&[("x", None)]);
     assert_eq!(lost_acknowledged_writes(&h, &lost_put), vec![b"x".to_vec()]);
 }
@@ -337,11 +297,7 @@ fn simulate(seed: u64, n_ops: usize, clients: usize, width: u64, gap: u64) -> Ve
             }
             (Op::Put(v), outcome)
         } else {
-            let outcome = if rng.below(10) == 0 {
-                Outcome::Unknown
-            } else {
-                Outcome::Ok
-            };
+            let outcome = if rng.below(10) == 0 { Outcome::Unknown } else { Outcome::Ok };
             if outcome == Outcome::Ok || rng.below(2) == 0 {
                 state = None;
             }
@@ -370,18 +326,13 @@ fn make_stale(events: &mut [Event]) -> bool {
             continue;
         }
         let g_invoke = events[g].invoke;
-        let Some(q) = events
-            .iter()
-            .filter(|e| ok_put(e) && e.ret < g_invoke)
-            .max_by_key(|e| e.invoke)
+        let Some(q) =
+            events.iter().filter(|e| ok_put(e) && e.ret < g_invoke).max_by_key(|e| e.invoke)
         else {
             continue;
         };
         let q_invoke = q.invoke;
-        let Some(p) = events
-            .iter()
-            .filter(|e| ok_put(e) && e.ret < q_invoke)
-            .max_by_key(|e| e.ret)
+        let Some(p) = events.iter().filter(|e| ok_put(e) && e.ret < q_invoke).max_by_key(|e| e.ret)
         else {
             continue;
         };
@@ -430,11 +381,7 @@ fn randomized_heavily_overlapping_eight_clients() {
 fn randomized_multi_key_history_accepted() {
     let mut all = Vec::new();
     for (i, key) in ["a", "b", "c"].iter().enumerate() {
-        all.extend(
-            simulate(100 + i as u64, 700, 8, 80, 20)
-                .into_iter()
-                .map(|e| with_key(e, key)),
-        );
+        all.extend(simulate(100 + i as u64, 700, 8, 80, 20).into_iter().map(|e| with_key(e, key)));
     }
     assert_eq!(check_all(&all), Ok(3));
 }
@@ -470,10 +417,7 @@ fn brute_force(events: &[Event]) -> bool {
         if !pending_finite {
             return true;
         }
-        let min_ret = (0..ops.len())
-            .filter(|&i| !done[i])
-            .filter_map(|i| ops[i].ret)
-            .min();
+        let min_ret = (0..ops.len()).filter(|&i| !done[i]).filter_map(|i| ops[i].ret).min();
         for i in 0..ops.len() {
             if done[i] || min_ret.is_some_and(|m| ops[i].invoke > m) {
                 continue;

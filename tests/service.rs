@@ -46,18 +46,12 @@ async fn concurrent_puts_land_on_owner_and_secondary() {
     for (i, key) in keys.iter().enumerate() {
         if i % 11 == 0 {
             assert!(client.del(key).await.unwrap(), "delete of an existing key");
-            assert!(
-                !client.del(key).await.unwrap(),
-                "second delete finds nothing"
-            );
+            assert!(!client.del(key).await.unwrap(), "second delete finds nothing");
             assert_eq!(client.get(key).await.unwrap(), None);
             expected.remove(key);
         } else if i % 7 == 0 {
             client.put(key, b"overwritten").await.unwrap();
-            assert_eq!(
-                client.get(key).await.unwrap().as_deref(),
-                Some(&b"overwritten"[..])
-            );
+            assert_eq!(client.get(key).await.unwrap().as_deref(), Some(&b"overwritten"[..]));
             expected.insert(key.clone(), b"overwritten".to_vec());
         }
     }
@@ -66,24 +60,12 @@ async fn concurrent_puts_land_on_owner_and_secondary() {
     let primaries: Vec<_> = (0..3).map(|id| cluster.dump(id, "primary")).collect();
     let secondaries: Vec<_> = (0..3).map(|id| cluster.dump(id, "secondary")).collect();
     let total: usize = primaries.iter().chain(&secondaries).map(HashMap::len).sum();
-    assert_eq!(
-        total,
-        2 * expected.len(),
-        "every key exactly twice, nothing else"
-    );
+    assert_eq!(total, 2 * expected.len(), "every key exactly twice, nothing else");
     for (key, value) in &expected {
         let owner = slot_of(key, 3);
-        assert_eq!(
-            primaries[owner as usize].get(key),
-            Some(value),
-            "primary of {owner}"
-        );
+        assert_eq!(primaries[owner as usize].get(key), Some(value), "primary of {owner}");
         let secondary = secondary_of(owner, 3) as usize;
-        assert_eq!(
-            secondaries[secondary].get(key),
-            Some(value),
-            "secondary on {secondary}"
-        );
+        assert_eq!(secondaries[secondary].get(key), Some(value), "secondary on {secondary}");
     }
 }
 
@@ -100,20 +82,13 @@ async fn size_limits_are_exact() {
     let long_key = vec![b'k'; MAX_KEY_LEN + 1];
     let err = client.put(&long_key, b"v").await.unwrap_err();
     assert!(matches!(err, OpError::KeyTooLarge { .. }), "{err:?}");
-    assert!(matches!(
-        client.get(&long_key).await.unwrap_err(),
-        OpError::KeyTooLarge { .. }
-    ));
+    assert!(matches!(client.get(&long_key).await.unwrap_err(), OpError::KeyTooLarge { .. }));
     let mut big = value.clone();
     big.push(0);
     let err = client.put(b"big", &big).await.unwrap_err();
     assert!(matches!(err, OpError::ValueTooLarge { .. }), "{err:?}");
     assert!(err.to_string().starts_with("Value too large"));
-    assert_eq!(
-        client.get(b"big").await.unwrap(),
-        None,
-        "nothing stored by a refusal"
-    );
+    assert_eq!(client.get(b"big").await.unwrap(), None, "nothing stored by a refusal");
     client.put(b"after", b"fine").await.unwrap();
     assert_eq!(client.get(&key).await.unwrap().as_ref(), Some(&value));
 }
@@ -131,11 +106,7 @@ fn ctrl_d_shuts_down_quickly_with_dumps() {
         wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !alive(p))),
         "servers still running"
     );
-    assert!(
-        began.elapsed() < Duration::from_secs(2),
-        "shutdown took {:?}",
-        began.elapsed()
-    );
+    assert!(began.elapsed() < Duration::from_secs(2), "shutdown took {:?}", began.elapsed());
     let mut keys = 0;
     for id in 0..3 {
         keys += cluster.dump(id, "primary").len();
@@ -153,18 +124,10 @@ fn sigterm_shuts_down_with_dumps() {
     let mut cluster = Cluster::start(3);
     assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
     support::cluster::kill(cluster.coord.id(), "TERM");
-    let status = cluster
-        .wait_coord(Duration::from_secs(5))
-        .expect("coordinator exits on SIGTERM");
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGTERM");
     assert!(status.success());
     let owner = slot_of(b"k", 3);
-    assert_eq!(
-        cluster
-            .dump(owner, "primary")
-            .get(&b"k"[..])
-            .map(Vec::as_slice),
-        Some(&b"v"[..])
-    );
+    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
 }
 
 /// kill -9 of the coordinator: the servers notice, write their dumps, and exit.
@@ -173,22 +136,14 @@ fn servers_exit_when_the_coordinator_is_killed() {
     let mut cluster = Cluster::start(3);
     assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
     support::cluster::kill(cluster.coord.id(), "KILL");
-    cluster
-        .wait_coord(Duration::from_secs(5))
-        .expect("coordinator killed");
+    cluster.wait_coord(Duration::from_secs(5)).expect("coordinator killed");
     let pids = cluster.pids.clone();
     assert!(
         wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))),
         "orphaned servers"
     );
     let owner = slot_of(b"k", 3);
-    assert_eq!(
-        cluster
-            .dump(owner, "primary")
-            .get(&b"k"[..])
-            .map(Vec::as_slice),
-        Some(&b"v"[..])
-    );
+    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
     assert_eq!(cluster.dump(secondary_of(owner, 3), "secondary").len(), 1);
 }
 
@@ -207,18 +162,9 @@ async fn write_invisible_until_secondary_has_it() {
     let k = key.clone();
     let pending = tokio::spawn(async move { writer.put(&k, b"new").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !pending.is_finished(),
-        "acknowledged while the secondary is paused"
-    );
-    assert_eq!(
-        reader.get(&key).await.unwrap().as_deref(),
-        Some(&b"old"[..])
-    );
+    assert!(!pending.is_finished(), "acknowledged while the secondary is paused");
+    assert_eq!(reader.get(&key).await.unwrap().as_deref(), Some(&b"old"[..]));
     support::cluster::kill(secondary_pid, "CONT");
     pending.await.unwrap().unwrap();
-    assert_eq!(
-        reader.get(&key).await.unwrap().as_deref(),
-        Some(&b"new"[..])
-    );
+    assert_eq!(reader.get(&key).await.unwrap().as_deref(), Some(&b"new"[..]));
 }

@@ -60,10 +60,8 @@ fn start(args: Args) -> Result<Outcome, String> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err(format!("bad timeout {}", args.timeout));
     }
-    let client = Client::new(
-        format!("{}:{}", args.host, args.port),
-        Duration::from_secs_f64(args.timeout),
-    );
+    let client =
+        Client::new(format!("{}:{}", args.host, args.port), Duration::from_secs_f64(args.timeout));
     let runtime = Runtime::new().map_err(|e| e.to_string())?;
     let mut session = Session::new(client);
     match args.words.first().map(String::as_str) {
@@ -119,9 +117,7 @@ fn status(runtime: &Runtime, session: &mut Session, rest: &[String]) -> Result<O
         [flag] if flag == "--json" => true,
         _ => return Err(format!("status takes only --json, found {rest:?}")),
     };
-    let report = runtime
-        .block_on(session.client().status())
-        .map_err(|e| e.to_string())?;
+    let report = runtime.block_on(session.client().status()).map_err(|e| e.to_string())?;
     if json {
         println!("{}", status_json(&report));
     } else {

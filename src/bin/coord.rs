@@ -61,10 +61,7 @@ fn absolute(path: PathBuf) -> Result<PathBuf, String> {
 
 fn start(args: Args) -> Result<(), String> {
     if !(args.timeout.is_finite() && args.timeout >= 0.05) {
-        return Err(format!(
-            "bad timeout {} (seconds, at least 0.05)",
-            args.timeout
-        ));
+        return Err(format!("bad timeout {} (seconds, at least 0.05)", args.timeout));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));

@@ -88,10 +88,7 @@ fn start(args: Args) -> Result<(), String> {
             args.id, args.servers
         ));
     }
-    let log = args
-        .log
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("server_{}.log", args.id)));
+    let log = args.log.clone().unwrap_or_else(|| PathBuf::from(format!("server_{}.log", args.id)));
     ftkv::logging::init(Some(&log), "info")?;
     let token = read_token()?;
     let opts = ServerOptions {

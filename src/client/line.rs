@@ -189,19 +189,14 @@ fn is_blank(b: u8) -> bool {
 /// non-blank character is `#` give [`Parsed::Empty`]. The key must not be
 /// empty; the value may be.
 pub fn parse_line(line: &str) -> Result<Parsed, LineError> {
-    let line = line
-        .trim_start_matches([' ', '\t'])
-        .trim_end_matches([' ', '\t', '\r', '\n']);
+    let line = line.trim_start_matches([' ', '\t']).trim_end_matches([' ', '\t', '\r', '\n']);
     if line.is_empty() || line.starts_with('#') {
         return Ok(Parsed::Empty);
     }
 
     let bytes = line.as_bytes();
     // Length of the first token: up to a blank or an opening quote.
-    let op_len = bytes
-        .iter()
-        .position(|&b| is_blank(b) || b == b'"')
-        .unwrap_or(bytes.len());
+    let op_len = bytes.iter().position(|&b| is_blank(b) || b == b'"').unwrap_or(bytes.len());
     let op = match &line[..op_len] {
         "P" => 'P',
         "G" => 'G',
@@ -239,11 +234,7 @@ pub fn parse_line(line: &str) -> Result<Parsed, LineError> {
     }
 
     if args.len() != expected {
-        return Err(LineError::WrongArity {
-            op,
-            expected,
-            found: args.len(),
-        });
+        return Err(LineError::WrongArity { op, expected, found: args.len() });
     }
     let mut args = args.into_iter();
     let key = args.next().unwrap_or_default();
@@ -301,20 +292,10 @@ pub fn parse_words(words: &[String]) -> Result<Command, LineError> {
     };
     let expected = if op == 'P' { 2 } else { 1 };
     if rest.len() != expected {
-        return Err(LineError::WrongArity {
-            op,
-            expected,
-            found: rest.len(),
-        });
+        return Err(LineError::WrongArity { op, expected, found: rest.len() });
     }
-    let key = rest
-        .first()
-        .map(|w| w.as_bytes().to_vec())
-        .unwrap_or_default();
-    let value = rest
-        .get(1)
-        .map(|w| w.as_bytes().to_vec())
-        .unwrap_or_default();
+    let key = rest.first().map(|w| w.as_bytes().to_vec()).unwrap_or_default();
+    let value = rest.get(1).map(|w| w.as_bytes().to_vec()).unwrap_or_default();
     make_command(op, key, value)
 }
 
@@ -344,10 +325,7 @@ mod tests {
     }
 
     fn put(k: &[u8], v: &[u8]) -> Parsed {
-        Parsed::Command(Command::Put {
-            key: k.to_vec(),
-            value: v.to_vec(),
-        })
+        Parsed::Command(Command::Put { key: k.to_vec(), value: v.to_vec() })
     }
 
     fn get(k: &[u8]) -> Parsed {
@@ -433,9 +411,7 @@ mod tests {
 
     #[test]
     fn escape_keeps_printable_ascii() {
-        let printable: Vec<u8> = (0x20..=0x7eu8)
-            .filter(|&b| b != b'"' && b != b'\\')
-            .collect();
+        let printable: Vec<u8> = (0x20..=0x7eu8).filter(|&b| b != b'"' && b != b'\\').collect();
         assert_eq!(escape(&printable).as_bytes(), printable.as_slice());
         assert_eq!(escape(b""), "");
     }
@@ -487,15 +463,7 @@ mod tests {
 
     #[test]
     fn parse_blank_and_comment_lines() {
-        for line in [
-            "",
-            "   ",
-            "\t \t",
-            "\r\n",
-            "#",
-            "# comment",
-            "  \t# P \"x\"",
-        ] {
+        for line in ["", "   ", "\t \t", "\r\n", "#", "# comment", "  \t# P \"x\""] {
             assert_eq!(parse_line(line), Ok(Parsed::Empty), "{line:?}");
         }
     }
@@ -538,10 +506,7 @@ mod tests {
     #[test]
     fn parse_missing_whitespace() {
         assert_eq!(parse_line("G\"k\""), Err(LineError::MissingWhitespace));
-        assert_eq!(
-            parse_line("P \"k\"\"v\""),
-            Err(LineError::MissingWhitespace)
-        );
+        assert_eq!(parse_line("P \"k\"\"v\""), Err(LineError::MissingWhitespace));
         assert_eq!(parse_line("G \"k\"x"), Err(LineError::MissingWhitespace));
     }
 
@@ -556,13 +521,7 @@ mod tests {
 
     #[test]
     fn parse_wrong_arity() {
-        let arity = |op, expected, found| {
-            Err(LineError::WrongArity {
-                op,
-                expected,
-                found,
-            })
-        };
+        let arity = |op, expected, found| Err(LineError::WrongArity { op, expected, found });
         assert_eq!(parse_line("G"), arity('G', 1, 0));
         assert_eq!(parse_line("D  "), arity('D', 1, 0));
         assert_eq!(parse_line("P"), arity('P', 2, 0));
@@ -581,10 +540,7 @@ mod tests {
 
     #[test]
     fn parse_trailing_junk() {
-        assert_eq!(
-            parse_line("G \"k\" junk"),
-            Err(LineError::TrailingJunk("junk".into()))
-        );
+        assert_eq!(parse_line("G \"k\" junk"), Err(LineError::TrailingJunk("junk".into())));
         assert_eq!(
             parse_line("P \"k\" \"v\" # note"),
             Err(LineError::TrailingJunk("# note".into()))
@@ -593,26 +549,14 @@ mod tests {
 
     #[test]
     fn parse_expected_quote() {
-        assert_eq!(
-            parse_line("G key"),
-            Err(LineError::ExpectedQuote("key".into()))
-        );
-        assert_eq!(
-            parse_line("P \"k\" v"),
-            Err(LineError::ExpectedQuote("v".into()))
-        );
+        assert_eq!(parse_line("G key"), Err(LineError::ExpectedQuote("key".into())));
+        assert_eq!(parse_line("P \"k\" v"), Err(LineError::ExpectedQuote("v".into())));
     }
 
     #[test]
     fn parse_bad_escape() {
-        assert_eq!(
-            parse_line("G \"a\\qb\""),
-            Err(LineError::BadEscape("\\q".into()))
-        );
-        assert_eq!(
-            parse_line("P \"k\" \"\\x4g\""),
-            Err(LineError::BadEscape("\\x4g".into()))
-        );
+        assert_eq!(parse_line("G \"a\\qb\""), Err(LineError::BadEscape("\\q".into())));
+        assert_eq!(parse_line("P \"k\" \"\\x4g\""), Err(LineError::BadEscape("\\x4g".into())));
     }
 
     #[test]
@@ -624,9 +568,7 @@ mod tests {
         let mut rng = Rng(42);
         for _ in 0..20_000 {
             let len = rng.below(16);
-            let s: String = (0..len)
-                .map(|_| alphabet[rng.below(alphabet.len())])
-                .collect();
+            let s: String = (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect();
             let _ = parse_line(&s);
             let _ = unescape(&s);
         }
@@ -638,61 +580,37 @@ mod tests {
             Parsed::Command(c) => Ok(c),
             Parsed::Empty => unreachable!(),
         };
-        assert_eq!(
-            parse_words(&words(&["P", "k", "v"])),
-            expect(put(b"k", b"v"))
-        );
+        assert_eq!(parse_words(&words(&["P", "k", "v"])), expect(put(b"k", b"v")));
         assert_eq!(parse_words(&words(&["p", "k", ""])), expect(put(b"k", b"")));
         assert_eq!(parse_words(&words(&["G", "k"])), expect(get(b"k")));
         assert_eq!(parse_words(&words(&["g", "k"])), expect(get(b"k")));
         assert_eq!(parse_words(&words(&["D", "k"])), expect(del(b"k")));
         assert_eq!(parse_words(&words(&["d", "k"])), expect(del(b"k")));
         // Raw bytes: quotes and backslashes are not interpreted.
-        assert_eq!(
-            parse_words(&words(&["G", "\"a\\n\" é"])),
-            expect(get("\"a\\n\" é".as_bytes()))
-        );
+        assert_eq!(parse_words(&words(&["G", "\"a\\n\" é"])), expect(get("\"a\\n\" é".as_bytes())));
     }
 
     #[test]
     fn words_errors() {
         assert_eq!(parse_words(&[]), Err(LineError::MissingOperation));
-        assert_eq!(
-            parse_words(&words(&["X", "k"])),
-            Err(LineError::UnknownOperation("X".into()))
-        );
+        assert_eq!(parse_words(&words(&["X", "k"])), Err(LineError::UnknownOperation("X".into())));
         assert_eq!(
             parse_words(&words(&["put", "k", "v"])),
             Err(LineError::UnknownOperation("put".into()))
         );
         assert_eq!(parse_words(&words(&["G", ""])), Err(LineError::EmptyKey));
-        assert_eq!(
-            parse_words(&words(&["p", "", "v"])),
-            Err(LineError::EmptyKey)
-        );
+        assert_eq!(parse_words(&words(&["p", "", "v"])), Err(LineError::EmptyKey));
         assert_eq!(
             parse_words(&words(&["p", "k"])),
-            Err(LineError::WrongArity {
-                op: 'P',
-                expected: 2,
-                found: 1
-            })
+            Err(LineError::WrongArity { op: 'P', expected: 2, found: 1 })
         );
         assert_eq!(
             parse_words(&words(&["D", "a", "b"])),
-            Err(LineError::WrongArity {
-                op: 'D',
-                expected: 1,
-                found: 2
-            })
+            Err(LineError::WrongArity { op: 'D', expected: 1, found: 2 })
         );
         assert_eq!(
             parse_words(&words(&["G"])),
-            Err(LineError::WrongArity {
-                op: 'G',
-                expected: 1,
-                found: 0
-            })
+            Err(LineError::WrongArity { op: 'G', expected: 1, found: 0 })
         );
     }
 
@@ -707,33 +625,16 @@ mod tests {
                 "unknown operation \"X\" (expected P, G or D)",
             ),
             (
-                LineError::WrongArity {
-                    op: 'G',
-                    expected: 1,
-                    found: 2,
-                },
+                LineError::WrongArity { op: 'G', expected: 1, found: 2 },
                 "G takes 1 argument, found 2",
             ),
             (
-                LineError::WrongArity {
-                    op: 'P',
-                    expected: 2,
-                    found: 1,
-                },
+                LineError::WrongArity { op: 'P', expected: 2, found: 1 },
                 "P takes 2 arguments, found 1",
             ),
-            (
-                LineError::TrailingJunk("junk".into()),
-                "trailing characters junk",
-            ),
-            (
-                LineError::ExpectedQuote("key".into()),
-                "expected a quoted string, found key",
-            ),
-            (
-                LineError::MissingWhitespace,
-                "missing whitespace between arguments",
-            ),
+            (LineError::TrailingJunk("junk".into()), "trailing characters junk"),
+            (LineError::ExpectedQuote("key".into()), "expected a quoted string, found key"),
+            (LineError::MissingWhitespace, "missing whitespace between arguments"),
         ];
         for (err, msg) in cases {
             assert_eq!(err.to_string(), msg);

@@ -91,10 +91,7 @@ impl Client {
 
     /// Stores `value` under `key` on both copies.
     pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
-        let op = Op::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-        };
+        let op = Op::Put { key: key.to_vec(), value: value.to_vec() };
         self.execute(op).await.map(|_| ())
     }
 
@@ -158,10 +155,7 @@ impl Client {
     async fn attempt(&mut self, op: &Op, deadline: Instant) -> Result<ClientResponse, Attempt> {
         let config = self.config(deadline).await.map_err(Attempt::NotSent)?;
         let addr = config.server_for(op.key()).client_addr();
-        let request = ClientRequest {
-            epoch: config.epoch,
-            op: op.clone(),
-        };
+        let request = ClientRequest { epoch: config.epoch, op: op.clone() };
         let mut conn = match self.servers.remove(&addr) {
             Some(conn) => conn,
             None => Connection::connect(&addr, &Hello::new(Role::Client, &[]))
@@ -220,9 +214,7 @@ impl Client {
                     Error::Unavailable(format!("coordinator at {}: {e}", self.coordinator))
                 })?,
         };
-        let response = conn
-            .call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator")
-            .await?;
+        let response = conn.call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator").await?;
         self.coord_conn = Some(conn);
         Ok(response)
     }

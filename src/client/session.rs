@@ -23,11 +23,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(client: Client) -> Self {
-        Session {
-            client,
-            operations: 0,
-            worst: Outcome::Ok,
-        }
+        Session { client, operations: 0, worst: Outcome::Ok }
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -104,9 +100,8 @@ pub fn status_json(report: &StatusReport) -> String {
             })
         })
         .collect();
-    let recovery = report
-        .recovery
-        .map(|r| serde_json::json!({ "server": r.server, "step": r.step }));
+    let recovery =
+        report.recovery.map(|r| serde_json::json!({ "server": r.server, "step": r.step }));
     serde_json::json!({ "epoch": report.epoch, "servers": servers, "recovery": recovery })
         .to_string()
 }

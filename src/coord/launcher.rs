@@ -57,9 +57,7 @@ impl Launcher {
                 Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display()))
             })?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin
-            .write_all(format!("{}\n", self.token_hex).as_bytes())
-            .await?;
+        stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
         drop(stdin);
         Ok(child)
     }

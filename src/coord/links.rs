@@ -96,9 +96,7 @@ impl Shared {
     }
 
     fn heartbeat(&self, id: u32) {
-        let now = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_micros() as u64;
+        let now = Instant::now().saturating_duration_since(self.origin).as_micros() as u64;
         self.last_heartbeat[id as usize].store(now, Ordering::SeqCst);
     }
 
@@ -127,44 +125,22 @@ pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<(
 pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<()> {
     let n = shared.servers;
     let role = conn
-        .accept_hello(
-            |role| matches!(role, Role::Server { id, .. } if id < n),
-            &shared.token,
-        )
+        .accept_hello(|role| matches!(role, Role::Server { id, .. } if id < n), &shared.token)
         .await?;
-    let Role::Server { id, .. } = role else {
-        unreachable!("checked by accept_hello")
-    };
-    let first: ReportRequest = conn
-        .reader
-        .recv_within(FRAME_DEADLINE, "waiting for Started")
-        .await?;
-    let ReportRequest::Started {
-        ports,
-        pid,
-        incarnation,
-    } = first
-    else {
-        return Err(Error::Protocol(format!(
-            "server {id} sent {first:?} before Started"
-        )));
+    let Role::Server { id, .. } = role else { unreachable!("checked by accept_hello") };
+    let first: ReportRequest =
+        conn.reader.recv_within(FRAME_DEADLINE, "waiting for Started").await?;
+    let ReportRequest::Started { ports, pid, incarnation } = first else {
+        return Err(Error::Protocol(format!("server {id} sent {first:?} before Started")));
     };
     if !shared.current(id, incarnation) {
-        conn.send(&ReportResponse::Refused(
-            "replaced by a newer server".into(),
-        ))
-        .await?;
+        conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
         return Err(Error::Protocol(format!(
             "server {id} incarnation {incarnation} is not current"
         )));
     }
     shared.heartbeat(id);
-    let _ = shared.events.send(Event::Started {
-        id,
-        incarnation,
-        ports,
-        pid,
-    });
+    let _ = shared.events.send(Event::Started { id, incarnation, ports, pid });
     conn.send(&ReportResponse::Welcome).await?;
     let lease_ms = shared.lease.as_millis() as u64;
     let outcome = async {
@@ -174,25 +150,13 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
                 shared.heartbeat(id);
             }
             if !shared.current(id, incarnation) {
-                conn.send(&ReportResponse::Refused(
-                    "replaced by a newer server".into(),
-                ))
-                .await?;
+                conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
                 return Err(Error::Protocol("report from a replaced server".into()));
             }
             match request {
                 ReportRequest::Heartbeat => conn.send(&ReportResponse::Lease { lease_ms }).await?,
-                ReportRequest::Updated {
-                    into,
-                    epoch,
-                    copied,
-                } => {
-                    let _ = shared.events.send(Event::Updated {
-                        id,
-                        into,
-                        epoch,
-                        copied,
-                    });
+                ReportRequest::Updated { into, epoch, copied } => {
+                    let _ = shared.events.send(Event::Updated { id, into, epoch, copied });
                     conn.send(&ReportResponse::Welcome).await?;
                 }
                 ReportRequest::Started { .. } => {
@@ -204,19 +168,11 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<(
     }
     .await;
     let why = outcome.err().map_or_else(String::new, |e| e.to_string());
-    let _ = shared.events.send(Event::ReportLost {
-        id,
-        incarnation,
-        why,
-    });
+    let _ = shared.events.send(Event::ReportLost { id, incarnation, why });
     Ok(())
 }
 
-type Call = (
-    ControlRequest,
-    Duration,
-    oneshot::Sender<Result<ControlResponse>>,
-);
+type Call = (ControlRequest, Duration, oneshot::Sender<Result<ControlResponse>>);
 
 /// A control link to one server, served by its own task so that a slow server never
 /// blocks the coordinator: callers wait on their own answer, with a deadline.
@@ -251,10 +207,7 @@ impl ControlLink {
     /// Sends one command and waits at most `limit` for its answer.
     pub async fn call(&self, request: ControlRequest, limit: Duration) -> Result<ControlResponse> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((request, limit, reply))
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.tx.send((request, limit, reply)).await.map_err(|_| Error::Closed)?;
         let result = tokio::time::timeout(limit, answer)
             .await
             .map_err(|_| Error::Timeout("waiting for a control answer"))?

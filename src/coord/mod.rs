@@ -6,6 +6,7 @@
 
 mod launcher;
 mod links;
+mod process;
 pub mod recovery;
 mod topology;
 
@@ -33,6 +34,7 @@ use crate::routing::{ClusterConfig, Replica, secondary_of};
 
 pub use launcher::{Launcher, default_server_bin};
 pub use links::{ControlLink, Event, Shared, View};
+use process::Process;
 use recovery::{Action, Deadlines, Input, Recovery};
 pub use topology::{Member, Topology, format_table};
 
@@ -72,6 +74,12 @@ enum Internal {
         incarnation: u64,
         child: Child,
     },
+    /// A local server process ended.
+    Exited {
+        id: u32,
+        incarnation: u64,
+        status: String,
+    },
     LinkReady {
         id: u32,
         incarnation: u64,
@@ -97,20 +105,11 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let n = opts.specs.len() as u32;
     let topology = Topology::new(&opts.specs);
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (view_tx, _) = watch::channel(View {
-        config: None,
-        status: topology.status(),
-    });
+    let (view_tx, _) = watch::channel(View { config: None, status: topology.status() });
     // A server's lease ends before the coordinator could act on its silence, by a margin:
     // a paused or cut-off server stops answering before its keys move.
     let lease = opts.timeout / 2;
-    let shared = Arc::new(Shared::new(
-        n,
-        token_hex.as_bytes().to_vec(),
-        lease,
-        events_tx,
-        view_tx,
-    ));
+    let shared = Arc::new(Shared::new(n, token_hex.as_bytes().to_vec(), lease, events_tx, view_tx));
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -140,7 +139,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         heartbeat: opts.heartbeat,
         token_hex,
     };
-    let (internal_tx, internal) = mpsc::unbounded_channel();
+    let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster {
         topology,
         shared,
@@ -157,16 +156,13 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let mut stop = stop_signal(opts.watch_stdin);
 
     let started = tokio::select! {
-        started = cluster.start(&mut events) => started,
+        started = cluster.start(&mut events, &mut internal) => started,
         why = &mut stop => Err(Error::Unavailable(format!("{why} during start-up"))),
     };
     let outcome = match started {
         Ok(()) => {
             print!("{}", format_table(&cluster.topology.status()));
-            println!(
-                "cluster ready: {n} servers, epoch {}",
-                cluster.topology.epoch()
-            );
+            println!("cluster ready: {n} servers, epoch {}", cluster.topology.epoch());
             cluster.serve(&mut events, internal, &mut stop).await
         }
         Err(e) => Err(e),
@@ -214,7 +210,7 @@ struct Cluster {
     launcher: Launcher,
     timeout: Duration,
     /// Local server processes by (id, incarnation).
-    children: HashMap<(u32, u64), Child>,
+    children: HashMap<(u32, u64), Process>,
     links: Vec<Option<ControlLink>>,
     recovery: Option<Recovery>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -228,23 +224,25 @@ struct Cluster {
 
 impl Cluster {
     fn publish(&mut self) {
-        self.topology.recovery = self.recovery.as_ref().map(|r| RecoveryStatus {
-            server: r.failed,
-            step: r.step.number(),
-        });
-        self.shared
-            .view
-            .send_modify(|view| view.status = self.topology.status());
+        self.topology.recovery = self
+            .recovery
+            .as_ref()
+            .map(|r| RecoveryStatus { server: r.failed, step: r.step.number() });
+        self.shared.view.send_modify(|view| view.status = self.topology.status());
     }
 
     /// Spawns every server, waits for all to report, opens control links, and installs the
     /// first configuration.
-    async fn start(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> Result<()> {
+    async fn start(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
         let n = self.topology.len();
-        for member in &self.topology.members {
-            let child = self.launcher.spawn(member, n).await?;
-            info!(id = member.id, pid = child.id(), "server spawned");
-            self.children.insert((member.id, 0), child);
+        for id in 0..n {
+            let child = self.launcher.spawn(&self.topology.members[id as usize], n).await?;
+            info!(id, pid = child.id(), "server spawned");
+            self.adopt(id, 0, child);
         }
         let deadline = Instant::now() + STARTUP_LIMIT;
         while self.topology.members.iter().any(|m| !m.live) {
@@ -254,7 +252,7 @@ impl Cluster {
                     let missing: Vec<u32> = self.topology.members.iter().filter(|m| !m.live).map(|m| m.id).collect();
                     return Err(Error::Unavailable(format!("servers {missing:?} did not start within {STARTUP_LIMIT:?}; see their logs")));
                 }
-                (id, status) = first_exit(&mut self.children) => {
+                Some(Internal::Exited { id, status, .. }) = internal.recv() => {
                     return Err(Error::Unavailable(format!("server {id} exited during start-up ({status}); see server_{id}.log")));
                 }
             };
@@ -278,16 +276,12 @@ impl Cluster {
         }
         let config = self.topology.initial_config();
         let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
-        install(&config, &[links])
-            .await
-            .map_err(Error::Unavailable)?;
+        install(&config, &[links]).await.map_err(Error::Unavailable)?;
         self.topology.config = Some(config.clone());
         for member in &mut self.topology.members {
             member.state = ServerState::Running;
         }
-        self.shared
-            .view
-            .send_modify(|view| view.config = Some(config));
+        self.shared.view.send_modify(|view| view.config = Some(config));
         self.publish();
         Ok(())
     }
@@ -321,12 +315,7 @@ impl Cluster {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Started {
-                id,
-                incarnation,
-                ports,
-                pid,
-            } => {
+            Event::Started { id, incarnation, ports, pid } => {
                 let member = &mut self.topology.members[id as usize];
                 if member.incarnation != incarnation {
                     return;
@@ -338,11 +327,7 @@ impl Cluster {
                 let tx = self.internal_tx.clone();
                 tokio::spawn(async move {
                     let message = match ControlLink::connect(id, &addr, &token).await {
-                        Ok(link) => Internal::LinkReady {
-                            id,
-                            incarnation,
-                            link,
-                        },
+                        Ok(link) => Internal::LinkReady { id, incarnation, link },
                         Err(e) => Internal::Recovery(Input::SpawnFailed {
                             incarnation,
                             why: format!("control link: {e}"),
@@ -351,22 +336,13 @@ impl Cluster {
                     let _ = tx.send(message);
                 });
             }
-            Event::ReportLost {
-                id,
-                incarnation,
-                why,
-            } => {
+            Event::ReportLost { id, incarnation, why } => {
                 let member = &self.topology.members[id as usize];
                 if member.incarnation == incarnation && member.live {
-                    self.lost(id, format!("report link lost ({why})"));
+                    self.lost(id, format!("report link lost ({why})"), false);
                 }
             }
-            Event::Updated {
-                id,
-                into,
-                epoch,
-                copied,
-            } => {
+            Event::Updated { id, into, epoch, copied } => {
                 info!(
                     id,
                     ?into,
@@ -396,18 +372,16 @@ impl Cluster {
                 }
                 self.feed(input);
             }
-            Internal::Spawned {
-                id,
-                incarnation,
-                child,
-            } => {
-                self.children.insert((id, incarnation), child);
+            Internal::Spawned { id, incarnation, child } => self.adopt(id, incarnation, child),
+            Internal::Exited { id, incarnation, status } => {
+                let member = &self.topology.members[id as usize];
+                if member.incarnation == incarnation && member.live {
+                    self.lost(id, format!("process exited ({status})"), true);
+                } else {
+                    self.feed(Input::Exited { id, incarnation });
+                }
             }
-            Internal::LinkReady {
-                id,
-                incarnation,
-                link,
-            } => {
+            Internal::LinkReady { id, incarnation, link } => {
                 if self.topology.members[id as usize].incarnation == incarnation {
                     self.links[id as usize] = Some(link);
                     self.feed(Input::Started { incarnation });
@@ -431,7 +405,7 @@ impl Cluster {
             .map(|m| m.id)
             .collect();
         for id in silent {
-            self.lost(id, format!("no heartbeat for {:?}", self.timeout));
+            self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
         }
         if let Some(recovery) = &mut self.recovery {
             let actions = recovery.tick(now);
@@ -440,7 +414,8 @@ impl Cluster {
     }
 
     /// Server `id` (its current incarnation) is gone.
-    fn lost(&mut self, id: u32, why: String) {
+    /// `exited`: the process is known to be gone (it cannot serve even with a lease).
+    fn lost(&mut self, id: u32, why: String, exited: bool) {
         let member = &mut self.topology.members[id as usize];
         member.live = false;
         self.links[id as usize] = None;
@@ -452,9 +427,12 @@ impl Cluster {
         member.state = ServerState::Failed;
         // Fence first, then read the last heartbeat: no lease can be granted after this read.
         self.shared.set_incarnation(id, incarnation + 1);
-        let lease_end =
-            self.shared.last_heartbeat(id) + self.shared.lease + lease_margin(self.shared.lease);
         let now = Instant::now();
+        let lease_end = if exited {
+            now
+        } else {
+            self.shared.last_heartbeat(id) + self.shared.lease + lease_margin(self.shared.lease)
+        };
         info!(
             id,
             wait_ms = lease_end.saturating_duration_since(now).as_millis() as u64,
@@ -462,19 +440,10 @@ impl Cluster {
         );
         self.copied = CopyStats::default();
         self.step_began = now;
-        self.recovery = Some(Recovery::new(
-            id,
-            incarnation + 1,
-            lease_end,
-            now,
-            Deadlines::default(),
-        ));
+        self.recovery =
+            Some(Recovery::new(id, incarnation + 1, lease_end, now, Deadlines::default()));
         self.publish();
-        let actions = self
-            .recovery
-            .as_mut()
-            .map(|r| r.tick(now))
-            .unwrap_or_default();
+        let actions = self.recovery.as_mut().map(|r| r.tick(now)).unwrap_or_default();
         self.perform(actions);
     }
 
@@ -499,12 +468,7 @@ impl Cluster {
         for action in actions {
             let previous_ms = self.step_began.elapsed().as_millis() as u64;
             self.step_began = Instant::now();
-            info!(
-                server = a,
-                ?action,
-                previous_step_ms = previous_ms,
-                "recovery"
-            );
+            info!(server = a, ?action, previous_step_ms = previous_ms, "recovery");
             match action {
                 Action::TakeOver { serial } => {
                     let config = self.next_config(|c| {
@@ -530,11 +494,7 @@ impl Cluster {
                         c.serving[a as usize] = a;
                     });
                     // b lets go of a's keys (its writes in flight settle) before a+ takes them.
-                    let others = self
-                        .live_except(a)
-                        .into_iter()
-                        .filter(|&id| id != b)
-                        .collect();
+                    let others = self.live_except(a).into_iter().filter(|&id| id != b).collect();
                     self.install_async(serial, config, vec![vec![b], vec![a], others]);
                 }
                 Action::RollBack { serial, kill, why } => {
@@ -575,22 +535,13 @@ impl Cluster {
 
     /// Ids of the live servers other than `a`.
     fn live_except(&self, a: u32) -> Vec<u32> {
-        self.topology
-            .members
-            .iter()
-            .filter(|m| m.live && m.id != a)
-            .map(|m| m.id)
-            .collect()
+        self.topology.members.iter().filter(|m| m.live && m.id != a).map(|m| m.id).collect()
     }
 
     /// The current configuration with `change` applied and the epoch bumped; it becomes the
     /// coordinator's current one (published to clients once installed).
     fn next_config(&mut self, change: impl FnOnce(&mut ClusterConfig)) -> ClusterConfig {
-        let mut config = self
-            .topology
-            .config
-            .clone()
-            .expect("configured before any recovery");
+        let mut config = self.topology.config.clone().expect("configured before any recovery");
         config.epoch += 1;
         change(&mut config);
         self.topology.config = Some(config.clone());
@@ -600,9 +551,7 @@ impl Cluster {
     fn publish_config(&mut self, epoch: u64) {
         if let Some(config) = self.topology.config.clone().filter(|c| c.epoch == epoch) {
             info!(epoch, serving = ?config.serving, "configuration published");
-            self.shared
-                .view
-                .send_modify(|view| view.config = Some(config));
+            self.shared.view.send_modify(|view| view.config = Some(config));
         }
     }
 
@@ -611,19 +560,12 @@ impl Cluster {
     fn install_async(&self, serial: u64, config: ClusterConfig, stages: Vec<Vec<u32>>) {
         let stages: Vec<Vec<ControlLink>> = stages
             .iter()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|&id| self.links[id as usize].clone())
-                    .collect()
-            })
+            .map(|ids| ids.iter().filter_map(|&id| self.links[id as usize].clone()).collect())
             .collect();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let input = match install(&config, &stages).await {
-                Ok(()) => Input::Installed {
-                    serial,
-                    epoch: config.epoch,
-                },
+                Ok(()) => Input::Installed { serial, epoch: config.epoch },
                 Err(why) => Input::InstallFailed { serial, why },
             };
             let _ = tx.send(Internal::Recovery(input));
@@ -654,35 +596,31 @@ impl Cluster {
         tokio::spawn(async move {
             let message = match launcher.spawn(&member, n).await {
                 Ok(child) => {
-                    info!(
-                        id = a,
-                        incarnation,
-                        pid = child.id(),
-                        "replacement server spawned"
-                    );
-                    Internal::Spawned {
-                        id: a,
-                        incarnation,
-                        child,
-                    }
+                    info!(id = a, incarnation, pid = child.id(), "replacement server spawned");
+                    Internal::Spawned { id: a, incarnation, child }
                 }
-                Err(e) => Internal::Recovery(Input::SpawnFailed {
-                    incarnation,
-                    why: e.to_string(),
-                }),
+                Err(e) => {
+                    Internal::Recovery(Input::SpawnFailed { incarnation, why: e.to_string() })
+                }
             };
             let _ = tx.send(message);
         });
     }
 
-    /// Kills a server process we started (best effort) and reaps it in the background.
+    /// Watches a server process we started: its exit is reported to the main loop.
+    fn adopt(&mut self, id: u32, incarnation: u64, child: Child) {
+        let tx = self.internal_tx.clone();
+        let process = Process::watch(child, move |status| {
+            let _ = tx.send(Internal::Exited { id, incarnation, status });
+        });
+        self.children.insert((id, incarnation), process);
+    }
+
+    /// Kills a server process we started (best effort; its watcher reaps it).
     fn kill(&mut self, id: u32, incarnation: u64) {
-        if let Some(mut child) = self.children.remove(&(id, incarnation)) {
-            info!(id, incarnation, pid = child.id(), "killing server process");
-            let _ = child.start_kill();
-            tokio::spawn(async move {
-                let _ = child.wait().await;
-            });
+        if let Some(process) = self.children.get_mut(&(id, incarnation)) {
+            info!(id, incarnation, pid = process.pid, "killing server process");
+            process.kill();
         }
     }
 
@@ -691,22 +629,12 @@ impl Cluster {
     async fn shutdown(&mut self) {
         let began = Instant::now();
         let live: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
-        join_all(
-            live.iter()
-                .map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT)),
-        )
-        .await;
-        let results = join_all(
-            live.iter()
-                .map(|l| l.call(ControlRequest::Shutdown, DUMP_LIMIT)),
-        )
-        .await;
+        join_all(live.iter().map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT))).await;
+        let results =
+            join_all(live.iter().map(|l| l.call(ControlRequest::Shutdown, DUMP_LIMIT))).await;
         for (link, result) in live.iter().zip(results) {
             match result {
-                Ok(ControlResponse::ShutDown {
-                    primary_keys,
-                    secondary_keys,
-                }) => {
+                Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {
                     info!(
                         id = link.id(),
                         primary_keys, secondary_keys, "server dumped and stopped"
@@ -715,19 +643,13 @@ impl Cluster {
                 other => warn!(id = link.id(), ?other, "server did not shut down cleanly"),
             }
         }
-        for ((id, _), child) in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(1), child.wait())
-                .await
-                .is_err()
-            {
-                warn!(id, pid = child.id(), "server did not exit; killing it");
-                let _ = child.kill().await;
+        let reaped = self.children.drain().map(|((id, _), process)| async move {
+            if !process.reap(Duration::from_secs(1)).await {
+                warn!(id, "server did not exit; killed it");
             }
-        }
-        info!(
-            elapsed_ms = began.elapsed().as_millis() as u64,
-            "shutdown complete"
-        );
+        });
+        join_all(reaped).await;
+        info!(elapsed_ms = began.elapsed().as_millis() as u64, "shutdown complete");
     }
 }
 
@@ -757,18 +679,4 @@ async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<
         }
     }
     Ok(())
-}
-
-/// Resolves when any child exits, with its id and status.
-async fn first_exit(children: &mut HashMap<(u32, u64), Child>) -> (u32, String) {
-    let waits = children.iter_mut().map(|(&(id, _), c)| {
-        Box::pin(async move {
-            let status = c
-                .wait()
-                .await
-                .map_or_else(|e| e.to_string(), |s| s.to_string());
-            (id, status)
-        })
-    });
-    futures::future::select_all(waits).await.0
 }

@@ -72,14 +72,8 @@ impl Step {
         match self {
             Step::WaitLease | Step::TakeOver => 0,
             Step::Spawn | Step::Backoff { .. } => 1,
-            Step::Copy {
-                primary: false,
-                secondary: false,
-            } => 2,
-            Step::Copy {
-                primary: true,
-                secondary: true,
-            } => 4,
+            Step::Copy { primary: false, secondary: false } => 2,
+            Step::Copy { primary: true, secondary: true } => 4,
             Step::Copy { .. } => 3,
             Step::HandBack | Step::Done => 5,
         }
@@ -113,6 +107,12 @@ pub enum Input {
     },
     /// A server (`id`, `incarnation`) is gone.
     Lost {
+        id: u32,
+        incarnation: u64,
+    },
+    /// The process of (`id`, `incarnation`) has certainly ended: it cannot serve any more,
+    /// lease or not.
+    Exited {
         id: u32,
         incarnation: u64,
     },
@@ -192,9 +192,7 @@ impl Recovery {
 
     fn spawn(&mut self, now: Instant) -> Vec<Action> {
         self.enter(Step::Spawn, now, self.deadlines.spawn);
-        vec![Action::Spawn {
-            incarnation: self.incarnation,
-        }]
+        vec![Action::Spawn { incarnation: self.incarnation }]
     }
 
     fn roll_back(&mut self, why: String, now: Instant) -> Vec<Action> {
@@ -204,11 +202,7 @@ impl Recovery {
         self.join_epoch = None;
         self.updates.clear();
         let serial = self.next_serial();
-        self.enter(
-            Step::Backoff { installed: false },
-            now,
-            self.deadlines.take_over,
-        );
+        self.enter(Step::Backoff { installed: false }, now, self.deadlines.take_over);
         vec![Action::RollBack { serial, kill, why }]
     }
 
@@ -233,10 +227,9 @@ impl Recovery {
                 self.failed
             )),
             Step::Spawn => self.roll_back("the new server did not start in time".into(), now),
-            Step::Copy { .. } => self.roll_back(
-                "the copy to the new server did not finish in time".into(),
-                now,
-            ),
+            Step::Copy { .. } => {
+                self.roll_back("the copy to the new server did not finish in time".into(), now)
+            }
             Step::HandBack => self.roll_back("the hand-back did not finish in time".into(), now),
             Step::Backoff { installed: false } => {
                 self.shutdown("the rollback could not be installed".into())
@@ -253,6 +246,14 @@ impl Recovery {
         }
         match input {
             Input::Lost { id, incarnation } => self.on_lost(id, incarnation, now),
+            Input::Exited { id, incarnation }
+                if id == self.failed
+                    && incarnation < self.incarnation
+                    && self.step == Step::WaitLease =>
+            {
+                self.deadline = now;
+                self.tick(now)
+            }
             Input::Installed { serial, epoch } if serial == self.serial => {
                 self.on_installed(epoch, now)
             }
@@ -267,17 +268,11 @@ impl Recovery {
             {
                 let serial = self.next_serial();
                 self.enter(
-                    Step::Copy {
-                        primary: false,
-                        secondary: false,
-                    },
+                    Step::Copy { primary: false, secondary: false },
                     now,
                     self.deadlines.copy,
                 );
-                vec![Action::Join {
-                    serial,
-                    incarnation,
-                }]
+                vec![Action::Join { serial, incarnation }]
             }
             Input::SpawnFailed { incarnation, why }
                 if incarnation == self.incarnation && self.step == Step::Spawn =>
@@ -317,10 +312,7 @@ impl Recovery {
             }
             Step::HandBack => {
                 self.step = Step::Done;
-                vec![Action::Finished {
-                    took: now - self.began,
-                    attempts: self.attempts,
-                }]
+                vec![Action::Finished { took: now - self.began, attempts: self.attempts }]
             }
             Step::Backoff { installed: false } => {
                 let wait = self.backoff();
@@ -335,11 +327,7 @@ impl Recovery {
         let Some(epoch) = self.join_epoch else {
             return Vec::new();
         };
-        let done = |kind| {
-            self.updates
-                .iter()
-                .any(|&(into, e)| into == kind && e == epoch)
-        };
+        let done = |kind| self.updates.iter().any(|&(into, e)| into == kind && e == epoch);
         let (primary, secondary) = (done(TableKind::Primary), done(TableKind::Secondary));
         if primary && secondary {
             let serial = self.next_serial();
@@ -359,13 +347,8 @@ mod tests {
 
     fn start() -> (Recovery, Instant) {
         let now = Instant::now();
-        let recovery = Recovery::new(
-            A,
-            1,
-            now + Duration::from_millis(500),
-            now,
-            Deadlines::default(),
-        );
+        let recovery =
+            Recovery::new(A, 1, now + Duration::from_millis(500), now, Deadlines::default());
         (recovery, now)
     }
 
@@ -377,21 +360,12 @@ mod tests {
     fn to_copy(r: &mut Recovery, t: Instant) -> Instant {
         assert_eq!(r.tick(ms(t, 500)), vec![Action::TakeOver { serial: 1 }]);
         assert_eq!(
-            r.step(
-                Input::Installed {
-                    serial: 1,
-                    epoch: 2
-                },
-                ms(t, 510)
-            ),
+            r.step(Input::Installed { serial: 1, epoch: 2 }, ms(t, 510)),
             vec![Action::Spawn { incarnation: 1 }]
         );
         assert_eq!(
             r.step(Input::Started { incarnation: 1 }, ms(t, 600)),
-            vec![Action::Join {
-                serial: 2,
-                incarnation: 1
-            }]
+            vec![Action::Join { serial: 2, incarnation: 1 }]
         );
         ms(t, 600)
     }
@@ -404,47 +378,16 @@ mod tests {
         let t = to_copy(&mut r, t);
         assert_eq!(r.step.number(), 2);
         assert!(
-            r.step(
-                Input::Updated {
-                    into: TableKind::Primary,
-                    epoch: 3
-                },
-                t
-            )
-            .is_empty(),
+            r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t).is_empty(),
             "before Installed"
         );
-        assert!(
-            r.step(
-                Input::Installed {
-                    serial: 2,
-                    epoch: 3
-                },
-                t
-            )
-            .is_empty()
-        );
+        assert!(r.step(Input::Installed { serial: 2, epoch: 3 }, t).is_empty());
         assert_eq!(r.step.number(), 3);
-        let actions = r.step(
-            Input::Updated {
-                into: TableKind::Secondary,
-                epoch: 3,
-            },
-            ms(t, 100),
-        );
+        let actions = r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, ms(t, 100));
         assert_eq!(actions, vec![Action::HandBack { serial: 3 }]);
         assert_eq!(r.step.number(), 5);
-        let actions = r.step(
-            Input::Installed {
-                serial: 3,
-                epoch: 4,
-            },
-            ms(t, 200),
-        );
-        assert!(matches!(
-            actions[..],
-            [Action::Finished { attempts: 1, .. }]
-        ));
+        let actions = r.step(Input::Installed { serial: 3, epoch: 4 }, ms(t, 200));
+        assert!(matches!(actions[..], [Action::Finished { attempts: 1, .. }]));
         assert!(r.is_done());
     }
 
@@ -452,58 +395,13 @@ mod tests {
     fn updates_for_another_epoch_do_not_count() {
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
-        r.step(
-            Input::Installed {
-                serial: 2,
-                epoch: 3,
-            },
-            t,
-        );
-        assert!(
-            r.step(
-                Input::Updated {
-                    into: TableKind::Primary,
-                    epoch: 2
-                },
-                t
-            )
-            .is_empty()
-        );
-        assert!(
-            r.step(
-                Input::Updated {
-                    into: TableKind::Secondary,
-                    epoch: 3
-                },
-                t
-            )
-            .is_empty()
-        );
+        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
+        assert!(r.step(Input::Updated { into: TableKind::Primary, epoch: 2 }, t).is_empty());
+        assert!(r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t).is_empty());
+        assert_eq!(r.step, Step::Copy { primary: false, secondary: true });
+        assert!(r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t).is_empty());
         assert_eq!(
-            r.step,
-            Step::Copy {
-                primary: false,
-                secondary: true
-            }
-        );
-        assert!(
-            r.step(
-                Input::Updated {
-                    into: TableKind::Secondary,
-                    epoch: 3
-                },
-                t
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            r.step(
-                Input::Updated {
-                    into: TableKind::Primary,
-                    epoch: 3
-                },
-                t
-            ),
+            r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t),
             vec![Action::HandBack { serial: 3 }]
         );
     }
@@ -513,19 +411,10 @@ mod tests {
         let (mut r, t) = start();
         r.tick(ms(t, 500));
         assert!(r.tick(ms(t, 5_499)).is_empty());
-        assert!(matches!(
-            r.tick(ms(t, 5_500))[..],
-            [Action::Shutdown { .. }]
-        ));
+        assert!(matches!(r.tick(ms(t, 5_500))[..], [Action::Shutdown { .. }]));
         let (mut r, t) = start();
         r.tick(ms(t, 500));
-        let actions = r.step(
-            Input::InstallFailed {
-                serial: 1,
-                why: "x".into(),
-            },
-            ms(t, 501),
-        );
+        let actions = r.step(Input::InstallFailed { serial: 1, why: "x".into() }, ms(t, 501));
         assert!(matches!(actions[..], [Action::Shutdown { .. }]));
     }
 
@@ -533,62 +422,43 @@ mod tests {
     fn spawn_timeout_and_failure_roll_back_then_retry_with_backoff() {
         let (mut r, t) = start();
         r.tick(ms(t, 500));
-        r.step(
-            Input::Installed {
-                serial: 1,
-                epoch: 2,
-            },
-            ms(t, 500),
-        );
+        r.step(Input::Installed { serial: 1, epoch: 2 }, ms(t, 500));
         let actions = r.tick(ms(t, 500 + 15_000));
         assert!(
-            matches!(
-                &actions[..],
-                [Action::RollBack {
-                    serial: 2,
-                    kill: 1,
-                    ..
-                }]
-            ),
+            matches!(&actions[..], [Action::RollBack { serial: 2, kill: 1, .. }]),
             "{actions:?}"
         );
         assert_eq!(r.incarnation, 2);
         assert_eq!(r.step.number(), 1);
         let t2 = ms(t, 16_000);
-        assert!(
-            r.step(
-                Input::Installed {
-                    serial: 2,
-                    epoch: 3
-                },
-                t2
-            )
-            .is_empty()
-        );
+        assert!(r.step(Input::Installed { serial: 2, epoch: 3 }, t2).is_empty());
         assert!(r.tick(ms(t2, 199)).is_empty(), "backoff");
         assert_eq!(r.tick(ms(t2, 200)), vec![Action::Spawn { incarnation: 2 }]);
         // A late Started from the killed incarnation is ignored.
-        assert!(
-            r.step(Input::Started { incarnation: 1 }, ms(t2, 250))
-                .is_empty()
-        );
-        let actions = r.step(
-            Input::SpawnFailed {
-                incarnation: 2,
-                why: "no binary".into(),
-            },
-            ms(t2, 300),
-        );
+        assert!(r.step(Input::Started { incarnation: 1 }, ms(t2, 250)).is_empty());
+        let actions =
+            r.step(Input::SpawnFailed { incarnation: 2, why: "no binary".into() }, ms(t2, 300));
         assert!(matches!(&actions[..], [Action::RollBack { kill: 2, .. }]));
-        r.step(
-            Input::Installed {
-                serial: 3,
-                epoch: 4,
-            },
-            ms(t2, 300),
-        );
+        r.step(Input::Installed { serial: 3, epoch: 4 }, ms(t2, 300));
         assert!(r.tick(ms(t2, 699)).is_empty(), "backoff doubles");
         assert_eq!(r.tick(ms(t2, 700)), vec![Action::Spawn { incarnation: 3 }]);
+    }
+
+    #[test]
+    fn exit_of_the_failed_process_ends_the_lease_wait() {
+        let (mut r, t) = start();
+        assert!(
+            r.step(Input::Exited { id: A + 1, incarnation: 0 }, ms(t, 10)).is_empty(),
+            "another server"
+        );
+        assert!(
+            r.step(Input::Exited { id: A, incarnation: 1 }, ms(t, 10)).is_empty(),
+            "not the failed one"
+        );
+        assert_eq!(
+            r.step(Input::Exited { id: A, incarnation: 0 }, ms(t, 10)),
+            vec![Action::TakeOver { serial: 1 }]
+        );
     }
 
     #[test]
@@ -603,35 +473,13 @@ mod tests {
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
         assert!(
-            r.step(
-                Input::Lost {
-                    id: A,
-                    incarnation: 0
-                },
-                t
-            )
-            .is_empty(),
+            r.step(Input::Lost { id: A, incarnation: 0 }, t).is_empty(),
             "the old one is ignored"
         );
-        let actions = r.step(
-            Input::Lost {
-                id: A,
-                incarnation: 1,
-            },
-            t,
-        );
+        let actions = r.step(Input::Lost { id: A, incarnation: 1 }, t);
         assert!(matches!(&actions[..], [Action::RollBack { kill: 1, .. }]));
         // The Join's late answer belongs to an older serial.
-        assert!(
-            r.step(
-                Input::Installed {
-                    serial: 2,
-                    epoch: 3
-                },
-                t
-            )
-            .is_empty()
-        );
+        assert!(r.step(Input::Installed { serial: 2, epoch: 3 }, t).is_empty());
         assert_eq!(r.step, Step::Backoff { installed: false });
     }
 
@@ -640,19 +488,10 @@ mod tests {
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
         assert!(r.tick(ms(t, 119_999)).is_empty());
-        assert!(matches!(
-            r.tick(ms(t, 120_000))[..],
-            [Action::RollBack { .. }]
-        ));
+        assert!(matches!(r.tick(ms(t, 120_000))[..], [Action::RollBack { .. }]));
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
-        let actions = r.step(
-            Input::InstallFailed {
-                serial: 2,
-                why: "refused".into(),
-            },
-            t,
-        );
+        let actions = r.step(Input::InstallFailed { serial: 2, why: "refused".into() }, t);
         assert!(matches!(actions[..], [Action::RollBack { .. }]));
     }
 
@@ -660,62 +499,17 @@ mod tests {
     fn hand_back_timeout_or_loss_rolls_back() {
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
-        r.step(
-            Input::Installed {
-                serial: 2,
-                epoch: 3,
-            },
-            t,
-        );
-        r.step(
-            Input::Updated {
-                into: TableKind::Primary,
-                epoch: 3,
-            },
-            t,
-        );
-        r.step(
-            Input::Updated {
-                into: TableKind::Secondary,
-                epoch: 3,
-            },
-            t,
-        );
-        assert!(matches!(
-            r.tick(ms(t, 10_000))[..],
-            [Action::RollBack { .. }]
-        ));
+        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
+        assert!(matches!(r.tick(ms(t, 10_000))[..], [Action::RollBack { .. }]));
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
-        r.step(
-            Input::Installed {
-                serial: 2,
-                epoch: 3,
-            },
-            t,
-        );
-        r.step(
-            Input::Updated {
-                into: TableKind::Primary,
-                epoch: 3,
-            },
-            t,
-        );
-        r.step(
-            Input::Updated {
-                into: TableKind::Secondary,
-                epoch: 3,
-            },
-            t,
-        );
+        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
         assert!(matches!(
-            r.step(
-                Input::Lost {
-                    id: A,
-                    incarnation: 1
-                },
-                t
-            )[..],
+            r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
             [Action::RollBack { .. }]
         ));
     }
@@ -728,24 +522,12 @@ mod tests {
                 r.tick(ms(t, 500));
             }
             if advance >= 2 {
-                r.step(
-                    Input::Installed {
-                        serial: 1,
-                        epoch: 2,
-                    },
-                    ms(t, 500),
-                );
+                r.step(Input::Installed { serial: 1, epoch: 2 }, ms(t, 500));
             }
             if advance >= 3 {
                 r.step(Input::Started { incarnation: 1 }, ms(t, 600));
             }
-            let actions = r.step(
-                Input::Lost {
-                    id: A + 1,
-                    incarnation: 0,
-                },
-                ms(t, 700),
-            );
+            let actions = r.step(Input::Lost { id: A + 1, incarnation: 0 }, ms(t, 700));
             assert!(
                 matches!(&actions[..], [Action::Shutdown { why }] if why.contains("two faults")),
                 "{actions:?}"
@@ -759,16 +541,7 @@ mod tests {
     fn rollback_not_installed_shuts_down() {
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
-        r.step(
-            Input::Lost {
-                id: A,
-                incarnation: 1,
-            },
-            t,
-        );
-        assert!(matches!(
-            r.tick(ms(t, 5_000))[..],
-            [Action::Shutdown { .. }]
-        ));
+        r.step(Input::Lost { id: A, incarnation: 1 }, t);
+        assert!(matches!(r.tick(ms(t, 5_000))[..], [Action::Shutdown { .. }]));
     }
 }

@@ -28,11 +28,7 @@ impl Member {
     }
 
     pub fn addr(&self) -> ServerAddr {
-        let ports = self.ports.unwrap_or(BoundPorts {
-            client: 0,
-            servers: 0,
-            control: 0,
-        });
+        let ports = self.ports.unwrap_or(BoundPorts { client: 0, servers: 0, control: 0 });
         ServerAddr {
             id: self.id,
             host: self.spec.host.name().to_string(),
@@ -73,11 +69,7 @@ impl Topology {
                 live: false,
             })
             .collect();
-        Topology {
-            members,
-            config: None,
-            recovery: None,
-        }
+        Topology { members, config: None, recovery: None }
     }
 
     pub fn len(&self) -> u32 {

@@ -24,8 +24,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Commands from the coordinator.
 pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<()> {
-    conn.accept_hello(|role| role == Role::Coordinator, &server.token)
-        .await?;
+    conn.accept_hello(|role| role == Role::Coordinator, &server.token).await?;
     while let Some(request) = conn.recv::<ControlRequest>().await? {
         let response = match request {
             ControlRequest::SetConfig(config) => match server.set_config(config).await {
@@ -42,10 +41,9 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             ControlRequest::Shutdown => {
                 server.draining.store(true, Ordering::SeqCst);
                 let response = match server.dump() {
-                    Ok((primary_keys, secondary_keys)) => ControlResponse::ShutDown {
-                        primary_keys,
-                        secondary_keys,
-                    },
+                    Ok((primary_keys, secondary_keys)) => {
+                        ControlResponse::ShutDown { primary_keys, secondary_keys }
+                    }
                     Err(e) => ControlResponse::Failed(format!("writing dumps: {e}")),
                 };
                 conn.send(&response).await?;
@@ -61,39 +59,21 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
 
 /// A replication stream from another server.
 pub async fn serve_stream(server: Arc<Server>, mut conn: Connection) -> Result<()> {
-    let role = conn
-        .accept_hello(|role| matches!(role, Role::Server { .. }), &server.token)
-        .await?;
-    let Role::Server { id, incarnation } = role else {
-        unreachable!("checked by accept_hello")
-    };
+    let role = conn.accept_hello(|role| matches!(role, Role::Server { .. }), &server.token).await?;
+    let Role::Server { id, incarnation } = role else { unreachable!("checked by accept_hello") };
     let from = (id, incarnation);
-    let open: ReplMessage = conn
-        .reader
-        .recv_within(FRAME_DEADLINE, "waiting for Open")
-        .await?;
+    let open: ReplMessage = conn.reader.recv_within(FRAME_DEADLINE, "waiting for Open").await?;
     let ReplMessage::Open { into, epoch } = open else {
         return Err(Error::Protocol("replication stream without Open".into()));
     };
-    let allowed = server
-        .stream_table(&server.config(), from, into)
-        .map(|_| ());
+    let allowed = server.stream_table(&server.config(), from, into).map(|_| ());
     if let Err(why) = allowed {
         conn.send(&ReplAck::Refused(why.clone())).await?;
         return Err(Error::Protocol(why));
     }
-    info!(
-        from = id,
-        incarnation,
-        ?into,
-        epoch,
-        "replication stream accepted"
-    );
+    info!(from = id, incarnation, ?into, epoch, "replication stream accepted");
     let (mut reader, mut writer) = conn.split();
-    receive_stream(&mut reader, &mut writer, |ops| {
-        server.apply_replicated(from, into, ops)
-    })
-    .await
+    receive_stream(&mut reader, &mut writer, |ops| server.apply_replicated(from, into, ops)).await
 }
 
 /// Reports the bound ports, then heartbeats (each answer renews the lease) and recovery
@@ -103,26 +83,13 @@ pub async fn report_to_coordinator(
     opts: &ServerOptions,
     ports: BoundPorts,
 ) -> Result<()> {
-    let hello = Hello::new(
-        Role::Server {
-            id: server.id,
-            incarnation: server.incarnation,
-        },
-        &server.token,
-    );
+    let hello =
+        Hello::new(Role::Server { id: server.id, incarnation: server.incarnation }, &server.token);
     let mut conn = Connection::connect(&opts.coordinator, &hello).await?;
-    let started = ReportRequest::Started {
-        ports,
-        pid: process::id(),
-        incarnation: opts.incarnation,
-    };
+    let started =
+        ReportRequest::Started { ports, pid: process::id(), incarnation: opts.incarnation };
     expect_welcome(
-        conn.call(
-            &started,
-            Duration::from_secs(10),
-            "waiting for the coordinator",
-        )
-        .await?,
+        conn.call(&started, Duration::from_secs(10), "waiting for the coordinator").await?,
     )?;
     info!(coordinator = %opts.coordinator, "registered with the coordinator");
     let mut caught_up = server

@@ -20,33 +20,24 @@ impl Default for Lease {
 impl Lease {
     /// No lease yet: not valid until the first renewal.
     pub fn new() -> Self {
-        Lease {
-            origin: Instant::now(),
-            until_us: AtomicU64::new(0),
-        }
+        Lease { origin: Instant::now(), until_us: AtomicU64::new(0) }
     }
 
     /// A lease of `length` granted for a heartbeat sent at `sent`. Counting from the send
     /// (not the answer) keeps the server's view strictly shorter than the coordinator's.
     pub fn renew(&self, sent: Instant, length: Duration) {
-        let until = (sent + length)
-            .saturating_duration_since(self.origin)
-            .as_micros() as u64;
+        let until = (sent + length).saturating_duration_since(self.origin).as_micros() as u64;
         self.until_us.fetch_max(until, Ordering::SeqCst);
     }
 
     pub fn is_valid(&self) -> bool {
-        let now = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_micros() as u64;
+        let now = Instant::now().saturating_duration_since(self.origin).as_micros() as u64;
         now < self.until_us.load(Ordering::SeqCst)
     }
 
     /// Time left, zero when expired.
     pub fn remaining(&self) -> Duration {
-        let now = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_micros() as u64;
+        let now = Instant::now().saturating_duration_since(self.origin).as_micros() as u64;
         Duration::from_micros(self.until_us.load(Ordering::SeqCst).saturating_sub(now))
     }
 }

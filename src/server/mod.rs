@@ -81,13 +81,7 @@ impl Server {
         let (caught_tx, caught_rx) = mpsc::unbounded_channel();
         let me = (opts.id, opts.incarnation);
         let start = |table: &Arc<Table>| {
-            Replicator::start(
-                me,
-                token.clone(),
-                table.clone(),
-                caught_tx.clone(),
-                cancel.clone(),
-            )
+            Replicator::start(me, token.clone(), table.clone(), caught_tx.clone(), cancel.clone())
         };
         Server {
             id: opts.id,
@@ -133,10 +127,7 @@ impl Server {
         {
             let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
             if let Some(current) = current.as_ref().filter(|c| c.epoch > config.epoch) {
-                return Err(format!(
-                    "epoch {} is older than {}",
-                    config.epoch, current.epoch
-                ));
+                return Err(format!("epoch {} is older than {}", config.epoch, current.epoch));
             }
             info!(epoch = config.epoch, serving = ?config.serving, "configuration installed");
             *current = Some(config);
@@ -203,16 +194,11 @@ impl Server {
             return Err(Refusal::Unavailable("server not configured yet".into()));
         };
         if client_epoch > config.epoch {
-            return Err(Refusal::Unavailable(format!(
-                "server still at epoch {}",
-                config.epoch
-            )));
+            return Err(Refusal::Unavailable(format!("server still at epoch {}", config.epoch)));
         }
         let slot = config.slot_of(key);
         if config.serving[slot as usize] != self.id {
-            return Err(Refusal::WrongOwner {
-                epoch: config.epoch,
-            });
+            return Err(Refusal::WrongOwner { epoch: config.epoch });
         }
         Ok(slot == self.id)
     }
@@ -264,9 +250,7 @@ impl Server {
         let (id, incarnation) = from;
         let sender = config.servers.get(id as usize).ok_or("unknown server")?;
         if sender.incarnation != incarnation {
-            return Err(format!(
-                "server {id} incarnation {incarnation} was replaced"
-            ));
+            return Err(format!("server {id} incarnation {incarnation} was replaced"));
         }
         match into {
             TableKind::Secondary if id == primary_of(self.id, self.servers) => {
@@ -396,12 +380,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     accept_loop(control, "control", &tracker, cancel.clone(), move |conn| {
         control::serve_control(s.clone(), conn)
     });
-    info!(
-        id = opts.id,
-        incarnation = opts.incarnation,
-        ?ports,
-        "listening"
-    );
+    info!(id = opts.id, incarnation = opts.incarnation, ?ports, "listening");
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
@@ -414,11 +393,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
             warn!("replaced by a newer server; exiting without dumps");
         } else {
             // The coordinator is gone: stop serving, keep what we hold.
-            let reason = outcome
-                .as_ref()
-                .err()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let reason = outcome.as_ref().err().map(ToString::to_string).unwrap_or_default();
             warn!(%reason, "lost the coordinator; writing dumps and exiting");
             server.dump()?;
         }

@@ -120,10 +120,7 @@ impl Replicator {
         let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
         let outstanding = Arc::new(AtomicUsize::new(0));
         let task = Task {
-            role: Role::Server {
-                id: me.0,
-                incarnation: me.1,
-            },
+            role: Role::Server { id: me.0, incarnation: me.1 },
             token,
             table,
             rx,
@@ -135,21 +132,14 @@ impl Replicator {
             outstanding: outstanding.clone(),
         };
         tokio::spawn(task.run(cancel));
-        Replicator {
-            tx,
-            mode: Arc::new(mode_tx),
-            outstanding,
-        }
+        Replicator { tx, mode: Arc::new(mode_tx), outstanding }
     }
 
     /// Waits for room in the queue. The returned slot submits without waiting, so that
     /// the caller can check the configuration and submit atomically.
     pub async fn reserve(&self) -> Option<Slot<'_>> {
         let permit = self.tx.reserve().await.ok()?;
-        Some(Slot {
-            permit,
-            outstanding: &self.outstanding,
-        })
+        Some(Slot { permit, outstanding: &self.outstanding })
     }
 
     /// Switches mode; a change to the same stream (new epoch only) keeps the link.
@@ -291,24 +281,12 @@ impl Task {
     /// snapshot followed by the queued writes is the slot's exact history.
     fn prepend_snapshot(&mut self) {
         let snapshot = self.table.snapshot();
-        let bytes = snapshot
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum();
-        self.snapshot_stats = CopyStats {
-            entries: snapshot.len() as u64,
-            bytes,
-        };
-        info!(
-            entries = snapshot.len(),
-            bytes, "snapshot queued for the new copy"
-        );
+        let bytes = snapshot.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        self.snapshot_stats = CopyStats { entries: snapshot.len() as u64, bytes };
+        info!(entries = snapshot.len(), bytes, "snapshot queued for the new copy");
         self.snapshot_left += snapshot.len();
         for (key, value) in snapshot.into_iter().rev() {
-            self.unacked.push_front(Entry {
-                op: Op::Put { key, value },
-                done: None,
-            });
+            self.unacked.push_front(Entry { op: Op::Put { key, value }, done: None });
         }
     }
 
@@ -316,11 +294,7 @@ impl Task {
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
         let hello = Hello::new(self.role, &self.token);
         let mut conn = Connection::connect(&target.addr, &hello).await?;
-        conn.send(&ReplMessage::Open {
-            into: target.into,
-            epoch: target.epoch,
-        })
-        .await?;
+        conn.send(&ReplMessage::Open { into: target.into, epoch: target.epoch }).await?;
         info!(to = %target.addr, into = ?target.into, queued = self.unacked.len(), "replication stream open");
         let (mut reader, mut writer) = conn.split();
         let mut base = 1u64; // sequence number of unacked[0] on this connection
@@ -332,11 +306,7 @@ impl Task {
                 reported = true;
                 let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
                 let copied = self.snapshot_stats;
-                let _ = self.caught_up.send(CaughtUp {
-                    into: target.into,
-                    epoch,
-                    copied,
-                });
+                let _ = self.caught_up.send(CaughtUp { into: target.into, epoch, copied });
                 info!(to = %target.addr, "snapshot acknowledged: copy caught up");
             }
             let can_send = sent < self.unacked.len() && sent < WINDOW_OPS;
@@ -439,22 +409,13 @@ pub async fn receive_stream(
     let mut expected = 1u64;
     while let Some(message) = reader.recv::<ReplMessage>().await? {
         let ReplMessage::Batch { first_seq, ops } = message else {
-            return Err(Error::Protocol(
-                "second Open on a replication stream".into(),
-            ));
+            return Err(Error::Protocol("second Open on a replication stream".into()));
         };
         if first_seq != expected || ops.is_empty() {
-            return Err(Error::Protocol(format!(
-                "batch at seq {first_seq}, expected {expected}"
-            )));
+            return Err(Error::Protocol(format!("batch at seq {first_seq}, expected {expected}")));
         }
-        if ops
-            .iter()
-            .any(|op| matches!(op, Op::Get { .. }) || op.check_limits().is_err())
-        {
-            return Err(Error::Protocol(
-                "invalid write in a replication batch".into(),
-            ));
+        if ops.iter().any(|op| matches!(op, Op::Get { .. }) || op.check_limits().is_err()) {
+            return Err(Error::Protocol("invalid write in a replication batch".into()));
         }
         let last = first_seq + ops.len() as u64 - 1;
         if let Err(why) = apply(ops) {

@@ -41,9 +41,7 @@ impl Table {
                 self.lock().insert(key, value);
                 Applied::Stored
             }
-            Op::Del { key } => Applied::Deleted {
-                existed: self.lock().remove(&key).is_some(),
-            },
+            Op::Del { key } => Applied::Deleted { existed: self.lock().remove(&key).is_some() },
             Op::Get { .. } => Applied::Stored,
         }
     }
@@ -66,10 +64,7 @@ impl Table {
 
     /// A copy of every entry (recovery: the start of a new copy's stream).
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -83,11 +78,8 @@ impl Table {
     /// Writes every entry as a client line `P "key" "value"`, sorted by key, so that a dump
     /// is readable, diffable and can be replayed with `client -f`. Returns the entry count.
     pub fn dump(&self, path: &Path) -> std::io::Result<u64> {
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = self
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> =
+            self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         entries.sort_unstable();
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");

@@ -136,8 +136,7 @@ impl Cluster {
     /// Closes the coordinator's standard input (ctrl+d) and waits for it to exit.
     pub fn ctrl_d(&mut self) -> ExitStatus {
         drop(self.stdin.take());
-        self.wait_coord(Duration::from_secs(10))
-            .expect("coordinator did not exit after ctrl+d")
+        self.wait_coord(Duration::from_secs(10)).expect("coordinator did not exit after ctrl+d")
     }
 
     pub fn wait_coord(&mut self, limit: Duration) -> Option<ExitStatus> {
@@ -202,9 +201,9 @@ pub fn kill(pid: u32, signal: &str) {
 pub fn alive(pid: u32) -> bool {
     // A zombie (exited, not yet reaped by its parent) counts as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => {
+            !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        }
         Err(_) => false,
     }
 }

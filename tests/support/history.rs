@@ -157,18 +157,12 @@ impl Recorder {
     /// Appends one event. Never panics, even if another thread panicked
     /// while holding the lock.
     pub fn record(&self, event: Event) {
-        self.events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(event);
+        self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(event);
     }
 
     /// Returns a copy of all events recorded so far, in recording order.
     pub fn events(&self) -> Vec<Event> {
-        self.events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 }
 
@@ -247,25 +241,18 @@ pub fn lost_acknowledged_writes(
     }
     let mut lost = Vec::new();
     for (key, final_value) in final_values {
-        let writes = writes_by_key
-            .get(key.as_slice())
-            .map_or(&[][..], Vec::as_slice);
+        let writes = writes_by_key.get(key.as_slice()).map_or(&[][..], Vec::as_slice);
         // Latest invocation among acknowledged writes: a write is entirely
         // followed by another acknowledged write iff it returned before this.
-        let latest_ok_invoke = writes
-            .iter()
-            .filter(|(e, _)| e.outcome == Outcome::Ok)
-            .map(|(e, _)| e.invoke)
-            .max();
+        let latest_ok_invoke =
+            writes.iter().filter(|(e, _)| e.outcome == Outcome::Ok).map(|(e, _)| e.invoke).max();
         let followed = |e: &Event| {
             e.outcome == Outcome::Ok
                 && latest_ok_invoke.is_some_and(|latest| e.ret.max(e.invoke) < latest)
         };
         let wanted = final_value.as_deref();
         let explained = (latest_ok_invoke.is_none() && wanted.is_none())
-            || writes
-                .iter()
-                .any(|&(e, value)| value == wanted && !followed(e));
+            || writes.iter().any(|&(e, value)| value == wanted && !followed(e));
         if !explained {
             lost.push(key.clone());
         }
@@ -363,11 +350,7 @@ fn check_refs<'a>(events: Vec<&'a Event>) -> Result<(), String> {
     for op in &ops {
         if let (Kind::Read(v), Some(ret)) = (op.kind, op.ret)
             && v != 0
-            && first_write
-                .get(v)
-                .copied()
-                .flatten()
-                .is_none_or(|first| first > ret)
+            && first_write.get(v).copied().flatten().is_none_or(|first| first > ret)
         {
             return Err(format!(
                 "not linearizable: {} returned a value that no acknowledged or \
@@ -389,11 +372,9 @@ fn check_refs<'a>(events: Vec<&'a Event>) -> Result<(), String> {
         }
     }
     ops.retain(|op| match (op.ret, op.kind) {
-        (None, Kind::Write(v)) => latest_read
-            .get(v)
-            .copied()
-            .flatten()
-            .is_some_and(|latest| latest >= op.invoke),
+        (None, Kind::Write(v)) => {
+            latest_read.get(v).copied().flatten().is_some_and(|latest| latest >= op.invoke)
+        }
         _ => true,
     });
 
@@ -602,11 +583,7 @@ impl<'a> Search<'a> {
             cached: 0,
             compared: 0,
             scratch: Vec::new(),
-            best: Progress {
-                done: 0,
-                blocking: None,
-                state: 0,
-            },
+            best: Progress { done: 0, blocking: None, state: 0 },
         }
     }
 
@@ -696,17 +673,9 @@ impl<'a> Search<'a> {
         let (candidates, blocking) = self.candidates();
         let done = self.finite - self.remaining;
         if applied.is_none() || done > self.best.done {
-            self.best = Progress {
-                done,
-                blocking,
-                state: self.state,
-            };
+            self.best = Progress { done, blocking, state: self.state };
         }
-        stack.push(Frame {
-            candidates,
-            next: 0,
-            applied,
-        });
+        stack.push(Frame { candidates, next: 0, applied });
     }
 
     /// Marks `op` linearized (bit, read counts, entry list) with new state.
@@ -745,24 +714,13 @@ impl<'a> Search<'a> {
     /// subsumes) was already explored.
     fn remember(&mut self) -> bool {
         let bits = &self.finite_bits;
-        let start = bits
-            .iter()
-            .position(|&w| w != u64::MAX)
-            .unwrap_or(bits.len());
-        let end = bits
-            .iter()
-            .rposition(|&w| w != 0)
-            .map_or(start, |last| (last + 1).max(start));
-        let state = if self.dead(self.state) {
-            DEAD
-        } else {
-            self.state as u64
-        };
+        let start = bits.iter().position(|&w| w != u64::MAX).unwrap_or(bits.len());
+        let end = bits.iter().rposition(|&w| w != 0).map_or(start, |last| (last + 1).max(start));
+        let state = if self.dead(self.state) { DEAD } else { self.state as u64 };
         self.scratch.clear();
         self.scratch.push(start as u64);
         self.scratch.push(state);
-        self.scratch
-            .extend_from_slice(bits.get(start..end).unwrap_or(&[]));
+        self.scratch.extend_from_slice(bits.get(start..end).unwrap_or(&[]));
         let unknown = &self.unknown_bits;
         let is_subset = |seen: &[u64]| seen.iter().zip(unknown).all(|(s, u)| s & !u == 0);
         if let Some(seen) = self.cache.get_mut(self.scratch.as_slice()) {
@@ -773,8 +731,7 @@ impl<'a> Search<'a> {
             seen.push(unknown.clone().into_boxed_slice());
         } else {
             let key = self.scratch.clone().into_boxed_slice();
-            self.cache
-                .insert(key, vec![unknown.clone().into_boxed_slice()]);
+            self.cache.insert(key, vec![unknown.clone().into_boxed_slice()]);
         }
         self.cached += 1;
         true
@@ -791,11 +748,7 @@ impl<'a> Search<'a> {
                 return Err(Failure::NotLinearizable(self.best));
             };
             let Some(&op) = top.candidates.get(top.next) else {
-                if let Some(Frame {
-                    applied: Some((op, prev)),
-                    ..
-                }) = stack.pop()
-                {
+                if let Some(Frame { applied: Some((op, prev)), .. }) = stack.pop() {
                     self.undo(op, prev);
                 }
                 continue;

@@ -33,9 +33,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let recorder = Arc::new(Recorder::new());
         let completed = Arc::new(AtomicU64::new(0));
-        let key_list: Vec<Vec<u8>> = (0..keys)
-            .map(|i| format!("load-{i}").into_bytes())
-            .collect();
+        let key_list: Vec<Vec<u8>> = (0..keys).map(|i| format!("load-{i}").into_bytes()).collect();
         let tasks = (0..clients)
             .map(|c| {
                 let stop = stop.clone();
@@ -70,26 +68,13 @@ impl Load {
                             (Op::Del, write_outcome(&result))
                         };
                         let ret = Instant::now();
-                        recorder.record(Event {
-                            client: c,
-                            key,
-                            op,
-                            invoke,
-                            ret,
-                            outcome,
-                        });
+                        recorder.record(Event { client: c, key, op, invoke, ret, outcome });
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
             .collect();
-        Load {
-            stop,
-            tasks,
-            recorder,
-            keys: key_list,
-            completed,
-        }
+        Load { stop, tasks, recorder, keys: key_list, completed }
     }
 
     /// Stops the clients and waits for their last operations.
