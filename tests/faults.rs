@@ -141,6 +141,7 @@ async fn paused_server_is_replaced_without_stale_reads() {
         keys.iter().filter(|k| slot_of(k, N) == victim).cloned().collect();
     let gap = unavailability(&events, &victim_keys, at).unwrap();
     assert!(gap <= TIMEOUT + Duration::from_millis(500), "unavailable for {gap:?}");
+    println!("paused server: its keys unavailable for {gap:?}");
     assert!(wait_until(Duration::from_secs(2), || !alive(pid)), "the paused server was killed");
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
