@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod coord;
 pub mod error;
+pub mod listener;
 pub mod logging;
 pub mod protocol;
 pub mod routing;

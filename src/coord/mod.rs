@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -29,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::config::ServerSpec;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::listener;
 use crate::protocol::{ControlRequest, ControlResponse, CopyStats, RecoveryStatus, ServerState};
 use crate::routing::{ClusterConfig, Replica, secondary_of};
 
@@ -47,6 +47,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 const DUMP_LIMIT: Duration = Duration::from_secs(120);
 /// Deadline of one configuration install on one server.
 const INSTALL_LIMIT: Duration = Duration::from_secs(4);
+/// Most connections served at once on the clients port and on the servers port.
+const MAX_CLIENT_CONNECTIONS: usize = 1024;
+const MAX_SERVER_CONNECTIONS: usize = 256;
 /// How often heartbeats and recovery deadlines are checked.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -91,8 +94,9 @@ type StopSignal = Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// Binds both ports, starts the cluster, serves until asked to stop, then shuts down.
 pub async fn run(opts: CoordOptions) -> Result<()> {
-    let clients = bind(opts.clients_port, "clients").await?;
-    let reports = bind(opts.servers_port, "servers").await?;
+    listener::raise_fd_limit();
+    let clients = listener::bind("0.0.0.0", opts.clients_port, "clients").await?;
+    let reports = listener::bind("0.0.0.0", opts.servers_port, "servers").await?;
     let servers_port = reports.local_addr()?.port();
     println!(
         "ftkv coordinator: clients port {}, servers port {servers_port}",
@@ -114,17 +118,19 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let s = shared.clone();
-    crate::server::accept_loop(
+    listener::serve(
         clients,
         "clients",
+        MAX_CLIENT_CONNECTIONS,
         &tracker,
         cancel.clone(),
         move |conn: Connection| links::serve_client(s.clone(), conn),
     );
     let s = shared.clone();
-    crate::server::accept_loop(
+    listener::serve(
         reports,
         "servers",
+        MAX_SERVER_CONNECTIONS,
         &tracker,
         cancel.clone(),
         move |conn: Connection| links::serve_report(s.clone(), conn),
@@ -174,12 +180,6 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     cancel.cancel();
     tracker.close();
     outcome
-}
-
-async fn bind(port: u16, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(("0.0.0.0", port))
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen on port {port} ({what} port): {e}")))
 }
 
 /// Resolves with a reason on end of standard input (if watched), SIGINT or SIGTERM.

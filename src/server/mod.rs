@@ -7,20 +7,18 @@ mod lease;
 mod replication;
 mod table;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::listener;
 use crate::protocol::{Op, Refusal, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 
@@ -227,7 +225,7 @@ impl Server {
             };
             let replicator = if own { &self.own } else { &self.adopted };
             let slot = replicator
-                .reserve()
+                .reserve(&op)
                 .await
                 .ok_or_else(|| Refusal::Unavailable("server is shutting down".into()))?;
             let config = self.config();
@@ -305,61 +303,17 @@ impl Server {
     }
 }
 
-async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
-    TcpListener::bind((host, port)).await.map_err(|e| {
-        Error::Unavailable(format!("cannot listen on {host}:{port} ({what} port): {e}"))
-    })
-}
-
-/// Accepts connections until cancelled, each handled in its own tracked task.
-pub(crate) fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    what: &'static str,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-    handle: F,
-) where
-    F: Fn(Connection) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<()>> + Send + 'static,
-{
-    let inner = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(port = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(conn) = Connection::new(stream) else {
-                continue;
-            };
-            let peer = conn.peer();
-            let work = handle(conn);
-            let cancel = cancel.clone();
-            inner.spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    result = work => if let Err(e) = result {
-                        warn!(port = what, %peer, error = %e, "connection closed");
-                    }
-                }
-            });
-        }
-    });
-}
+/// Most connections served at once on each port.
+const MAX_CLIENT_CONNECTIONS: usize = 4096;
+const MAX_PEER_CONNECTIONS: usize = 64;
+const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// Runs a server until the coordinator shuts it down or disappears.
 pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
-    let clients = bind(&opts.bind_host, opts.client_port, "clients").await?;
-    let peers = bind(&opts.bind_host, opts.servers_port, "servers").await?;
-    let control = bind(&opts.bind_host, opts.control_port, "control").await?;
+    listener::raise_fd_limit();
+    let clients = listener::bind(&opts.bind_host, opts.client_port, "clients").await?;
+    let peers = listener::bind(&opts.bind_host, opts.servers_port, "servers").await?;
+    let control = listener::bind(&opts.bind_host, opts.control_port, "control").await?;
     let ports = crate::protocol::BoundPorts {
         client: clients.local_addr()?.port(),
         servers: peers.local_addr()?.port(),
@@ -369,17 +323,32 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     let server = Arc::new(Server::new(&opts, token, cancel.clone()));
     let tracker = TaskTracker::new();
     let s = server.clone();
-    accept_loop(clients, "clients", &tracker, cancel.clone(), move |conn| {
-        clients::serve(s.clone(), conn)
-    });
+    listener::serve(
+        clients,
+        "clients",
+        MAX_CLIENT_CONNECTIONS,
+        &tracker,
+        cancel.clone(),
+        move |conn| clients::serve(s.clone(), conn),
+    );
     let s = server.clone();
-    accept_loop(peers, "servers", &tracker, cancel.clone(), move |conn| {
-        control::serve_stream(s.clone(), conn)
-    });
+    listener::serve(
+        peers,
+        "servers",
+        MAX_PEER_CONNECTIONS,
+        &tracker,
+        cancel.clone(),
+        move |conn| control::serve_stream(s.clone(), conn),
+    );
     let s = server.clone();
-    accept_loop(control, "control", &tracker, cancel.clone(), move |conn| {
-        control::serve_control(s.clone(), conn)
-    });
+    listener::serve(
+        control,
+        "control",
+        MAX_CONTROL_CONNECTIONS,
+        &tracker,
+        cancel.clone(),
+        move |conn| control::serve_control(s.clone(), conn),
+    );
     info!(id = opts.id, incarnation = opts.incarnation, ?ports, "listening");
 
     let outcome = tokio::select! {

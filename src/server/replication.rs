@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -44,6 +44,9 @@ const BATCH_OPS: usize = 4096;
 const WINDOW_OPS: usize = 64 * 1024;
 /// Most writes accepted and not yet answered (bounds memory; submitters wait beyond it).
 const QUEUE_OPS: usize = 16 * 1024;
+/// Most bytes of writes accepted and not yet answered: with 16 MiB values, a count alone
+/// would not bound memory.
+const QUEUE_BYTES: usize = 256 << 20;
 /// No acknowledgement for this long while entries are in flight: the link is stuck.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
@@ -90,12 +93,21 @@ pub struct CaughtUp {
 struct Pending {
     op: Op,
     done: oneshot::Sender<Applied>,
+    /// This write's share of [`QUEUE_BYTES`], given back when it is answered.
+    budget: OwnedSemaphorePermit,
 }
 
 /// One entry of the stream: a client write, or a snapshot entry (already in the table).
 struct Entry {
     op: Op,
     done: Option<oneshot::Sender<Applied>>,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Pending> for Entry {
+    fn from(Pending { op, done, budget }: Pending) -> Self {
+        Entry { op, done: Some(done), _budget: Some(budget) }
+    }
 }
 
 /// Handle to submit writes to a slot's replication task.
@@ -104,6 +116,7 @@ pub struct Replicator {
     tx: mpsc::Sender<Pending>,
     mode: Arc<watch::Sender<Mode>>,
     outstanding: Arc<AtomicUsize>,
+    budget: Arc<Semaphore>,
 }
 
 impl Replicator {
@@ -132,14 +145,17 @@ impl Replicator {
             outstanding: outstanding.clone(),
         };
         tokio::spawn(task.run(cancel));
-        Replicator { tx, mode: Arc::new(mode_tx), outstanding }
+        let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+        Replicator { tx, mode: Arc::new(mode_tx), outstanding, budget }
     }
 
     /// Waits for room in the queue. The returned slot submits without waiting, so that
     /// the caller can check the configuration and submit atomically.
-    pub async fn reserve(&self) -> Option<Slot<'_>> {
+    pub async fn reserve(&self, op: &Op) -> Option<Slot<'_>> {
+        let bytes = op_size(op).clamp(1, QUEUE_BYTES) as u32;
+        let budget = self.budget.clone().acquire_many_owned(bytes).await.ok()?;
         let permit = self.tx.reserve().await.ok()?;
-        Some(Slot { permit, outstanding: &self.outstanding })
+        Some(Slot { permit, budget, outstanding: &self.outstanding })
     }
 
     /// Switches mode; a change to the same stream (new epoch only) keeps the link.
@@ -181,6 +197,7 @@ impl Replicator {
 /// Room for one write in a replicator's queue.
 pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Pending>,
+    budget: OwnedSemaphorePermit,
     outstanding: &'a AtomicUsize,
 }
 
@@ -190,7 +207,7 @@ impl Slot<'_> {
     pub fn submit(self, op: Op) -> oneshot::Receiver<Applied> {
         let (done, rx) = oneshot::channel();
         self.outstanding.fetch_add(1, Ordering::SeqCst);
-        self.permit.send(Pending { op, done });
+        self.permit.send(Pending { op, done, budget: self.budget });
         rx
     }
 }
@@ -269,8 +286,8 @@ impl Task {
             tokio::select! {
                 changed = self.mode.changed() => return changed.map_err(|_| Error::Closed),
                 pending = self.rx.recv() => {
-                    let Some(Pending { op, done }) = pending else { return Err(Error::Closed) };
-                    self.complete(Entry { op, done: Some(done) });
+                    let Some(pending) = pending else { return Err(Error::Closed) };
+                    self.complete(pending.into());
                 }
             }
         }
@@ -286,7 +303,11 @@ impl Task {
         info!(entries = snapshot.len(), bytes, "snapshot queued for the new copy");
         self.snapshot_left += snapshot.len();
         for (key, value) in snapshot.into_iter().rev() {
-            self.unacked.push_front(Entry { op: Op::Put { key, value }, done: None });
+            self.unacked.push_front(Entry {
+                op: Op::Put { key, value },
+                done: None,
+                _budget: None,
+            });
         }
     }
 
@@ -343,11 +364,11 @@ impl Task {
                     sent += self.send_batch(&mut writer, base + sent as u64, sent).await?;
                 }
                 pending = self.rx.recv(), if room => {
-                    let Some(Pending { op, done }) = pending else { return Err(Error::Closed) };
-                    self.unacked.push_back(Entry { op, done: Some(done) });
+                    let Some(pending) = pending else { return Err(Error::Closed) };
+                    self.unacked.push_back(pending.into());
                     while self.unacked.len() < QUEUE_OPS + self.snapshot_left {
-                        let Ok(Pending { op, done }) = self.rx.try_recv() else { break };
-                        self.unacked.push_back(Entry { op, done: Some(done) });
+                        let Ok(pending) = self.rx.try_recv() else { break };
+                        self.unacked.push_back(pending.into());
                     }
                 }
                 _ = tokio::time::sleep_until(last_progress + ACK_TIMEOUT), if sent > 0 => {
