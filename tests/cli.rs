@@ -166,7 +166,7 @@ fn coord_port_in_use_is_a_clear_error() {
         &["-c", &port, "-s", "0", "-C", "cfg.txt"],
     );
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("cannot listen on port {port}")), "{err}");
+    assert!(err.contains(&format!("cannot listen on 0.0.0.0:{port} (clients port)")), "{err}");
 }
 
 #[test]
