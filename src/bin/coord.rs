@@ -41,6 +41,20 @@ struct Args {
     /// Do not shut down at the end of standard input (run in the background).
     #[arg(long)]
     ignore_stdin: bool,
+    /// Extra options for every ssh call, split at spaces (e.g. "-i key -p 2222").
+    /// `-o BatchMode=yes` and a connect timeout are always set.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    ssh_args: String,
+    /// The server program on remote hosts (default: the absolute path of the local one).
+    #[arg(long)]
+    remote_server_bin: Option<String>,
+    /// Directory for logs and dumps of remote servers, on their hosts.
+    #[arg(long, default_value = ".")]
+    remote_dir: String,
+    /// Address remote servers use to reach this coordinator (default: the source address
+    /// on the route to each host).
+    #[arg(long)]
+    advertise_host: Option<String>,
 }
 
 fn main() {
@@ -76,16 +90,23 @@ fn start(args: Args) -> Result<(), String> {
         Some(path) => path,
         None => default_server_bin().ok_or("cannot locate the server binary (use --server-bin)")?,
     };
+    let server_bin = absolute(server_bin)?;
+    let remote_server_bin =
+        args.remote_server_bin.unwrap_or_else(|| server_bin.to_string_lossy().into_owned());
     let opts = CoordOptions {
         clients_port: args.clients_port,
         servers_port: args.servers_port,
         specs,
         timeout,
         heartbeat,
-        server_bin: absolute(server_bin)?,
+        server_bin,
         log_dir: absolute(args.log_dir)?,
         dump_dir: absolute(args.dump_dir)?,
         watch_stdin: !args.ignore_stdin,
+        ssh_args: args.ssh_args.split_whitespace().map(String::from).collect(),
+        remote_server_bin,
+        remote_dir: args.remote_dir,
+        advertise_host: args.advertise_host,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));

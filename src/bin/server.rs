@@ -48,9 +48,39 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
+    /// Detach after reading the token (for starts over ssh): print `ftkv-server pid N` and
+    /// return, leaving the server running in a session of its own.
+    #[arg(long)]
+    daemon: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
+}
+
+/// Forks; the parent prints the child's pid and exits, the child leaves the session and
+/// drops the terminal and the ssh channel (standard streams to /dev/null).
+fn daemonize() -> Result<(), String> {
+    // SAFETY: called while the process has a single thread (no runtime, no logger yet), so
+    // the child may run arbitrary code after fork.
+    unsafe {
+        match libc::fork() {
+            -1 => Err(format!("fork failed: {}", std::io::Error::last_os_error())),
+            0 => {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                }
+                Ok(())
+            }
+            child => {
+                println!("ftkv-server pid {child}");
+                std::process::exit(0);
+            }
+        }
+    }
 }
 
 fn read_token() -> Result<Vec<u8>, String> {
@@ -89,8 +119,15 @@ fn start(args: Args) -> Result<(), String> {
         ));
     }
     let log = args.log.clone().unwrap_or_else(|| PathBuf::from(format!("server_{}.log", args.id)));
-    ftkv::logging::init(Some(&log), "info")?;
     let token = read_token()?;
+    let dump_dir = std::path::absolute(&args.dump_dir).map_err(|e| format!("bad dump directory: {e}"))?;
+    std::fs::create_dir_all(&dump_dir)
+        .map_err(|e| format!("cannot create dump directory {}: {e}", dump_dir.display()))?;
+    if args.daemon {
+        daemonize()?;
+    }
+    ftkv::logging::init(Some(&log), "info")?;
+    tracing::info!(log = %log.display(), dumps = %dump_dir.display(), "server starting");
     let opts = ServerOptions {
         id: args.id,
         servers: args.servers,
@@ -99,7 +136,7 @@ fn start(args: Args) -> Result<(), String> {
         client_port: args.clients_port,
         servers_port: args.servers_port,
         control_port: args.control_port,
-        dump_dir: args.dump_dir,
+        dump_dir,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         incarnation: args.incarnation,
     };

@@ -1,28 +1,51 @@
-//! Starting server processes.
+//! Starting and killing server processes: local children, or detached processes on other
+//! hosts started over ssh.
 
-use std::path::{Path, PathBuf};
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+use tracing::{info, warn};
 
 use crate::config::Host;
 use crate::coord::topology::Member;
 use crate::error::{Error, Result};
 
+/// Options on every ssh call: never prompt, never hang on a dead host.
+const SSH_DEFAULTS: [&str; 6] =
+    ["-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "ServerAliveInterval=2"];
+/// Longest an ssh start or kill may take.
+const SSH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Everything needed to start a server, the same for all of them.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     pub server_bin: PathBuf,
-    /// Host name servers use to reach the coordinator.
-    pub coord_host: String,
     pub servers_port: u16,
     pub log_dir: PathBuf,
     pub dump_dir: PathBuf,
     pub heartbeat: Duration,
     /// Hex cluster token, written to the server's standard input (never on its command line).
     pub token_hex: String,
+    /// Extra options for every ssh call (`--ssh-args`).
+    pub ssh_args: Vec<String>,
+    /// The server program on remote hosts.
+    pub remote_server_bin: String,
+    /// Directory on remote hosts for logs and dumps (relative: to the login directory).
+    pub remote_dir: String,
+    /// Address remote servers use to reach the coordinator; `None`: the coordinator's
+    /// source address on the route to each host.
+    pub advertise_host: Option<String>,
+}
+
+/// A started server process.
+pub enum Started {
+    Local(Child),
+    /// Detached on another host; `pid` there.
+    Remote { pid: u32 },
 }
 
 /// The `server` binary beside this executable.
@@ -31,67 +54,168 @@ pub fn default_server_bin() -> Option<PathBuf> {
     Some(exe.parent()?.join("server"))
 }
 
+/// This machine's source address on the route to `host` (no packet is sent: connecting a
+/// UDP socket only picks the route).
+fn source_address_towards(host: &str) -> Result<String> {
+    let target = (host, 9)
+        .to_socket_addrs()
+        .map_err(|e| Error::Unavailable(format!("cannot resolve host {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Unavailable(format!("host {host} has no address")))?;
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(target).map_err(|e| Error::Unavailable(format!("no route to {host}: {e}")))?;
+    Ok(socket.local_addr()?.ip().to_string())
+}
+
+/// Quotes one word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn ssh_destination(user: &Option<String>, host: &str) -> String {
+    match user {
+        Some(user) => format!("{user}@{host}"),
+        None => host.to_string(),
+    }
+}
+
 impl Launcher {
     /// Starts the server for `member` (its current incarnation) and hands it the token.
-    pub async fn spawn(&self, member: &Member, servers: u32) -> Result<Child> {
-        let Host::Local(_) = member.spec.host else {
-            return Err(Error::Unavailable(format!(
-                "server {}: host {:?} needs ssh, which this version cannot start",
-                member.id,
-                member.spec.host.name()
-            )));
-        };
+    pub async fn spawn(&self, member: &Member, servers: u32) -> Result<Started> {
+        match &member.spec.host {
+            Host::Local(_) => self.spawn_local(member, servers).await.map(Started::Local),
+            Host::Ssh { user, host } => {
+                let pid = tokio::time::timeout(SSH_LIMIT, self.spawn_remote(member, servers, user, host))
+                    .await
+                    .map_err(|_| Error::Unavailable(format!("ssh to {host} timed out")))??;
+                Ok(Started::Remote { pid })
+            }
+        }
+    }
+
+    async fn spawn_local(&self, member: &Member, servers: u32) -> Result<Child> {
         if !self.server_bin.is_file() {
             return Err(Error::Unavailable(format!(
                 "server binary not found at {} (use --server-bin)",
                 self.server_bin.display()
             )));
         }
+        let log = self.log_dir.join(format!("server_{}.log", member.id));
+        let dumps = self.dump_dir.to_string_lossy().into_owned();
         let mut child = Command::new(&self.server_bin)
-            .args(self.args(member, servers))
+            .args(self.args(member, servers, "127.0.0.1", &log.to_string_lossy(), &dumps))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display()))
-            })?;
+            .map_err(|e| Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display())))?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
-        drop(stdin);
         Ok(child)
     }
 
-    fn args(&self, member: &Member, servers: u32) -> Vec<String> {
-        let log = path_string(&self.log_dir.join(format!("server_{}.log", member.id)));
+    /// `ssh [user@]host '<server> ... --daemon'`: the server reads the token from standard
+    /// input (forwarded by ssh), detaches, prints its pid and lets ssh return.
+    async fn spawn_remote(&self, member: &Member, servers: u32, user: &Option<String>, host: &str) -> Result<u32> {
+        let coord_host = match &self.advertise_host {
+            Some(addr) => addr.clone(),
+            None => source_address_towards(host)?,
+        };
+        let log = format!("{}/server_{}.log", self.remote_dir, member.id);
+        let mut words = vec![self.remote_server_bin.clone()];
+        words.extend(self.args(member, servers, &coord_host, &log, &self.remote_dir));
+        words.push("--daemon".into());
+        let remote_command = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+        let destination = ssh_destination(user, host);
+        let mut child = Command::new("ssh")
+            .args(SSH_DEFAULTS)
+            .args(&self.ssh_args)
+            .arg(&destination)
+            .arg(&remote_command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Unavailable(format!("cannot run ssh: {e}")))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
+        drop(stdin);
+        let (mut out, mut err) = (String::new(), String::new());
+        child.stdout.take().expect("piped").read_to_string(&mut out).await?;
+        child.stderr.take().expect("piped").read_to_string(&mut err).await?;
+        let status = child.wait().await?;
+        let pid = out.lines().find_map(|l| l.strip_prefix("ftkv-server pid ")).and_then(|p| p.trim().parse().ok());
+        match pid {
+            Some(pid) if status.success() => {
+                info!(id = member.id, %destination, pid, coord_host, log, "remote server started over ssh");
+                Ok(pid)
+            }
+            _ => Err(Error::Unavailable(format!(
+                "starting server {} on {destination} over ssh failed ({status}): {}",
+                member.id,
+                err.trim()
+            ))),
+        }
+    }
+
+    /// Kills a remote server over ssh, best effort: an unreachable host is fenced by the
+    /// lease, not by this.
+    pub async fn kill_remote(&self, member: &Member, pid: u32) {
+        let Host::Ssh { user, host } = &member.spec.host else { return };
+        let destination = ssh_destination(user, host);
+        let run = Command::new("ssh")
+            .args(SSH_DEFAULTS)
+            .args(&self.ssh_args)
+            .arg(&destination)
+            .arg(format!("kill -9 {pid}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(SSH_LIMIT, run).await {
+            Ok(Ok(status)) => info!(id = member.id, %destination, pid, %status, "kill over ssh"),
+            Ok(Err(e)) => warn!(id = member.id, %destination, pid, error = %e, "kill over ssh failed"),
+            Err(_) => warn!(id = member.id, %destination, pid, "kill over ssh timed out"),
+        }
+    }
+
+    fn args(&self, member: &Member, servers: u32, coord_host: &str, log: &str, dumps: &str) -> Vec<String> {
         let spec = &member.spec;
-        vec![
-            "-h".into(),
-            self.coord_host.clone(),
-            "-m".into(),
-            self.servers_port.to_string(),
-            "-c".into(),
-            spec.client_port.to_string(),
-            "-s".into(),
-            spec.servers_port.to_string(),
-            "-M".into(),
-            spec.coord_port.to_string(),
-            "-S".into(),
-            member.id.to_string(),
-            "-n".into(),
-            servers.to_string(),
-            "-l".into(),
-            log,
-            "--dump-dir".into(),
-            path_string(&self.dump_dir),
-            "--incarnation".into(),
-            member.incarnation.to_string(),
-            "--heartbeat-ms".into(),
-            self.heartbeat.as_millis().to_string(),
+        [
+            ("-h", coord_host.to_string()),
+            ("-m", self.servers_port.to_string()),
+            ("-c", spec.client_port.to_string()),
+            ("-s", spec.servers_port.to_string()),
+            ("-M", spec.coord_port.to_string()),
+            ("-S", member.id.to_string()),
+            ("-n", servers.to_string()),
+            ("-l", log.to_string()),
+            ("--dump-dir", dumps.to_string()),
+            ("--incarnation", member.incarnation.to_string()),
+            ("--heartbeat-ms", self.heartbeat.as_millis().to_string()),
         ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
     }
 }
 
-fn path_string(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_remote_shell() {
+        assert_eq!(shell_quote("plain"), "'plain'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[test]
+    fn source_address_of_loopback_is_loopback() {
+        assert_eq!(source_address_towards("127.0.0.1").unwrap(), "127.0.0.1");
+    }
 }

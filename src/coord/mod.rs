@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::io::AsyncReadExt;
-use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,7 @@ use crate::listener;
 use crate::protocol::{ControlRequest, ControlResponse, CopyStats, RecoveryStatus, ServerState};
 use crate::routing::{ClusterConfig, Replica, secondary_of};
 
-pub use launcher::{Launcher, default_server_bin};
+pub use launcher::{Launcher, Started, default_server_bin};
 pub use links::{ControlLink, Event, Shared, View};
 use process::Process;
 use recovery::{Action, Deadlines, Input, Recovery};
@@ -67,6 +66,15 @@ pub struct CoordOptions {
     pub dump_dir: PathBuf,
     /// Shut down at the end of standard input (the original's ctrl+d).
     pub watch_stdin: bool,
+    /// Extra options for every ssh call.
+    pub ssh_args: Vec<String>,
+    /// The server program on remote hosts.
+    pub remote_server_bin: String,
+    /// Logs and dumps of remote servers, on their hosts.
+    pub remote_dir: String,
+    /// Address remote servers use to reach the coordinator (default: the source address on
+    /// the route to each host).
+    pub advertise_host: Option<String>,
 }
 
 /// Results of work the main loop handed to tasks.
@@ -75,7 +83,7 @@ enum Internal {
     Spawned {
         id: u32,
         incarnation: u64,
-        child: Child,
+        started: Started,
     },
     /// A local server process ended.
     Exited {
@@ -138,12 +146,15 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
 
     let launcher = Launcher {
         server_bin: opts.server_bin.clone(),
-        coord_host: "127.0.0.1".into(),
         servers_port,
         log_dir: opts.log_dir.clone(),
         dump_dir: opts.dump_dir.clone(),
         heartbeat: opts.heartbeat,
         token_hex,
+        ssh_args: opts.ssh_args.clone(),
+        remote_server_bin: opts.remote_server_bin.clone(),
+        remote_dir: opts.remote_dir.clone(),
+        advertise_host: opts.advertise_host.clone(),
     };
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster {
@@ -152,6 +163,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         launcher,
         timeout: opts.timeout,
         children: HashMap::new(),
+        remote_pids: HashMap::new(),
         links: (0..n).map(|_| None).collect(),
         recovery: None,
         internal_tx,
@@ -211,6 +223,8 @@ struct Cluster {
     timeout: Duration,
     /// Local server processes by (id, incarnation).
     children: HashMap<(u32, u64), Process>,
+    /// Remote server processes by (id, incarnation): their pid on their host.
+    remote_pids: HashMap<(u32, u64), u32>,
     links: Vec<Option<ControlLink>>,
     recovery: Option<Recovery>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -240,9 +254,8 @@ impl Cluster {
     ) -> Result<()> {
         let n = self.topology.len();
         for id in 0..n {
-            let child = self.launcher.spawn(&self.topology.members[id as usize], n).await?;
-            info!(id, pid = child.id(), "server spawned");
-            self.adopt(id, 0, child);
+            let started = self.launcher.spawn(&self.topology.members[id as usize], n).await?;
+            self.adopt(id, 0, started);
         }
         let deadline = Instant::now() + STARTUP_LIMIT;
         while self.topology.members.iter().any(|m| !m.live) {
@@ -372,7 +385,7 @@ impl Cluster {
                 }
                 self.feed(input);
             }
-            Internal::Spawned { id, incarnation, child } => self.adopt(id, incarnation, child),
+            Internal::Spawned { id, incarnation, started } => self.adopt(id, incarnation, started),
             Internal::Exited { id, incarnation, status } => {
                 let member = &self.topology.members[id as usize];
                 if member.incarnation == incarnation && member.live {
@@ -583,6 +596,7 @@ impl Cluster {
         let stale: Vec<(u32, u64)> = self
             .children
             .keys()
+            .chain(self.remote_pids.keys())
             .filter(|&&(id, inc)| id == a && inc < incarnation)
             .copied()
             .collect();
@@ -595,10 +609,7 @@ impl Cluster {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let message = match launcher.spawn(&member, n).await {
-                Ok(child) => {
-                    info!(id = a, incarnation, pid = child.id(), "replacement server spawned");
-                    Internal::Spawned { id: a, incarnation, child }
-                }
+                Ok(started) => Internal::Spawned { id: a, incarnation, started },
                 Err(e) => {
                     Internal::Recovery(Input::SpawnFailed { incarnation, why: e.to_string() })
                 }
@@ -607,20 +618,35 @@ impl Cluster {
         });
     }
 
-    /// Watches a server process we started: its exit is reported to the main loop.
-    fn adopt(&mut self, id: u32, incarnation: u64, child: Child) {
-        let tx = self.internal_tx.clone();
-        let process = Process::watch(child, move |status| {
-            let _ = tx.send(Internal::Exited { id, incarnation, status });
-        });
-        self.children.insert((id, incarnation), process);
+    /// Keeps track of a server process we started. A local one is watched: its exit is
+    /// reported to the main loop. A remote one is known by its pid on its host.
+    fn adopt(&mut self, id: u32, incarnation: u64, started: Started) {
+        match started {
+            Started::Local(child) => {
+                info!(id, incarnation, pid = child.id(), "server spawned");
+                let tx = self.internal_tx.clone();
+                let process = Process::watch(child, move |status| {
+                    let _ = tx.send(Internal::Exited { id, incarnation, status });
+                });
+                self.children.insert((id, incarnation), process);
+            }
+            Started::Remote { pid } => {
+                self.remote_pids.insert((id, incarnation), pid);
+            }
+        }
     }
 
-    /// Kills a server process we started (best effort; its watcher reaps it).
+    /// Kills a server process we started, best effort: a local one at once (its watcher
+    /// reaps it), a remote one over ssh in the background.
     fn kill(&mut self, id: u32, incarnation: u64) {
         if let Some(process) = self.children.get_mut(&(id, incarnation)) {
             info!(id, incarnation, pid = process.pid, "killing server process");
             process.kill();
+        }
+        if let Some(pid) = self.remote_pids.remove(&(id, incarnation)) {
+            let launcher = self.launcher.clone();
+            let member = self.topology.members[id as usize].clone();
+            tokio::spawn(async move { launcher.kill_remote(&member, pid).await });
         }
     }
 

@@ -19,6 +19,9 @@ use crate::protocol::{
 use crate::server::replication::receive_stream;
 use crate::server::{Server, ServerOptions};
 
+/// How long after its lease lapsed a server that hears nothing from the coordinator keeps
+/// waiting before it writes its dumps and exits (cut off: it never rejoins on its own).
+const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 /// Longest a Drain waits for in-flight writes.
 const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
@@ -105,7 +108,7 @@ pub async fn report_to_coordinator(
                 let sent = Instant::now();
                 next_beat = sent + opts.heartbeat;
                 conn.send(&ReportRequest::Heartbeat).await?;
-                match conn.recv::<ReportResponse>().await?.ok_or(Error::Closed)? {
+                match answer(&mut conn, &server).await? {
                     ReportResponse::Lease { lease_ms } => {
                         server.lease.renew(sent, Duration::from_millis(lease_ms));
                     }
@@ -119,7 +122,7 @@ pub async fn report_to_coordinator(
                     copied: progress.copied,
                 };
                 conn.send(&updated).await?;
-                expect_welcome(conn.recv::<ReportResponse>().await?.ok_or(Error::Closed)?)?;
+                expect_welcome(answer(&mut conn, &server).await?)?;
                 info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");
             }
         }
@@ -132,4 +135,11 @@ fn expect_welcome(response: ReportResponse) -> Result<()> {
         ReportResponse::Refused(why) if why.contains("replaced") => Err(Error::Replaced),
         other => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
     }
+}
+
+/// The coordinator's answer on the report link. Waiting is bounded: past the lease and
+/// [`ORPHAN_GRACE`], the coordinator counts as gone.
+async fn answer(conn: &mut Connection, server: &Server) -> Result<ReportResponse> {
+    let limit = server.lease.remaining() + ORPHAN_GRACE;
+    conn.reader.recv_within(limit, "waiting for the coordinator (cut off?)").await
 }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Test hosts on one machine: network namespaces joined by veth pairs to a bridge that lives in
+# a namespace of its own, addresses in 10.213.77.0/24 that exist only inside these namespaces
+# (the root namespace gets a blackhole route for the range and never sends to it), and one
+# sshd per host with a host key and a client key made for the run.
+#
+#   hosts.sh up DIR N      hosts ftkv-h0 (10.213.77.10, the coordinator and clients) ...
+#                          ftkv-hN (10.213.77.(10+N)); keys, sshd configs and logs in DIR
+#   hosts.sh down DIR      tears everything down (also after a failed run)
+#   hosts.sh cut I         link of host I down at the bridge (full partition)
+#   hosts.sh heal I        link of host I up again
+# Needs root, iproute2 and openssh-server.
+set -euo pipefail
+
+NET=10.213.77
+SW=ftkv-sw
+
+addr() { echo "$NET.$((10 + $1))"; }
+
+up() {
+    local dir=$1 n=$2
+    mkdir -p "$dir" /run/sshd
+    down "$dir" 2>/dev/null || true
+    ip route replace blackhole "$NET.0/24"
+    ip netns add $SW
+    ip -n $SW link add br0 type bridge
+    ip -n $SW link set br0 up
+    ip -n $SW link set lo up
+    ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key" <<<y >/dev/null 2>&1 || true
+    ssh-keygen -q -t ed25519 -N '' -f "$dir/client_key" <<<y >/dev/null 2>&1 || true
+    cp "$dir/client_key.pub" "$dir/authorized_keys"
+    chmod 600 "$dir/host_key" "$dir/client_key"
+    for i in $(seq 0 "$n"); do
+        local ns=ftkv-h$i
+        ip netns add "$ns"
+        ip link add "v$i" type veth peer name eth0 netns "$ns"
+        ip link set "v$i" netns $SW
+        ip -n $SW link set "v$i" master br0
+        ip -n $SW link set "v$i" up
+        ip -n "$ns" link set lo up
+        ip -n "$ns" addr add "$(addr "$i")/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        cat >"$dir/sshd_$i.conf" <<CONF
+ListenAddress $(addr "$i")
+Port 22
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+PidFile $dir/sshd_$i.pid
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AcceptEnv FTKV_*
+LogLevel ERROR
+CONF
+        ip netns exec "$ns" /usr/sbin/sshd -D -f "$dir/sshd_$i.conf" -E "$dir/sshd_$i.log" &
+        echo $! >"$dir/sshd_$i.launcher"
+    done
+    # Wait until every sshd answers.
+    for i in $(seq 1 "$n"); do
+        for _ in $(seq 1 100); do
+            if ip netns exec ftkv-h0 bash -c "exec 3<>/dev/tcp/$(addr "$i")/22" 2>/dev/null; then break; fi
+            sleep 0.05
+        done
+    done
+}
+
+down() {
+    local dir=$1
+    for pidfile in "$dir"/sshd_*.pid "$dir"/sshd_*.launcher; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for ns in $(ip netns list | awk '/^ftkv-/ {print $1}'); do
+        # Anything still running in a test host (servers, sshd) goes with it.
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    ip route del blackhole "$NET.0/24" 2>/dev/null || true
+}
+
+case "${1:-}" in
+    up) up "$2" "$3" ;;
+    down) down "$2" ;;
+    cut) ip -n $SW link set "v$2" down ;;
+    heal) ip -n $SW link set "v$2" up ;;
+    *) echo "usage: $0 up DIR N | down DIR | cut I | heal I" >&2; exit 2 ;;
+esac
