@@ -120,7 +120,8 @@ fn start(args: Args) -> Result<(), String> {
     }
     let log = args.log.clone().unwrap_or_else(|| PathBuf::from(format!("server_{}.log", args.id)));
     let token = read_token()?;
-    let dump_dir = std::path::absolute(&args.dump_dir).map_err(|e| format!("bad dump directory: {e}"))?;
+    let dump_dir =
+        std::path::absolute(&args.dump_dir).map_err(|e| format!("bad dump directory: {e}"))?;
     std::fs::create_dir_all(&dump_dir)
         .map_err(|e| format!("cannot create dump directory {}: {e}", dump_dir.display()))?;
     if args.daemon {

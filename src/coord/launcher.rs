@@ -45,7 +45,9 @@ pub struct Launcher {
 pub enum Started {
     Local(Child),
     /// Detached on another host; `pid` there.
-    Remote { pid: u32 },
+    Remote {
+        pid: u32,
+    },
 }
 
 /// The `server` binary beside this executable.
@@ -86,9 +88,10 @@ impl Launcher {
         match &member.spec.host {
             Host::Local(_) => self.spawn_local(member, servers).await.map(Started::Local),
             Host::Ssh { user, host } => {
-                let pid = tokio::time::timeout(SSH_LIMIT, self.spawn_remote(member, servers, user, host))
-                    .await
-                    .map_err(|_| Error::Unavailable(format!("ssh to {host} timed out")))??;
+                let pid =
+                    tokio::time::timeout(SSH_LIMIT, self.spawn_remote(member, servers, user, host))
+                        .await
+                        .map_err(|_| Error::Unavailable(format!("ssh to {host} timed out")))??;
                 Ok(Started::Remote { pid })
             }
         }
@@ -109,7 +112,9 @@ impl Launcher {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display())))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display()))
+            })?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
         Ok(child)
@@ -117,7 +122,13 @@ impl Launcher {
 
     /// `ssh [user@]host '<server> ... --daemon'`: the server reads the token from standard
     /// input (forwarded by ssh), detaches, prints its pid and lets ssh return.
-    async fn spawn_remote(&self, member: &Member, servers: u32, user: &Option<String>, host: &str) -> Result<u32> {
+    async fn spawn_remote(
+        &self,
+        member: &Member,
+        servers: u32,
+        user: &Option<String>,
+        host: &str,
+    ) -> Result<u32> {
         let coord_host = match &self.advertise_host {
             Some(addr) => addr.clone(),
             None => source_address_towards(host)?,
@@ -146,7 +157,10 @@ impl Launcher {
         child.stdout.take().expect("piped").read_to_string(&mut out).await?;
         child.stderr.take().expect("piped").read_to_string(&mut err).await?;
         let status = child.wait().await?;
-        let pid = out.lines().find_map(|l| l.strip_prefix("ftkv-server pid ")).and_then(|p| p.trim().parse().ok());
+        let pid = out
+            .lines()
+            .find_map(|l| l.strip_prefix("ftkv-server pid "))
+            .and_then(|p| p.trim().parse().ok());
         match pid {
             Some(pid) if status.success() => {
                 info!(id = member.id, %destination, pid, coord_host, log, "remote server started over ssh");
@@ -177,12 +191,21 @@ impl Launcher {
             .status();
         match tokio::time::timeout(SSH_LIMIT, run).await {
             Ok(Ok(status)) => info!(id = member.id, %destination, pid, %status, "kill over ssh"),
-            Ok(Err(e)) => warn!(id = member.id, %destination, pid, error = %e, "kill over ssh failed"),
+            Ok(Err(e)) => {
+                warn!(id = member.id, %destination, pid, error = %e, "kill over ssh failed")
+            }
             Err(_) => warn!(id = member.id, %destination, pid, "kill over ssh timed out"),
         }
     }
 
-    fn args(&self, member: &Member, servers: u32, coord_host: &str, log: &str, dumps: &str) -> Vec<String> {
+    fn args(
+        &self,
+        member: &Member,
+        servers: u32,
+        coord_host: &str,
+        log: &str,
+        dumps: &str,
+    ) -> Vec<String> {
         let spec = &member.spec;
         [
             ("-h", coord_host.to_string()),

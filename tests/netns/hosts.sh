@@ -4,23 +4,24 @@
 # (the root namespace gets a blackhole route for the range and never sends to it), and one
 # sshd per host with a host key and a client key made for the run.
 #
-#   hosts.sh up DIR N      hosts ftkv-h0 (10.213.77.10, the coordinator and clients) ...
-#                          ftkv-hN (10.213.77.(10+N)); keys, sshd configs and logs in DIR
-#   hosts.sh down DIR      tears everything down (also after a failed run)
-#   hosts.sh cut I         link of host I down at the bridge (full partition)
-#   hosts.sh heal I        link of host I up again
+#   hosts.sh up P DIR N    hosts P-h0 (10.213.77.10) ... P-hN (10.213.77.(10+N)) joined by the
+#                          bridge in P-sw; keys, sshd configs and logs in DIR
+#   hosts.sh down P DIR    tears everything of prefix P down (also after a failed run)
+#   hosts.sh cut P I       link of host I down at the bridge (full partition)
+#   hosts.sh heal P I      link of host I up again
+# Each test uses its own prefix P, so tests can run side by side (each namespace has its own
+# network stack, so they may all use the same addresses).
 # Needs root, iproute2 and openssh-server.
 set -euo pipefail
 
 NET=10.213.77
-SW=ftkv-sw
 
 addr() { echo "$NET.$((10 + $1))"; }
 
 up() {
-    local dir=$1 n=$2
+    local p=$1 dir=$2 n=$3 SW=$1-sw
     mkdir -p "$dir" /run/sshd
-    down "$dir" 2>/dev/null || true
+    down "$p" "$dir" 2>/dev/null || true
     ip route replace blackhole "$NET.0/24"
     ip netns add $SW
     ip -n $SW link add br0 type bridge
@@ -31,7 +32,7 @@ up() {
     cp "$dir/client_key.pub" "$dir/authorized_keys"
     chmod 600 "$dir/host_key" "$dir/client_key"
     for i in $(seq 0 "$n"); do
-        local ns=ftkv-h$i
+        local ns=$p-h$i
         ip netns add "$ns"
         ip link add "v$i" type veth peer name eth0 netns "$ns"
         ip link set "v$i" netns $SW
@@ -60,29 +61,32 @@ CONF
     # Wait until every sshd answers.
     for i in $(seq 1 "$n"); do
         for _ in $(seq 1 100); do
-            if ip netns exec ftkv-h0 bash -c "exec 3<>/dev/tcp/$(addr "$i")/22" 2>/dev/null; then break; fi
+            if ip netns exec "$p-h0" bash -c "exec 3<>/dev/tcp/$(addr "$i")/22" 2>/dev/null; then break; fi
             sleep 0.05
         done
     done
 }
 
 down() {
-    local dir=$1
+    local p=$1 dir=$2
     for pidfile in "$dir"/sshd_*.pid "$dir"/sshd_*.launcher; do
         [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
-    for ns in $(ip netns list | awk '/^ftkv-/ {print $1}'); do
+    for ns in $(ip netns list | awk -v p="$p-" 'index($1, p) == 1 {print $1}'); do
         # Anything still running in a test host (servers, sshd) goes with it.
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
     done
-    ip route del blackhole "$NET.0/24" 2>/dev/null || true
+    # The blackhole route goes with the last set of test hosts.
+    if ! ip netns list | grep -q -- '-sw'; then
+        ip route del blackhole "$NET.0/24" 2>/dev/null || true
+    fi
 }
 
 case "${1:-}" in
-    up) up "$2" "$3" ;;
-    down) down "$2" ;;
-    cut) ip -n $SW link set "v$2" down ;;
-    heal) ip -n $SW link set "v$2" up ;;
-    *) echo "usage: $0 up DIR N | down DIR | cut I | heal I" >&2; exit 2 ;;
+    up) up "$2" "$3" "$4" ;;
+    down) down "$2" "$3" ;;
+    cut) ip -n "$2-sw" link set "v$3" down ;;
+    heal) ip -n "$2-sw" link set "v$3" up ;;
+    *) echo "usage: $0 up P DIR N | down P DIR | cut P I | heal P I" >&2; exit 2 ;;
 esac

@@ -26,6 +26,10 @@ pub struct Cluster {
     /// Lines the coordinator printed on standard output after "ready".
     pub stdout: mpsc::Receiver<String>,
     pub pids: Vec<u32>,
+    /// Address clients use for the coordinator.
+    pub coord_host: String,
+    /// Prefix that runs the client program where clients live (e.g. `ip netns exec ...`).
+    pub client_prefix: Vec<String>,
 }
 
 impl Cluster {
@@ -36,13 +40,20 @@ impl Cluster {
 
     /// Starts `n` local servers; `extra` goes on the coordinator's command line.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut config = format!("{n}\n");
         for _ in 0..n {
             config.push_str("localhost 0 0 0\n");
         }
+        Self::launch(&config, &[], extra)
+    }
+
+    /// Starts `coord` on `config` behind `prefix` (e.g. `ip netns exec NS`); `extra` goes on
+    /// its command line.
+    pub fn launch(config: &str, prefix: &[String], extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.txt"), config).unwrap();
-        let mut coord = Command::new(COORD)
+        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
+        let mut coord = command(prefix, COORD)
             .current_dir(dir.path())
             .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
             .args(extra)
@@ -70,6 +81,8 @@ impl Cluster {
             servers_port: 0,
             stdout: rx,
             pids: Vec::new(),
+            coord_host: "127.0.0.1".into(),
+            client_prefix: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -93,7 +106,7 @@ impl Cluster {
     }
 
     pub fn coord_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.clients_port)
+        format!("{}:{}", self.coord_host, self.clients_port)
     }
 
     pub fn client(&self) -> Client {
@@ -111,8 +124,8 @@ impl Cluster {
     /// Runs the client binary with `args` after `-h 127.0.0.1 -p PORT`, feeding `input`.
     pub fn run_client(&self, args: &[&str], input: &str) -> ClientRun {
         let port = self.clients_port.to_string();
-        let mut child = Command::new(CLIENT)
-            .args(["-h", "127.0.0.1", "-p", &port])
+        let mut child = command(&self.client_prefix, CLIENT)
+            .args(["-h", &self.coord_host, "-p", &port])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -163,6 +176,18 @@ impl Drop for Cluster {
         for &pid in &self.pids {
             kill(pid, "KILL");
         }
+    }
+}
+
+/// `program` run behind `prefix` (e.g. `ip netns exec NS`), or directly.
+fn command(prefix: &[String], program: &str) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 

@@ -1,0 +1,202 @@
+//! Servers on other hosts: network namespaces with a real sshd each, servers started by
+//! `coord` over ssh. Host 0 runs the coordinator, hosts 1-3 the servers, host 4 the clients.
+//! Needs root (skips with a message otherwise; CI runs as root).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ftkv::routing::{secondary_of, slot_of};
+use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
+use support::history::check_all;
+use support::load::{Load, final_reads};
+use support::netns::{Hosts, addr, run_in};
+
+const N: u32 = 3;
+const CLIENTS_HOST: usize = 4;
+
+/// A 3-server cluster over ssh on `hosts`, the coordinator on host 0, clients on host 4.
+fn remote_cluster(hosts: &Hosts) -> Cluster {
+    let remote_dir = hosts.remote_dir();
+    let ssh_args = hosts.ssh_args();
+    let extra = ["-t", "1", "--ssh-args", &ssh_args, "--remote-dir", remote_dir.to_str().unwrap()];
+    let mut cluster = Cluster::launch(&hosts.config(N as usize), &hosts.on(0), &extra);
+    cluster.coord_host = addr(0);
+    cluster.client_prefix = hosts.on(CLIENTS_HOST);
+    cluster
+}
+
+fn status(cluster: &Cluster) -> serde_json::Value {
+    let run = cluster.run_client(&["status", "--json"], "");
+    assert_eq!(run.code, 0, "status: {}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+fn pid_of(cluster: &Cluster, id: u32) -> u32 {
+    status(cluster)["servers"][id as usize]["pid"].as_u64().unwrap() as u32
+}
+
+fn wait_recovered(cluster: &Cluster, after: u64, limit: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let ok = wait_until(limit, || {
+        last = status(cluster);
+        last["recovery"].is_null()
+            && last["epoch"].as_u64().unwrap() > after
+            && last["servers"].as_array().unwrap().iter().all(|s| s["state"] == "running")
+    });
+    assert!(ok, "not recovered within {limit:?}: {last}\n{}", cluster.coord_log());
+    last
+}
+
+/// Every final value is on its owner's primary dump and its secondary's dump (on the hosts).
+fn assert_remote_dumps(hosts: &Hosts, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
+    let dump =
+        |id: u32, kind: &str| read_dump(&hosts.remote_dir().join(format!("server_{id}.{kind}")));
+    let primaries: Vec<_> = (0..N).map(|id| dump(id, "primary")).collect();
+    let secondaries: Vec<_> = (0..N).map(|id| dump(id, "secondary")).collect();
+    for (key, value) in finals {
+        let owner = slot_of(key, N);
+        assert_eq!(primaries[owner as usize].get(key), value.as_ref(), "primary of {owner}");
+        let copy = secondary_of(owner, N) as usize;
+        assert_eq!(secondaries[copy].get(key), value.as_ref(), "secondary on {copy}");
+    }
+}
+
+#[test]
+fn servers_started_over_ssh_serve_and_dump_on_their_hosts() {
+    let Some(hosts) = Hosts::up("ftkv-a", 4) else { return };
+    let mut cluster = remote_cluster(&hosts);
+    for id in 0..N {
+        let pid = cluster.pids[id as usize];
+        assert_eq!(
+            Hosts::namespace_of(pid),
+            hosts.ns(id as usize + 1),
+            "server {id} runs on its host"
+        );
+    }
+    let mut script = String::new();
+    for i in 0..50 {
+        script.push_str(&format!("P \"k{i}\" \"v{i}\"\n"));
+    }
+    let run = cluster.run_client(&[], &script);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = cluster.run_client(&["G", "k7"], "");
+    assert_eq!((run.code, run.stdout.as_str()), (0, "value[\"k7\"] == \"v7\"\n"));
+    let status = status(&cluster);
+    assert_eq!(status["servers"][0]["host"], addr(1));
+
+    assert!(cluster.ctrl_d().success());
+    let pids = cluster.pids.clone();
+    assert!(wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))));
+    let finals = (0..50)
+        .map(|i| (format!("k{i}").into_bytes(), Some(format!("v{i}").into_bytes())))
+        .collect();
+    assert_remote_dumps(&hosts, &finals);
+    let log = std::fs::read_to_string(hosts.remote_dir().join("server_0.log")).unwrap();
+    assert!(log.contains("dumps written"), "the remote log says where the dumps went");
+}
+
+/// Runs load from the clients' host while `fault` hits server `victim`, waits `hold`,
+/// runs `heal`, waits for full recovery, and checks the histories and the dumps.
+fn fault_under_load(
+    hosts: Hosts,
+    victim: u32,
+    hold: Duration,
+    fault: impl FnOnce(&Cluster, &Hosts, u32) + Send + 'static,
+    heal: impl FnOnce(&Cluster, &Hosts) + Send + 'static,
+) -> (Cluster, Hosts) {
+    let cluster = remote_cluster(&hosts);
+    run_in(&hosts.ns(CLIENTS_HOST), move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cluster = runtime.block_on(async move {
+            let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let old_pid = tokio::task::block_in_place(|| pid_of(&cluster, victim));
+            fault(&cluster, &hosts, old_pid);
+            tokio::time::sleep(hold).await;
+            heal(&cluster, &hosts);
+            let now = tokio::task::block_in_place(|| {
+                wait_recovered(&cluster, 1, Duration::from_secs(40))
+            });
+            let new_pid = now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
+            assert_ne!(new_pid, old_pid, "a new server");
+            assert_eq!(
+                Hosts::namespace_of(new_pid),
+                hosts.ns(victim as usize + 1),
+                "respawned on its host"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (recorder, keys) = load.stop().await;
+            let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
+            check_all(&recorder.events()).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+            (cluster, hosts, finals)
+        });
+        let (mut cluster, hosts, finals) = cluster;
+        assert!(cluster.ctrl_d().success());
+        assert_remote_dumps(&hosts, &finals);
+        (cluster, hosts)
+    })
+}
+
+#[test]
+fn killed_remote_server_is_respawned_over_ssh() {
+    let Some(hosts) = Hosts::up("ftkv-b", 4) else { return };
+    fault_under_load(
+        hosts,
+        1,
+        Duration::from_millis(100),
+        |_, _, pid| kill(pid, "KILL"),
+        |_, _| {},
+    );
+}
+
+#[test]
+fn a_partitioned_host_is_fenced_and_replaced_after_healing() {
+    let Some(hosts) = Hosts::up("ftkv-c", 4) else { return };
+    let victim = 1u32;
+    let cut_pid = std::sync::Arc::new(std::sync::Mutex::new(0));
+    let (pid_in, pid_out) = (cut_pid.clone(), cut_pid.clone());
+    let began = Instant::now();
+    let (cluster, _hosts) = fault_under_load(
+        hosts,
+        victim,
+        Duration::from_secs(6),
+        move |_, hosts, pid| {
+            *pid_in.lock().unwrap() = pid;
+            hosts.cut(victim as usize + 1);
+        },
+        move |cluster, hosts| {
+            // While cut off: the old server stopped serving and exited on its own (after
+            // its lease and the grace period); the coordinator could not start a new one.
+            let pid = *pid_out.lock().unwrap();
+            assert!(wait_until(Duration::from_secs(3), || !alive(pid)), "the cut-off server exits");
+            let s = tokio::task::block_in_place(|| status(cluster));
+            assert_eq!(s["recovery"]["server"], victim, "{s}");
+            assert!(
+                cluster.coord_log().contains("over ssh failed")
+                    || cluster.coord_log().contains("timed out")
+            );
+            hosts.heal(victim as usize + 1);
+        },
+    );
+    assert!(cluster.coord_log().contains("rolling back to step 1"));
+    println!("partition test took {:?}", began.elapsed());
+}
+
+#[test]
+fn a_server_cut_from_the_coordinator_only_is_fenced_and_replaced() {
+    let Some(hosts) = Hosts::up("ftkv-d", 4) else { return };
+    let victim = 2u32;
+    fault_under_load(
+        hosts,
+        victim,
+        Duration::from_secs(6),
+        move |_, hosts, _| hosts.cut_between(victim as usize + 1, 0),
+        move |_, hosts| hosts.heal_between(victim as usize + 1),
+    );
+}
