@@ -136,7 +136,7 @@ pub enum Refusal {
 }
 
 /// Which table of the receiving server a replication stream writes into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TableKind {
     Primary,
     Secondary,
@@ -145,8 +145,11 @@ pub enum TableKind {
 /// Primary -> secondary: an ordered stream of writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplMessage {
-    /// First message after the hello: which table the stream fills, in which epoch.
-    Open { into: TableKind, epoch: u64 },
+    /// First message after the hello: which table the stream fills, in which epoch, on
+    /// which start of the receiver; `stream` grows with each connection of the sender, and
+    /// the receiver refuses every stream but the newest (a stale connection's retransmitted
+    /// batches must never land after a newer one's).
+    Open { into: TableKind, epoch: u64, target_incarnation: u64, stream: u64 },
     /// Writes `first_seq`, `first_seq + 1`, ... in order. Only Put and Del appear here.
     Batch { first_seq: u64, ops: Vec<Op> },
 }
@@ -154,6 +157,8 @@ pub enum ReplMessage {
 /// Secondary -> primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplAck {
+    /// The stream is accepted; batches may follow.
+    Opened,
     /// Every write up to and including `seq` is applied.
     Applied { seq: u64 },
     /// The stream is refused (wrong sender, wrong epoch, shutting down); the primary must not

@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ftkv::client::Client;
 use ftkv::connection::Connection;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
@@ -283,4 +284,49 @@ async fn ask(
     request: &ftkv::protocol::ClientRequest,
 ) -> ftkv::protocol::ClientResponse {
     conn.call(request, Duration::from_secs(2), "answer").await.expect("an answer")
+}
+
+/// A server lost before anything was written: empty snapshots must still count as copied.
+#[test]
+fn recovery_of_an_empty_cluster_completes() {
+    let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
+    kill(cluster.pids[1], "KILL");
+    wait_recovered(&cluster, 1, Duration::from_secs(5));
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    assert!(cluster.ctrl_d().success());
+}
+
+/// An orderly shutdown while one server is paused with a write to it in flight: the
+/// healthy servers still write their dumps, and every acknowledged write is in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_paused_server_keeps_acknowledged_writes() {
+    let mut cluster = Cluster::start_with(N as usize, &["-t", "30"]);
+    let mut client = cluster.client();
+    let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("k{i}").into_bytes()).collect();
+    for key in &keys {
+        client.put(key, b"v0").await.unwrap();
+    }
+    let owner = slot_of(&keys[0], N);
+    let paused = secondary_of(owner, N);
+    kill(cluster.pids[paused as usize], "STOP");
+    let mut stuck = Client::new(cluster.coord_addr(), Duration::from_secs(30));
+    let first = keys[0].clone();
+    let pending = tokio::spawn(async move { stuck.put(&first, b"v1").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill(cluster.coord.id(), "TERM");
+    let exit = tokio::task::block_in_place(|| cluster.wait_coord(Duration::from_secs(15)));
+    assert!(exit.is_some(), "the coordinator exits");
+    pending.abort();
+    for key in &keys {
+        let o = slot_of(key, N);
+        let s = secondary_of(o, N);
+        let copy =
+            if o != paused { cluster.dump(o, "primary") } else { cluster.dump(s, "secondary") };
+        assert_eq!(
+            copy.get(key).map(Vec::as_slice),
+            Some(&b"v0"[..]),
+            "key {:?}",
+            String::from_utf8_lossy(key)
+        );
+    }
 }

@@ -206,7 +206,13 @@ async fn forged_control_messages_without_the_token_change_nothing() {
         let bytes = conversation(
             &Hello::new(Role::Server { id: primary, incarnation: 0 }, &token),
             &[
-                encode(&ReplMessage::Open { into: TableKind::Secondary, epoch: 1 }).unwrap(),
+                encode(&ReplMessage::Open {
+                    into: TableKind::Secondary,
+                    epoch: 1,
+                    target_incarnation: 0,
+                    stream: 1,
+                })
+                .unwrap(),
                 encode(&ReplMessage::Batch { first_seq: 1, ops: vec![forged] }).unwrap(),
             ],
         );

@@ -183,17 +183,29 @@ pub struct ControlLink {
 }
 
 impl ControlLink {
+    /// Connects once (so that a server that cannot be reached fails here); later calls
+    /// reconnect if the connection failed.
     pub async fn connect(id: u32, addr: &str, token: &[u8]) -> Result<Self> {
-        let mut conn = Connection::connect(addr, &Hello::new(Role::Coordinator, token)).await?;
+        let hello = Hello::new(Role::Coordinator, token);
+        let mut conn = Some(Connection::connect(addr, &hello).await?);
         let (tx, mut rx) = mpsc::channel::<Call>(16);
+        let addr_owned = addr.to_string();
         tokio::spawn(async move {
             while let Some((request, limit, reply)) = rx.recv().await {
-                let result = conn.call(&request, limit, "waiting for a server").await;
-                let failed = result.is_err();
-                let _ = reply.send(result);
-                if failed {
-                    break;
+                let result = async {
+                    let live = match conn.as_mut() {
+                        Some(live) => live,
+                        None => conn.insert(Connection::connect(&addr_owned, &hello).await?),
+                    };
+                    live.call(&request, limit, "waiting for a server").await
                 }
+                .await;
+                if result.is_err() {
+                    // A late answer on this connection must never be taken for the next
+                    // call's: drop it and reconnect next time.
+                    conn = None;
+                }
+                let _ = reply.send(result);
             }
         });
         info!(id, addr, "control link open");

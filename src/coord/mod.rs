@@ -170,6 +170,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         fatal: None,
         copied: CopyStats::default(),
         step_began: Instant::now(),
+        installing: None,
     };
     let mut stop = stop_signal(opts.watch_stdin);
 
@@ -230,6 +231,8 @@ struct Cluster {
     internal_tx: mpsc::UnboundedSender<Internal>,
     /// Set when the service must shut down (two faults): the reason.
     fatal: Option<String>,
+    /// The configuration install in progress, if any.
+    installing: Option<tokio::task::JoinHandle<()>>,
     /// Snapshot sizes reported during the current recovery's copy (for its summary).
     copied: CopyStats,
     /// When the current recovery step began (each step's duration is logged).
@@ -391,7 +394,11 @@ impl Cluster {
                 if member.incarnation == incarnation && member.live {
                     self.lost(id, format!("process exited ({status})"), true);
                 } else {
+                    // Ends the wait for a lost server's lease (step 0), or fails a
+                    // replacement that died before it reported (step 1).
                     self.feed(Input::Exited { id, incarnation });
+                    let why = format!("the new server exited before reporting ({status})");
+                    self.feed(Input::SpawnFailed { incarnation, why });
                 }
             }
             Internal::LinkReady { id, incarnation, link } => {
@@ -488,7 +495,7 @@ impl Cluster {
                         c.servers[a as usize].state = Replica::Down;
                         c.serving[a as usize] = b;
                     });
-                    self.install_async(serial, config, vec![self.live_except(a)]);
+                    self.install_async(serial, config, vec![self.live_except(a)], None);
                 }
                 Action::Spawn { incarnation } => self.spawn_replacement(a, incarnation),
                 Action::Join { serial, .. } => {
@@ -499,7 +506,7 @@ impl Cluster {
                         c.serving[a as usize] = b;
                     });
                     let stages = vec![vec![a], self.live_except(a)];
-                    self.install_async(serial, config, stages);
+                    self.install_async(serial, config, stages, None);
                 }
                 Action::HandBack { serial } => {
                     let config = self.next_config(|c| {
@@ -508,9 +515,9 @@ impl Cluster {
                     });
                     // b lets go of a's keys (its writes in flight settle) before a+ takes them.
                     let others = self.live_except(a).into_iter().filter(|&id| id != b).collect();
-                    self.install_async(serial, config, vec![vec![b], vec![a], others]);
+                    self.install_async(serial, config, vec![vec![b], vec![a], others], None);
                 }
-                Action::RollBack { serial, kill, why } => {
+                Action::RollBack { serial, kill, why, fence } => {
                     self.copied = CopyStats::default();
                     warn!(server = a, %why, "recovery: rolling back to step 1");
                     self.kill(a, kill);
@@ -518,12 +525,17 @@ impl Cluster {
                     let member = &mut self.topology.members[a as usize];
                     member.live = false;
                     member.incarnation = kill + 1;
+                    // Fence a+ first (no more leases), then read its last heartbeat.
                     self.shared.set_incarnation(a, kill + 1);
+                    let lease_end = self.shared.last_heartbeat(a)
+                        + self.shared.lease
+                        + lease_margin(self.shared.lease);
                     let config = self.next_config(|c| {
                         c.servers[a as usize].state = Replica::Down;
                         c.serving[a as usize] = b;
                     });
-                    self.install_async(serial, config, vec![self.live_except(a)]);
+                    let not_before = fence.then_some(lease_end);
+                    self.install_async(serial, config, vec![self.live_except(a)], not_before);
                 }
                 Action::Shutdown { why } => self.fatal = Some(why),
                 Action::Finished { took, attempts } => {
@@ -570,19 +582,33 @@ impl Cluster {
 
     /// Installs `config` on the servers of each stage in turn (a stage after the previous
     /// one answered), in a task; the outcome comes back as a recovery input.
-    fn install_async(&self, serial: u64, config: ClusterConfig, stages: Vec<Vec<u32>>) {
+    /// `not_before`: wait until then (a fenced server's lease) before the first stage. An
+    /// install still running from an earlier action is abandoned.
+    fn install_async(
+        &mut self,
+        serial: u64,
+        config: ClusterConfig,
+        stages: Vec<Vec<u32>>,
+        not_before: Option<Instant>,
+    ) {
         let stages: Vec<Vec<ControlLink>> = stages
             .iter()
             .map(|ids| ids.iter().filter_map(|&id| self.links[id as usize].clone()).collect())
             .collect();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
+        if let Some(previous) = self.installing.take() {
+            previous.abort();
+        }
+        self.installing = Some(tokio::spawn(async move {
+            if let Some(at) = not_before {
+                tokio::time::sleep_until(at).await;
+            }
             let input = match install(&config, &stages).await {
                 Ok(()) => Input::Installed { serial, epoch: config.epoch },
                 Err(why) => Input::InstallFailed { serial, why },
             };
             let _ = tx.send(Internal::Recovery(input));
-        });
+        }));
     }
 
     /// Recovery step 1: kill what is left of server `a` and start incarnation `incarnation`.
@@ -655,9 +681,15 @@ impl Cluster {
     async fn shutdown(&mut self) {
         let began = Instant::now();
         let live: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
-        join_all(live.iter().map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT))).await;
-        let results =
-            join_all(live.iter().map(|l| l.call(ControlRequest::Shutdown, DUMP_LIMIT))).await;
+        let drained =
+            join_all(live.iter().map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT))).await;
+        // A server that answered the drain gets all the time its dump needs; one that did
+        // not (paused, cut off) only a short try, so it cannot hold the others' exit.
+        let dumps = live.iter().zip(&drained).map(|(link, drained)| {
+            let limit = if drained.is_ok() { DUMP_LIMIT } else { DRAIN_LIMIT };
+            link.call(ControlRequest::Shutdown, limit)
+        });
+        let results = join_all(dumps).await;
         for (link, result) in live.iter().zip(results) {
             match result {
                 Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {

@@ -122,13 +122,34 @@ pub enum Input {
 /// the same serial; older serials are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    TakeOver { serial: u64 },
-    Spawn { incarnation: u64 },
-    Join { serial: u64, incarnation: u64 },
-    HandBack { serial: u64 },
-    RollBack { serial: u64, kill: u64, why: String },
-    Shutdown { why: String },
-    Finished { took: Duration, attempts: u32 },
+    TakeOver {
+        serial: u64,
+    },
+    Spawn {
+        incarnation: u64,
+    },
+    Join {
+        serial: u64,
+        incarnation: u64,
+    },
+    HandBack {
+        serial: u64,
+    },
+    /// `fence`: a+ may have been serving a's keys (the hand-back was under way), so they
+    /// go back to b only once a+'s lease has surely run out.
+    RollBack {
+        serial: u64,
+        kill: u64,
+        why: String,
+        fence: bool,
+    },
+    Shutdown {
+        why: String,
+    },
+    Finished {
+        took: Duration,
+        attempts: u32,
+    },
 }
 
 /// One recovery of server `failed`.
@@ -202,8 +223,9 @@ impl Recovery {
         self.join_epoch = None;
         self.updates.clear();
         let serial = self.next_serial();
+        let fence = self.step == Step::HandBack;
         self.enter(Step::Backoff { installed: false }, now, self.deadlines.take_over);
-        vec![Action::RollBack { serial, kill, why }]
+        vec![Action::RollBack { serial, kill, why, fence }]
     }
 
     fn backoff(&self) -> Duration {
@@ -477,7 +499,7 @@ mod tests {
             "the old one is ignored"
         );
         let actions = r.step(Input::Lost { id: A, incarnation: 1 }, t);
-        assert!(matches!(&actions[..], [Action::RollBack { kill: 1, .. }]));
+        assert!(matches!(&actions[..], [Action::RollBack { kill: 1, fence: false, .. }]));
         // The Join's late answer belongs to an older serial.
         assert!(r.step(Input::Installed { serial: 2, epoch: 3 }, t).is_empty());
         assert_eq!(r.step, Step::Backoff { installed: false });
@@ -502,7 +524,10 @@ mod tests {
         r.step(Input::Installed { serial: 2, epoch: 3 }, t);
         r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
         r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
-        assert!(matches!(r.tick(ms(t, 10_000))[..], [Action::RollBack { .. }]));
+        assert!(
+            matches!(r.tick(ms(t, 10_000))[..], [Action::RollBack { fence: true, .. }]),
+            "a+ may be serving"
+        );
         let (mut r, t) = start();
         let t = to_copy(&mut r, t);
         r.step(Input::Installed { serial: 2, epoch: 3 }, t);
@@ -510,7 +535,7 @@ mod tests {
         r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
         assert!(matches!(
             r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
-            [Action::RollBack { .. }]
+            [Action::RollBack { fence: true, .. }]
         ));
     }
 

@@ -22,8 +22,8 @@ use crate::server::{Server, ServerOptions};
 /// How long after its lease lapsed a server that hears nothing from the coordinator keeps
 /// waiting before it writes its dumps and exits (cut off: it never rejoins on its own).
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
-/// Longest a Drain waits for in-flight writes.
-const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+/// Longest a Drain waits for in-flight writes (the coordinator waits a little longer).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Commands from the coordinator.
 pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<()> {
@@ -66,17 +66,19 @@ pub async fn serve_stream(server: Arc<Server>, mut conn: Connection) -> Result<(
     let Role::Server { id, incarnation } = role else { unreachable!("checked by accept_hello") };
     let from = (id, incarnation);
     let open: ReplMessage = conn.reader.recv_within(FRAME_DEADLINE, "waiting for Open").await?;
-    let ReplMessage::Open { into, epoch } = open else {
+    let ReplMessage::Open { into, epoch, target_incarnation, stream } = open else {
         return Err(Error::Protocol("replication stream without Open".into()));
     };
-    let allowed = server.stream_table(&server.config(), from, into).map(|_| ());
-    if let Err(why) = allowed {
+    let opened = server.open_stream(from, into, target_incarnation, stream);
+    if let Err(why) = opened {
         conn.send(&ReplAck::Refused(why.clone())).await?;
         return Err(Error::Protocol(why));
     }
-    info!(from = id, incarnation, ?into, epoch, "replication stream accepted");
+    conn.send(&ReplAck::Opened).await?;
+    info!(from = id, incarnation, ?into, epoch, stream, "replication stream accepted");
     let (mut reader, mut writer) = conn.split();
-    receive_stream(&mut reader, &mut writer, |ops| server.apply_replicated(from, into, ops)).await
+    receive_stream(&mut reader, &mut writer, |ops| server.apply_replicated(from, into, stream, ops))
+        .await
 }
 
 /// Reports the bound ports, then heartbeats (each answer renews the lease) and recovery

@@ -7,6 +7,7 @@ mod lease;
 mod replication;
 mod table;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -68,6 +69,8 @@ pub struct Server {
     lease: Lease,
     draining: AtomicBool,
     caught_up: Mutex<Option<mpsc::UnboundedReceiver<CaughtUp>>>,
+    /// The newest replication stream per (sender, table): (sender incarnation, stream).
+    streams: Mutex<HashMap<(u32, TableKind), (u64, u64)>>,
     dump_dir: PathBuf,
     cancel: CancellationToken,
 }
@@ -94,6 +97,7 @@ impl Server {
             lease: Lease::new(),
             draining: AtomicBool::new(false),
             caught_up: Mutex::new(Some(caught_rx)),
+            streams: Mutex::new(HashMap::new()),
             dump_dir: opts.dump_dir.clone(),
             cancel,
         }
@@ -149,6 +153,7 @@ impl Server {
                 into,
                 epoch: config.epoch,
                 snapshot,
+                incarnation: config.servers[to as usize].incarnation,
             })
         };
         let next = secondary_of(self.id, self.servers);
@@ -274,15 +279,48 @@ impl Server {
         }
     }
 
-    /// Applies a replicated batch if `from` may still write `into` this server.
+    /// Accepts a new replication stream: it must be meant for this start of this server,
+    /// allowed by the configuration, and newer than every earlier stream from the same
+    /// sender into the same table (which are refused from now on).
+    fn open_stream(
+        &self,
+        from: (u32, u64),
+        into: TableKind,
+        target_incarnation: u64,
+        stream: u64,
+    ) -> Result<(), String> {
+        if target_incarnation != self.incarnation {
+            return Err(format!(
+                "stream meant for incarnation {target_incarnation}, this is {}",
+                self.incarnation
+            ));
+        }
+        self.stream_table(&self.config(), from, into)?;
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = streams.entry((from.0, into)).or_insert((from.1, stream));
+        if (from.1, stream) < *newest {
+            return Err(format!("stream {stream} from server {} superseded", from.0));
+        }
+        *newest = (from.1, stream);
+        Ok(())
+    }
+
+    /// Applies a replicated batch if `from` may still write `into` this server on `stream`:
+    /// checked and applied under the configuration lock, so no swap slips in between.
     fn apply_replicated(
         &self,
         from: (u32, u64),
         into: TableKind,
+        stream: u64,
         ops: Vec<Op>,
     ) -> Result<(), String> {
         let config = self.config();
-        self.stream_table(&config, from, into)?.apply_all(ops);
+        let table = self.stream_table(&config, from, into)?;
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.get(&(from.0, into)) != Some(&(from.1, stream)) {
+            return Err(format!("stream {stream} from server {} superseded", from.0));
+        }
+        table.apply_all(ops);
         Ok(())
     }
 
@@ -298,8 +336,7 @@ impl Server {
     /// Stops client operations and waits until no replicated write is in flight.
     async fn drain(&self, limit: Duration) {
         self.draining.store(true, Ordering::SeqCst);
-        self.own.settle(limit).await;
-        self.adopted.settle(limit).await;
+        tokio::join!(self.own.settle(limit), self.adopted.settle(limit));
     }
 }
 

@@ -61,6 +61,15 @@ pub struct Target {
     pub epoch: u64,
     /// Send the whole table first (the target starts empty).
     pub snapshot: bool,
+    /// Which start of the target server this stream is for; it refuses others.
+    pub incarnation: u64,
+}
+
+impl Target {
+    /// The same copy on the same server (only the epoch or the snapshot flag may differ).
+    fn same_copy(&self, other: &Target) -> bool {
+        self.addr == other.addr && self.into == other.into && self.incarnation == other.incarnation
+    }
 }
 
 /// What a replicator does with writes; see the module documentation.
@@ -76,7 +85,7 @@ impl Mode {
     /// snapshot flag for the same destination keeps the stream (and its snapshot) going.
     fn same_stream(&self, next: &Mode) -> bool {
         match (self, next) {
-            (Mode::Stream(a), Mode::Stream(b)) => a.addr == b.addr && a.into == b.into,
+            (Mode::Stream(a), Mode::Stream(b)) => a.same_copy(b),
             (a, b) => a == b,
         }
     }
@@ -140,6 +149,8 @@ impl Replicator {
             mode: mode_rx,
             unacked: VecDeque::new(),
             snapshot_left: 0,
+            report_pending: false,
+            streams: 0,
             snapshot_stats: CopyStats::default(),
             caught_up,
             outstanding: outstanding.clone(),
@@ -222,6 +233,10 @@ struct Task {
     unacked: VecDeque<Entry>,
     /// Snapshot entries among `unacked`.
     snapshot_left: usize,
+    /// A snapshot was queued and its acknowledgement not reported yet (also when empty).
+    report_pending: bool,
+    /// Counts connections, so the receiver can refuse all but the newest stream.
+    streams: u64,
     /// Size of the last snapshot queued.
     snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
@@ -243,7 +258,7 @@ impl Task {
                             self.apply_locally().await
                         }
                         Mode::Stream(target) => {
-                            let fresh = streaming_to.as_ref().is_none_or(|t| t.addr != target.addr || t.into != target.into);
+                            let fresh = streaming_to.as_ref().is_none_or(|t| !t.same_copy(&target));
                             if fresh && target.snapshot {
                                 self.prepend_snapshot();
                             }
@@ -279,6 +294,7 @@ impl Task {
 
     /// Degraded mode: apply everything pending, then every new write, locally.
     async fn apply_locally(&mut self) -> Result<()> {
+        self.report_pending = false;
         while let Some(entry) = self.unacked.pop_front() {
             self.complete(entry);
         }
@@ -302,6 +318,7 @@ impl Task {
         self.snapshot_stats = CopyStats { entries: snapshot.len() as u64, bytes };
         info!(entries = snapshot.len(), bytes, "snapshot queued for the new copy");
         self.snapshot_left += snapshot.len();
+        self.report_pending = true;
         for (key, value) in snapshot.into_iter().rev() {
             self.unacked.push_front(Entry {
                 op: Op::Put { key, value },
@@ -315,16 +332,29 @@ impl Task {
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
         let hello = Hello::new(self.role, &self.token);
         let mut conn = Connection::connect(&target.addr, &hello).await?;
-        conn.send(&ReplMessage::Open { into: target.into, epoch: target.epoch }).await?;
+        self.streams += 1;
+        let open = ReplMessage::Open {
+            into: target.into,
+            epoch: target.epoch,
+            target_incarnation: target.incarnation,
+            stream: self.streams,
+        };
+        // Nothing is sent before the receiver accepted the stream.
+        match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
+            ReplAck::Opened => {}
+            ReplAck::Refused(why) => return Err(Error::Protocol(format!("stream refused: {why}"))),
+            ReplAck::Applied { .. } => {
+                return Err(Error::Protocol("acknowledgement before Opened".into()));
+            }
+        }
         info!(to = %target.addr, into = ?target.into, queued = self.unacked.len(), "replication stream open");
         let (mut reader, mut writer) = conn.split();
         let mut base = 1u64; // sequence number of unacked[0] on this connection
         let mut sent = 0usize; // unacked[..sent] went out on this connection
-        let mut reported = self.snapshot_left == 0;
         let mut last_progress = Instant::now();
         loop {
-            if !reported && self.snapshot_left == 0 {
-                reported = true;
+            if self.report_pending && self.snapshot_left == 0 {
+                self.report_pending = false;
                 let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
                 let copied = self.snapshot_stats;
                 let _ = self.caught_up.send(CaughtUp { into: target.into, epoch, copied });
@@ -342,9 +372,10 @@ impl Task {
                 }
                 ack = reader.recv::<ReplAck>() => {
                     let acked = match ack? {
-                        None => return Err(Error::Closed),
-                        Some(ReplAck::Refused(why)) => return Err(Error::Protocol(format!("stream refused: {why}"))),
                         Some(ReplAck::Applied { seq }) => seq,
+                        Some(ReplAck::Refused(why)) => return Err(Error::Protocol(format!("stream refused: {why}"))),
+                        Some(ReplAck::Opened) => return Err(Error::Protocol("second Opened".into())),
+                        None => return Err(Error::Closed),
                     };
                     if acked < base || acked >= base + sent as u64 {
                         return Err(Error::Protocol(format!("acknowledgement {acked} out of range")));
@@ -361,7 +392,19 @@ impl Task {
                     if sent == 0 {
                         last_progress = Instant::now();
                     }
-                    sent += self.send_batch(&mut writer, base + sent as u64, sent).await?;
+                    let batch = self.next_batch(base + sent as u64, sent);
+                    // A peer that stopped reading must not hold this task: the send is
+                    // bounded, and a new mode interrupts it.
+                    tokio::select! {
+                        result = tokio::time::timeout(ACK_TIMEOUT, writer.send(&batch.0)) => {
+                            result.map_err(|_| Error::Timeout("sending a replication batch"))??;
+                        }
+                        changed = self.mode.changed() => {
+                            changed.map_err(|_| Error::Closed)?;
+                            return Ok(());
+                        }
+                    }
+                    sent += batch.1;
                 }
                 pending = self.rx.recv(), if room => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
@@ -378,13 +421,8 @@ impl Task {
         }
     }
 
-    /// Sends the entries from index `from` on, as many as fit one batch; returns how many.
-    async fn send_batch(
-        &mut self,
-        writer: &mut ConnWriter,
-        first_seq: u64,
-        from: usize,
-    ) -> Result<usize> {
+    /// The entries from index `from` on, as many as fit one batch, and how many.
+    fn next_batch(&self, first_seq: u64, from: usize) -> (ReplMessage, usize) {
         let mut bytes = 0;
         let mut ops = Vec::new();
         for entry in self.unacked.range(from..) {
@@ -398,8 +436,7 @@ impl Task {
         }
         let count = ops.len();
         debug!(first_seq, count, "batch");
-        writer.send(&ReplMessage::Batch { first_seq, ops }).await?;
-        Ok(count)
+        (ReplMessage::Batch { first_seq, ops }, count)
     }
 }
 
@@ -444,10 +481,7 @@ pub async fn receive_stream(
             return Err(Error::Protocol(why));
         }
         expected = last + 1;
-        writer.feed(&ReplAck::Applied { seq: last }).await?;
-        if !reader.has_buffered() {
-            writer.flush().await?;
-        }
+        writer.send(&ReplAck::Applied { seq: last }).await?;
     }
     Ok(())
 }
