@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::protocol::Role;
 
 /// Binds `host:port`; the error names the port and its role.
 pub async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
@@ -21,22 +22,47 @@ pub async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
     })
 }
 
-/// Accepts connections until cancelled, at most `max_connections` at a time (more are
-/// closed at once), each handled in its own tracked task. Handler errors are logged with
-/// the peer's address.
+/// Who may use a port: the roles it accepts in a hello, and the cluster token it requires
+/// (empty: none).
+pub struct Gate {
+    pub accepts: Box<dyn Fn(Role) -> bool + Send + Sync>,
+    pub token: Vec<u8>,
+}
+
+impl Gate {
+    pub fn new(accepts: impl Fn(Role) -> bool + Send + Sync + 'static, token: &[u8]) -> Self {
+        Gate { accepts: Box::new(accepts), token: token.to_vec() }
+    }
+}
+
+/// Most connections waiting for their hello on a port that requires the token. Kept apart
+/// from the limit on established connections, so that peers that never authenticate cannot
+/// take the places of the ones that did. (Ports open to clients allow as many pending as
+/// established: there, a hello proves nothing.)
+const MAX_PENDING_HELLOS: usize = 64;
+
+/// Accepts connections until cancelled. Each gets its own tracked task, which checks the
+/// hello against `gate` and then runs `handle` with the peer's role, if fewer than
+/// `max_connections` are established (otherwise it is closed). Errors are logged with the
+/// peer's address.
 pub fn serve<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     max_connections: usize,
+    gate: Gate,
     tracker: &TaskTracker,
     cancel: CancellationToken,
     handle: F,
 ) where
-    F: Fn(Connection) -> Fut + Send + Sync + 'static,
+    F: Fn(Connection, Role) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let inner = tracker.clone();
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let max_pending = if gate.token.is_empty() { max_connections } else { MAX_PENDING_HELLOS };
+    let pending = Arc::new(Semaphore::new(max_pending));
+    let established = Arc::new(Semaphore::new(max_connections));
+    let gate = Arc::new(gate);
+    let handle = Arc::new(handle);
     tracker.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -52,21 +78,28 @@ pub fn serve<F, Fut>(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                debug!(port = what, %peer, max_connections, "connection refused: port full");
+            let Ok(waiting) = pending.clone().try_acquire_owned() else {
+                debug!(port = what, %peer, "connection refused: too many waiting for their hello");
                 continue;
             };
-            let Ok(conn) = Connection::new(stream) else { continue };
-            let work = handle(conn);
-            let cancel = cancel.clone();
+            let (gate, handle, established, cancel) = (gate.clone(), handle.clone(), established.clone(), cancel.clone());
             inner.spawn(async move {
+                let work = async {
+                    let mut conn = Connection::new(stream)?;
+                    let role = conn.accept_hello(&gate.accepts, &gate.token).await?;
+                    drop(waiting);
+                    let Ok(_slot) = established.try_acquire_owned() else {
+                        debug!(port = what, %peer, max_connections, "connection refused: port full");
+                        return Ok(());
+                    };
+                    handle(conn, role).await
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     result = work => if let Err(e) = result {
                         warn!(port = what, %peer, error = %e, "connection closed");
                     }
                 }
-                drop(slot);
             });
         }
     });

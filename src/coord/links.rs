@@ -108,7 +108,6 @@ impl Shared {
 
 /// A client on the coordinator's clients port.
 pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<()> {
-    conn.accept_hello(|role| role == Role::Client, &[]).await?;
     while let Some(request) = conn.recv::<CoordRequest>().await? {
         let view = shared.view.borrow().clone();
         let response = match request {
@@ -122,12 +121,8 @@ pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<(
 
 /// A server on the coordinator's servers port: `Started`, then heartbeats answered with
 /// leases. The end of this link is reported as evidence that the server is gone.
-pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection) -> Result<()> {
-    let n = shared.servers;
-    let role = conn
-        .accept_hello(|role| matches!(role, Role::Server { id, .. } if id < n), &shared.token)
-        .await?;
-    let Role::Server { id, .. } = role else { unreachable!("checked by accept_hello") };
+pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role) -> Result<()> {
+    let Role::Server { id, .. } = role else { unreachable!("checked by the gate") };
     let first: ReportRequest =
         conn.reader.recv_within(FRAME_DEADLINE, "waiting for Started").await?;
     let ReportRequest::Started { ports, pid, incarnation } = first else {

@@ -27,8 +27,10 @@ use tracing::{error, info, warn};
 use crate::config::ServerSpec;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::listener;
-use crate::protocol::{ControlRequest, ControlResponse, CopyStats, RecoveryStatus, ServerState};
+use crate::listener::{self, Gate};
+use crate::protocol::{
+    ControlRequest, ControlResponse, CopyStats, RecoveryStatus, Role, ServerState,
+};
 use crate::routing::{ClusterConfig, Replica, secondary_of};
 
 pub use launcher::{Launcher, Started, default_server_bin};
@@ -130,18 +132,20 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         clients,
         "clients",
         MAX_CLIENT_CONNECTIONS,
+        Gate::new(|role| role == Role::Client, &[]),
         &tracker,
         cancel.clone(),
-        move |conn: Connection| links::serve_client(s.clone(), conn),
+        move |conn: Connection, _| links::serve_client(s.clone(), conn),
     );
     let s = shared.clone();
     listener::serve(
         reports,
         "servers",
         MAX_SERVER_CONNECTIONS,
+        Gate::new(move |role| matches!(role, Role::Server { id, .. } if id < n), &shared.token),
         &tracker,
         cancel.clone(),
-        move |conn: Connection| links::serve_report(s.clone(), conn),
+        move |conn: Connection, role| links::serve_report(s.clone(), conn, role),
     );
 
     let launcher = Launcher {

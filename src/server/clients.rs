@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{ClientRequest, ClientResponse, Op, Role};
+use crate::protocol::{ClientRequest, ClientResponse, Op};
 use crate::server::{Applied, Server};
 
 /// Most requests read ahead of their answers on one connection.
@@ -23,8 +23,7 @@ enum Answer {
     Write(oneshot::Receiver<Applied>),
 }
 
-pub async fn serve(server: Arc<Server>, mut conn: Connection) -> Result<()> {
-    conn.accept_hello(|role| role == Role::Client, &[]).await?;
+pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
     let (mut reader, mut writer) = conn.split();
     let (tx, mut rx) = mpsc::channel::<Answer>(PIPELINE_DEPTH);
 

@@ -27,7 +27,6 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Commands from the coordinator.
 pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<()> {
-    conn.accept_hello(|role| role == Role::Coordinator, &server.token).await?;
     while let Some(request) = conn.recv::<ControlRequest>().await? {
         let response = match request {
             ControlRequest::SetConfig(config) => match server.set_config(config).await {
@@ -61,9 +60,8 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
 }
 
 /// A replication stream from another server.
-pub async fn serve_stream(server: Arc<Server>, mut conn: Connection) -> Result<()> {
-    let role = conn.accept_hello(|role| matches!(role, Role::Server { .. }), &server.token).await?;
-    let Role::Server { id, incarnation } = role else { unreachable!("checked by accept_hello") };
+pub async fn serve_stream(server: Arc<Server>, mut conn: Connection, role: Role) -> Result<()> {
+    let Role::Server { id, incarnation } = role else { unreachable!("checked by the gate") };
     let from = (id, incarnation);
     let open: ReplMessage = conn.reader.recv_within(FRAME_DEADLINE, "waiting for Open").await?;
     let ReplMessage::Open { into, epoch, target_incarnation, stream } = open else {

@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::listener;
-use crate::protocol::{Op, Refusal, TableKind};
+use crate::listener::{self, Gate};
+use crate::protocol::{Op, Refusal, Role, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 
 pub use lease::Lease;
@@ -364,27 +364,30 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
         clients,
         "clients",
         MAX_CLIENT_CONNECTIONS,
+        Gate::new(|role| role == Role::Client, &[]),
         &tracker,
         cancel.clone(),
-        move |conn| clients::serve(s.clone(), conn),
+        move |conn, _| clients::serve(s.clone(), conn),
     );
     let s = server.clone();
     listener::serve(
         peers,
         "servers",
         MAX_PEER_CONNECTIONS,
+        Gate::new(|role| matches!(role, Role::Server { .. }), &server.token),
         &tracker,
         cancel.clone(),
-        move |conn| control::serve_stream(s.clone(), conn),
+        move |conn, role| control::serve_stream(s.clone(), conn, role),
     );
     let s = server.clone();
     listener::serve(
         control,
         "control",
         MAX_CONTROL_CONNECTIONS,
+        Gate::new(|role| role == Role::Coordinator, &server.token),
         &tracker,
         cancel.clone(),
-        move |conn| control::serve_control(s.clone(), conn),
+        move |conn, _| control::serve_control(s.clone(), conn),
     );
     info!(id = opts.id, incarnation = opts.incarnation, ?ports, "listening");
 
