@@ -179,3 +179,35 @@ fn help_is_long_only_and_h_is_host() {
     let out = Command::new(COORD).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "missing required flags");
 }
+
+/// On a terminal: a `> ` prompt, and history (arrow up recalls the last line). The terminal
+/// is a real pty made by `script`.
+#[test]
+fn repl_on_a_terminal_has_a_prompt_and_history() {
+    use std::io::Write;
+    let cluster = Cluster::start(3);
+    let command = format!("{CLIENT} -h 127.0.0.1 -p {}", cluster.clients_port);
+    let mut script = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut input = script.stdin.take().unwrap();
+    for keys in ["P \"a\" \"1\"\r", "G \"a\"\r", "\x1b[A\r", "\x04"] {
+        input.write_all(keys.as_bytes()).unwrap();
+        input.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(input);
+    let out = script.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("> "), "prompt: {screen:?}");
+    assert!(screen.contains("value[\"a\"] <- \"1\""), "{screen:?}");
+    assert_eq!(
+        screen.matches("value[\"a\"] == \"1\"").count(),
+        2,
+        "history recalled the GET: {screen:?}"
+    );
+    assert!(out.status.success());
+}
