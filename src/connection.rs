@@ -102,10 +102,11 @@ impl ConnReader {
         }
     }
 
-    /// True when a complete or partial frame is already buffered (more messages are ready
-    /// without waiting): used to batch answers before flushing.
-    pub fn has_buffered(&self) -> bool {
-        !self.frames.read_buffer().is_empty()
+    /// True when a whole frame is already buffered, so the next `recv` returns without
+    /// waiting: used to batch answers before flushing.
+    pub fn has_complete_frame(&self) -> bool {
+        let buffer = self.frames.read_buffer();
+        buffer.len() >= 4 && buffer.len() - 4 >= u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize
     }
 }
 

@@ -281,7 +281,11 @@ impl Recovery {
             }
             Input::InstallFailed { serial, why } if serial == self.serial => match self.step {
                 Step::TakeOver | Step::Backoff { .. } => {
-                    self.shutdown(format!("configuration not installed: {why}"))
+                    // Every live server must take part: one that cannot is a second fault.
+                    self.shutdown(format!(
+                        "a server could not take part in the recovery of server {} (two faults): {why}",
+                        self.failed
+                    ))
                 }
                 _ => self.roll_back(format!("configuration not installed: {why}"), now),
             },

@@ -1,15 +1,18 @@
 //! The clients port: operations in, answers out, in order, pipelined.
 //!
-//! A reader task parses requests and submits writes to the replication stream at once (so
-//! pipelined writes share batches); a writer task answers in request order. GETs are
-//! evaluated by the writer when their turn comes, after every earlier write on the same
-//! connection was applied, so a pipelining client reads its own writes.
+//! One task per connection. It reads requests as they come (up to [`PIPELINE_DEPTH`] ahead
+//! of their answers), queues writes on the replication stream at once (so pipelined writes
+//! share batches), and answers in request order. A GET is evaluated when its turn comes,
+//! after every earlier write on the same connection was applied, so a pipelining client
+//! reads its own writes. Answers are flushed when no further request is already buffered:
+//! one write system call for a whole pipeline.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::connection::Connection;
+use crate::connection::{ConnWriter, Connection};
 use crate::error::{Error, Result};
 use crate::protocol::{ClientRequest, ClientResponse, Op};
 use crate::server::{Applied, Server};
@@ -23,49 +26,83 @@ enum Answer {
     Write(oneshot::Receiver<Applied>),
 }
 
+enum Event {
+    Request(Option<ClientRequest>),
+    Applied(Result<Applied, oneshot::error::RecvError>),
+}
+
+fn applied(applied: Applied) -> ClientResponse {
+    match applied {
+        Applied::Stored => ClientResponse::Stored,
+        Applied::Deleted { existed } => ClientResponse::Deleted { existed },
+    }
+}
+
 pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
     let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::channel::<Answer>(PIPELINE_DEPTH);
-
-    let answers = {
-        let server = server.clone();
-        async move {
-            while let Some(answer) = rx.recv().await {
-                let response = match answer {
-                    Answer::Now(response) => response,
-                    Answer::Get { key, epoch } => match server.read(&key, epoch) {
-                        Ok(value) => ClientResponse::Value(value),
-                        Err(refusal) => ClientResponse::Refused(refusal),
-                    },
-                    Answer::Write(done) => match done.await {
-                        Ok(Applied::Stored) => ClientResponse::Stored,
-                        Ok(Applied::Deleted { existed }) => ClientResponse::Deleted { existed },
-                        // Shutting down with the write in flight: its outcome is unknown,
-                        // so close without an answer rather than claim either way.
-                        Err(_) => return Err(Error::Closed),
-                    },
-                };
-                writer.feed(&response).await?;
-                if rx.is_empty() {
-                    writer.flush().await?;
+    let mut queue: VecDeque<Answer> = VecDeque::new();
+    let mut open = true;
+    let mut unflushed = false;
+    loop {
+        unflushed |= answer_ready(&server, &mut queue, &mut writer).await?;
+        if !open && queue.is_empty() {
+            break;
+        }
+        if unflushed && !reader.has_complete_frame() {
+            writer.flush().await?;
+            unflushed = false;
+        }
+        let room = open && queue.len() < PIPELINE_DEPTH;
+        let event = {
+            let head_write = async {
+                match queue.front_mut() {
+                    Some(Answer::Write(done)) => done.await,
+                    _ => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                request = reader.recv::<ClientRequest>(), if room => Event::Request(request?),
+                done = head_write => Event::Applied(done),
             }
-            Ok::<(), Error>(())
-        }
-    };
-
-    let requests = async move {
-        while let Some(request) = reader.recv::<ClientRequest>().await? {
-            let answer = accept(&server, request).await;
-            if tx.send(answer).await.is_err() {
-                break;
+        };
+        match event {
+            Event::Request(Some(request)) => queue.push_back(accept(&server, request).await),
+            Event::Request(None) => open = false,
+            Event::Applied(done) => {
+                // Shutting down with the write in flight: its outcome is unknown, so close
+                // without an answer rather than claim either way.
+                let done = done.map_err(|_| Error::Closed)?;
+                queue.pop_front();
+                writer.feed(&applied(done)).await?;
+                unflushed = true;
             }
         }
-        Ok::<(), Error>(())
-    };
+    }
+    writer.flush().await
+}
 
-    let (read, written) = tokio::join!(requests, answers);
-    read.and(written)
+/// Writes (without flushing) every answer at the head of the queue that is ready; returns
+/// whether it wrote any.
+async fn answer_ready(server: &Server, queue: &mut VecDeque<Answer>, writer: &mut ConnWriter) -> Result<bool> {
+    let mut wrote = false;
+    while let Some(front) = queue.front_mut() {
+        let response = match front {
+            Answer::Now(response) => std::mem::replace(response, ClientResponse::Stored),
+            Answer::Get { key, epoch } => match server.read(key, *epoch) {
+                Ok(value) => ClientResponse::Value(value),
+                Err(refusal) => ClientResponse::Refused(refusal),
+            },
+            Answer::Write(done) => match done.try_recv() {
+                Ok(done) => applied(done),
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+            },
+        };
+        queue.pop_front();
+        writer.feed(&response).await?;
+        wrote = true;
+    }
+    Ok(wrote)
 }
 
 async fn accept(server: &Server, ClientRequest { epoch, op }: ClientRequest) -> Answer {
