@@ -925,7 +925,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refusals_are_retried_and_every_answer_checks() {
         let fake = fake::start(7, false).await;
-        let reports = run_all(options(fake.coordinator)).await;
+        let mut options = options(fake.coordinator);
+        // 500 random puts on 1000 keys leave some unstored: their GETs find nothing.
+        options.keyspace = 1000;
+        let reports = run_all(options).await;
         let kinds: Vec<PhaseKind> = reports.iter().map(|r| r.kind).collect();
         assert_eq!(kinds, [PhaseKind::Measure(BenchOp::Put), PhaseKind::Measure(BenchOp::Get)]);
         for report in &reports {
