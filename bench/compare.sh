@@ -3,8 +3,12 @@
 # and one replica, redis-benchmark), alternately, and prints a markdown table: ops/s and p50
 # latency of each, and the ratio ftkv/Redis.
 #
-#   bench/compare.sh            # about 3 minutes on 2 cores
-#   SCALE=0.1 bench/compare.sh  # a quick check with a tenth of the requests
+#   bench/compare.sh            # about 5 minutes on 2 cores
+#   SCALE=0.1 ROUNDS=1 bench/compare.sh  # a quick check
+#
+# Each workload runs ROUNDS times (default 2) on each side, in the order ftkv, Redis, Redis,
+# ftkv, ...; the table keeps each side's best round (the one least disturbed by anything else
+# on the machine). The load average before and after is printed with the table.
 #
 # Installs nothing: needs redis-server, redis-benchmark and redis-cli (Debian: apt-get install
 # redis-server redis-tools) and cargo. Ports: REDIS_PORT (6390) and REDIS_PORT+1 for the
@@ -16,6 +20,7 @@ cd "$root"
 REDIS_PORT=${REDIS_PORT:-6390}
 REPLICA_PORT=$((REDIS_PORT + 1))
 SCALE=${SCALE:-1}
+ROUNDS=${ROUNDS:-2}
 KEYSPACE=100000
 
 for tool in redis-server redis-benchmark redis-cli cargo; do
@@ -102,31 +107,35 @@ theirs() {
     awk -F'","' -v test="\"$1" '$1 == test { printf "%.0f %.0f\n", $2, $5 * 1000 }'
 }
 
+# Of two "<ops> <p50>" results (the first may be empty), the one with more ops/s.
+best() {
+    if [ -z "$1" ] || [ "${2%% *}" -gt "${1%% *}" ]; then echo "$2"; else echo "$1"; fi
+}
+
 run_ftkv() { # d c P n
     local out
     out=$("$client" -h 127.0.0.1 -p "$ftkv_port" bench -n "$4" -c "$2" -d "$1" -P "$3" \
         -r "$KEYSPACE" -t put,get) || { log "client bench failed:"; echo "$out" >&2; exit 1; }
     echo "  ${out//$'\n'/$'\n'  }" >&2
-    ftkv_put=$(echo "$out" | ours put)
-    ftkv_get=$(echo "$out" | ours get)
+    ftkv_put=$(best "$ftkv_put" "$(echo "$out" | ours put)")
+    ftkv_get=$(best "$ftkv_get" "$(echo "$out" | ours get)")
 }
 run_redis() { # d c P n
     local out
     out=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$4" -c "$2" -d "$1" -P "$3" \
         -r "$KEYSPACE" -t set,get --csv)
     echo "  ${out//$'\n'/$'\n'  }" >&2
-    redis_set=$(echo "$out" | theirs SET)
-    redis_get=$(echo "$out" | theirs GET)
+    redis_set=$(best "$redis_set" "$(echo "$out" | theirs SET)")
+    redis_get=$(best "$redis_get" "$(echo "$out" | theirs GET)")
     out=$(cargo bench --quiet --bench redis_wait -- -p "$REDIS_PORT" -n "$4" -c "$2" -d "$1" \
         -P "$3" -r "$KEYSPACE")
     echo "  $out" >&2
-    redis_wait=$(echo "$out" | ours set+wait)
-    redis_batch_wait=
+    redis_wait=$(best "$redis_wait" "$(echo "$out" | ours set+wait)")
     if [ "$3" -gt 1 ]; then
         out=$(cargo bench --quiet --bench redis_wait -- -p "$REDIS_PORT" -n "$4" -c "$2" -d "$1" \
             -P "$3" -r "$KEYSPACE" --batch-wait)
         echo "  $out" >&2
-        redis_batch_wait=$(echo "$out" | ours set+batch-wait)
+        redis_batch_wait=$(best "$redis_batch_wait" "$(echo "$out" | ours set+batch-wait)")
     fi
 }
 
@@ -141,21 +150,25 @@ row() { # label d c P "ftkv_ops ftkv_p50" "redis_ops redis_p50"
         }')")
 }
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 turn=0
 for d in 16 1024; do
     for c in 1 50; do
         for P in 1 16; do
             n=$(requests "$c" "$P")
-            log "-d $d -c $c -P $P -n $n"
-            # Alternate who goes first, so that drift favours neither.
-            if [ $((turn % 2)) -eq 0 ]; then
-                run_ftkv "$d" "$c" "$P" "$n"
-                run_redis "$d" "$c" "$P" "$n"
-            else
-                run_redis "$d" "$c" "$P" "$n"
-                run_ftkv "$d" "$c" "$P" "$n"
-            fi
-            turn=$((turn + 1))
+            ftkv_put='' ftkv_get='' redis_set='' redis_get='' redis_wait='' redis_batch_wait=''
+            for round in $(seq "$ROUNDS"); do
+                log "-d $d -c $c -P $P -n $n (round $round)"
+                # Alternate who goes first, so that drift favours neither.
+                if [ $((turn % 2)) -eq 0 ]; then
+                    run_ftkv "$d" "$c" "$P" "$n"
+                    run_redis "$d" "$c" "$P" "$n"
+                else
+                    run_redis "$d" "$c" "$P" "$n"
+                    run_ftkv "$d" "$c" "$P" "$n"
+                fi
+                turn=$((turn + 1))
+            done
             row "put / SET" "$d" "$c" "$P" "$ftkv_put" "$redis_set"
             row "put / SET + WAIT 1 0" "$d" "$c" "$P" "$ftkv_put" "$redis_wait"
             if [ -n "$redis_batch_wait" ]; then
@@ -174,6 +187,7 @@ rb=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$n" -c 50 -d 16 -P 1 -r "
     -t set --csv | theirs SET)
 log "generator check: redis_wait --no-wait $gen, redis-benchmark $rb"
 
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($cpu); $(free -g | awk '/^Mem:/ { print $2 }') GiB;" \
     "$(redis-server --version | awk '{ print $1, $2, $3 }'); ftkv $(git describe --always --dirty)"
@@ -192,5 +206,6 @@ echo "by its WAIT (Redis does not read the next command of a connection while WA
 echo "\"16 SET + 1 WAIT\": one WAIT per pipelined batch, all 16 SETs done when it answers."
 echo "Generator check, -c 50 -P 1 -d 16 plain SET: redis_wait $go ops/s (p50 ${gp} µs),"
 echo "redis-benchmark $ro ops/s (p50 ${rp} µs)."
+echo "Best of $ROUNDS rounds per side. Load average (1, 5, 15 min) before: $load_before; after: $load_after."
 echo "Run time: $SECONDS s (with the build)."
 
