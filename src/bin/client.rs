@@ -1,4 +1,4 @@
-//! `client`: the ftkv command-line client (REPL, script file, one-shot, status).
+//! `client`: the ftkv command-line client (REPL, script file, one-shot, status, bench).
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ftkv::client::Client;
+use ftkv::client::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::line::parse_words;
 use ftkv::client::session::{Outcome, Session, status_json};
 use ftkv::coord::format_table;
@@ -13,7 +14,7 @@ use tokio::runtime::Runtime;
 
 /// The ftkv client. Reads `P "key" "value"`, `G "key"` and `D "key"` lines from the
 /// terminal, a pipe or FILE; or runs one operation given as words (`P key value`);
-/// or `status [--json]`.
+/// or `status [--json]`; or `bench [-n -c -d -P -t -r --duration]` (`bench --help`).
 #[derive(Parser, Debug)]
 #[command(version, disable_help_flag = true)]
 struct Args {
@@ -35,7 +36,7 @@ struct Args {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
-    /// One operation (`P key value`, `G key`, `D key`) or `status [--json]`.
+    /// One operation (`P key value`, `G key`, `D key`), `status [--json]`, or `bench ...`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     words: Vec<String>,
 }
@@ -60,8 +61,12 @@ fn start(args: Args) -> Result<Outcome, String> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err(format!("bad timeout {}", args.timeout));
     }
-    let client =
-        Client::new(format!("{}:{}", args.host, args.port), Duration::from_secs_f64(args.timeout));
+    let coordinator = format!("{}:{}", args.host, args.port);
+    let timeout = Duration::from_secs_f64(args.timeout);
+    if args.words.first().map(String::as_str) == Some("bench") {
+        return bench(coordinator, timeout, &args.words[1..]);
+    }
+    let client = Client::new(coordinator, timeout);
     let runtime = Runtime::new().map_err(|e| e.to_string())?;
     let mut session = Session::new(client);
     match args.words.first().map(String::as_str) {
@@ -124,4 +129,89 @@ fn status(runtime: &Runtime, session: &mut Session, rest: &[String]) -> Result<O
         print!("{}", format_table(&report));
     }
     Ok(Outcome::Ok)
+}
+
+/// `client bench`: a load generator modelled on redis-benchmark. Prints the parameters, then
+/// one line per test: `put: <ops>/s p50=<us>us p99=<us>us p99.9=<us>us`. Every answer is
+/// checked (a GET of a key put by this run must return exactly its value); any error makes
+/// the exit status 2.
+#[derive(Parser, Debug)]
+#[command(name = "client bench", disable_help_flag = true)]
+struct BenchArgs {
+    /// Requests per test.
+    #[arg(short = 'n', long = "requests", default_value_t = 100_000)]
+    requests: u64,
+    /// Concurrent connections (each is a task with its own connection to every server).
+    #[arg(short = 'c', long = "clients", default_value_t = 50)]
+    clients: usize,
+    /// Value size in bytes.
+    #[arg(short = 'd', long = "data-size", default_value_t = 3)]
+    data_size: usize,
+    /// Requests pipelined per connection.
+    #[arg(short = 'P', long = "pipeline", default_value_t = 1)]
+    pipeline: usize,
+    /// Tests to run, comma-separated: put (or set), get. Put runs first; get alone first
+    /// stores the whole keyspace (not measured).
+    #[arg(short = 't', long = "tests", value_delimiter = ',', default_value = "put,get")]
+    tests: Vec<BenchOp>,
+    /// Keyspace size: keys are key:000000000000 .. key:<r-1>, drawn at random.
+    #[arg(short = 'r', long = "keyspace", default_value_t = 100_000)]
+    keyspace: u64,
+    /// Seconds per test, instead of -n.
+    #[arg(long, conflicts_with = "requests")]
+    duration: Option<f64>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outcome, String> {
+    let args = BenchArgs::try_parse_from(
+        std::iter::once("client bench").chain(rest.iter().map(String::as_str)),
+    )
+    .unwrap_or_else(|e| e.exit());
+    let duration = match args.duration {
+        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => return Err(format!("bad --duration {secs}")),
+        None => None,
+    };
+    let options = BenchOptions {
+        coordinator,
+        requests: args.requests,
+        duration,
+        connections: args.clients,
+        value_size: args.data_size,
+        pipeline: args.pipeline,
+        ops: args.tests,
+        keyspace: args.keyspace,
+        timeout,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut bench = Bench::connect(options).await?;
+        println!("{}", bench.summary());
+        let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
+        for kind in bench.phases() {
+            let report = bench.run_phase(kind).await;
+            println!("{}", report.line());
+            for sample in &report.error_samples {
+                eprintln!("client bench: {sample}");
+            }
+            errors += report.errors;
+            retries += report.retries;
+            answers += report.ok + report.errors;
+            if kind != PhaseKind::Fill {
+                absent += report.absent;
+            }
+        }
+        println!(
+            "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys"
+        );
+        Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
+    })
 }

@@ -2,6 +2,7 @@
 //! the server that serves it, keeps one connection per server, and retries across
 //! configuration changes until a deadline.
 
+pub mod bench;
 pub mod line;
 pub mod session;
 
@@ -195,6 +196,12 @@ impl Client {
                 other => return Err(Error::Protocol(format!("coordinator answered {other:?}"))),
             }
         }
+    }
+
+    /// Forgets the cached configuration and fetches a fresh one.
+    pub async fn refresh_config(&mut self, deadline: Instant) -> Result<Arc<ClusterConfig>, Error> {
+        self.config = None;
+        self.config(deadline).await
     }
 
     /// The coordinator's view of the cluster.
