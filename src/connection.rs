@@ -106,7 +106,9 @@ impl ConnReader {
     /// waiting: used to batch answers before flushing.
     pub fn has_complete_frame(&self) -> bool {
         let buffer = self.frames.read_buffer();
-        buffer.len() >= 4 && buffer.len() - 4 >= u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize
+        buffer.len() >= 4
+            && buffer.len() - 4
+                >= u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize
     }
 }
 

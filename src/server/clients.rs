@@ -83,7 +83,11 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
 
 /// Writes (without flushing) every answer at the head of the queue that is ready; returns
 /// whether it wrote any.
-async fn answer_ready(server: &Server, queue: &mut VecDeque<Answer>, writer: &mut ConnWriter) -> Result<bool> {
+async fn answer_ready(
+    server: &Server,
+    queue: &mut VecDeque<Answer>,
+    writer: &mut ConnWriter,
+) -> Result<bool> {
     let mut wrote = false;
     while let Some(front) = queue.front_mut() {
         let response = match front {

@@ -2,7 +2,6 @@
 //!
 //! A std `Mutex` is enough: it is held only for a map operation, never across an `.await`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
@@ -17,31 +16,35 @@ pub enum Applied {
     Deleted { existed: bool },
 }
 
+/// A hash map with a fast, randomly seeded hasher (SipHash took 9% of a server's time).
+/// Keys and values are boxed slices: 16 bytes each in the map instead of a `Vec`'s 24.
+type Map = std::collections::HashMap<Box<[u8]>, Box<[u8]>, ahash::RandomState>;
+
 /// One table (keys stored as their real bytes).
 #[derive(Default)]
 pub struct Table {
-    map: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    map: Mutex<Map>,
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         // A panic while holding the lock cannot leave the map half-updated (each operation
         // is one HashMap call), so a poisoned lock is still a consistent map.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lock().get(key).cloned()
+        self.lock().get(key).map(|v| v.to_vec())
     }
 
     /// Applies a PUT or DEL; a GET changes nothing.
     pub fn apply(&self, op: Op) -> Applied {
         match op {
             Op::Put { key, value } => {
-                self.lock().insert(key, value);
+                self.lock().insert(key.into_boxed_slice(), value.into_boxed_slice());
                 Applied::Stored
             }
-            Op::Del { key } => Applied::Deleted { existed: self.lock().remove(&key).is_some() },
+            Op::Del { key } => Applied::Deleted { existed: self.lock().remove(&key[..]).is_some() },
             Op::Get { .. } => Applied::Stored,
         }
     }
@@ -52,10 +55,10 @@ impl Table {
         for op in ops {
             match op {
                 Op::Put { key, value } => {
-                    map.insert(key, value);
+                    map.insert(key.into_boxed_slice(), value.into_boxed_slice());
                 }
                 Op::Del { key } => {
-                    map.remove(&key);
+                    map.remove(&key[..]);
                 }
                 Op::Get { .. } => {}
             }
@@ -64,7 +67,7 @@ impl Table {
 
     /// A copy of every entry (recovery: the start of a new copy's stream).
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.lock().iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -78,8 +81,7 @@ impl Table {
     /// Writes every entry as a client line `P "key" "value"`, sorted by key, so that a dump
     /// is readable, diffable and can be replayed with `client -f`. Returns the entry count.
     pub fn dump(&self, path: &Path) -> std::io::Result<u64> {
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> =
-            self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut entries = self.snapshot();
         entries.sort_unstable();
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
