@@ -19,30 +19,6 @@ const N: u32 = 3;
 /// Heartbeat timeout used by these tests (`coord -t`).
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The cluster's status as JSON, through the real client program.
-fn status(cluster: &Cluster) -> serde_json::Value {
-    let run = cluster.run_client(&["status", "--json"], "");
-    assert_eq!(run.code, 0, "status: {}", run.stderr);
-    serde_json::from_str(&run.stdout).expect("status JSON")
-}
-
-fn pid_of(cluster: &Cluster, id: u32) -> u32 {
-    status(cluster)["servers"][id as usize]["pid"].as_u64().unwrap() as u32
-}
-
-/// Waits until no recovery runs, every server is running, and the epoch is past `after`.
-fn wait_recovered(cluster: &Cluster, after: u64, limit: Duration) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let ok = wait_until(limit, || {
-        last = status(cluster);
-        last["recovery"].is_null()
-            && last["epoch"].as_u64().unwrap() > after
-            && last["servers"].as_array().unwrap().iter().all(|s| s["state"] == "running")
-    });
-    assert!(ok, "not recovered within {limit:?}: {last}\n{}", cluster.coord_log());
-    last
-}
-
 /// After ctrl+d: every final value is on its owner's primary and the next server's secondary,
 /// and nothing else is anywhere.
 fn assert_dumps_match(cluster: &Cluster, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
@@ -73,18 +49,17 @@ async fn kill_each_server_in_turn_under_load() {
     let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
     let load = Load::start(cluster.coord_addr(), 4, 200, Duration::from_secs(10));
     let mut gaps = Vec::new();
-    let mut epoch = status(&cluster)["epoch"].as_u64().unwrap();
+    let mut epoch = cluster.status()["epoch"].as_u64().unwrap();
     let mut kills = Vec::new();
     for cycle in 0..cycles {
         let victim = cycle % N;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let pid = pid_of(&cluster, victim);
+        let pid = cluster.pid_of(victim);
         kill(pid, "KILL");
         // Measured from when the kill has happened (spawning `kill` takes a moment).
         kills.push((victim, Instant::now()));
-        let now = tokio::task::block_in_place(|| {
-            wait_recovered(&cluster, epoch, Duration::from_secs(15))
-        });
+        let now =
+            tokio::task::block_in_place(|| cluster.wait_recovered(epoch, Duration::from_secs(15)));
         epoch = now["epoch"].as_u64().unwrap();
         assert_ne!(
             now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32,
@@ -127,12 +102,12 @@ async fn paused_server_is_replaced_without_stale_reads() {
     let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = 1;
-    let pid = pid_of(&cluster, victim);
+    let pid = cluster.pid_of(victim);
     kill(pid, "STOP");
     let at = Instant::now();
     tokio::time::sleep(TIMEOUT * 2).await;
     kill(pid, "CONT");
-    tokio::task::block_in_place(|| wait_recovered(&cluster, 1, Duration::from_secs(15)));
+    tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(15)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (recorder, keys) = load.stop().await;
     let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
@@ -162,13 +137,13 @@ async fn replacement_killed_during_copy_rolls_back() {
     }
     let load = Load::start(cluster.coord_addr(), 2, 50, Duration::from_secs(15));
     let victim = 0;
-    let old_pid = pid_of(&cluster, victim);
+    let old_pid = cluster.pid_of(victim);
     kill(old_pid, "KILL");
     // Catch the replacement in step 2 (copy) and kill it.
     let mut killed = None;
     let caught = tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(10), || {
-            let s = status(&cluster);
+            let s = cluster.status();
             let pid = s["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
             let in_copy =
                 s["recovery"]["step"].as_u64().is_some_and(|step| (2..=4).contains(&step));
@@ -181,8 +156,7 @@ async fn replacement_killed_during_copy_rolls_back() {
         })
     });
     assert!(caught, "never saw the replacement in step 2:\n{}", cluster.coord_log());
-    let status =
-        tokio::task::block_in_place(|| wait_recovered(&cluster, 1, Duration::from_secs(20)));
+    let status = tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(20)));
     let final_pid = status["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
     assert!(final_pid != old_pid && Some(final_pid) != killed, "a third server took over");
     assert!(cluster.coord_log().contains("rolling back to step 1"), "{}", cluster.coord_log());
@@ -243,7 +217,7 @@ async fn servers_stop_serving_when_their_lease_lapses() {
     let cluster = Cluster::start_with(N as usize, &["-t", "1"]);
     let mut client = cluster.client();
     client.put(b"leased", b"value").await.unwrap();
-    let s = status(&cluster);
+    let s = cluster.status();
     let owner = slot_of(b"leased", N) as usize;
     let port = s["servers"][owner]["client_port"].as_u64().unwrap();
     let mut conn =
@@ -291,7 +265,7 @@ async fn ask(
 fn recovery_of_an_empty_cluster_completes() {
     let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
     kill(cluster.pids[1], "KILL");
-    wait_recovered(&cluster, 1, Duration::from_secs(5));
+    cluster.wait_recovered(1, Duration::from_secs(5));
     assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
     assert!(cluster.ctrl_d().success());
 }

@@ -19,8 +19,7 @@ use tokio::net::TcpStream;
 
 /// Every port anyone on the network can reach, with a name for messages.
 fn ports(cluster: &Cluster) -> Vec<(String, u16)> {
-    let run = cluster.run_client(&["status", "--json"], "");
-    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let status = cluster.status();
     let mut ports = vec![
         ("coord clients".to_string(), cluster.clients_port),
         ("coord servers".to_string(), cluster.servers_port),
@@ -181,8 +180,7 @@ fn conversation(hello: &Hello, messages: &[bytes::Bytes]) -> Vec<u8> {
 async fn forged_control_messages_without_the_token_change_nothing() {
     let mut cluster = Cluster::start(3);
     let check = Check::new(&cluster).await;
-    let status: serde_json::Value =
-        serde_json::from_str(&cluster.run_client(&["status", "--json"], "").stdout).unwrap();
+    let status: serde_json::Value = cluster.status();
     let server =
         |id: u32, field: &str| status["servers"][id as usize][field].as_u64().unwrap() as u16;
     let (victim_key, victim_value) = check.stored[0].clone();
@@ -249,8 +247,7 @@ async fn a_client_that_never_reads_cannot_grow_a_server() {
     let big = vec![7u8; 1 << 20];
     client.put(b"big", &big).await.unwrap();
     let owner = slot_of(b"big", 3);
-    let status: serde_json::Value =
-        serde_json::from_str(&cluster.run_client(&["status", "--json"], "").stdout).unwrap();
+    let status: serde_json::Value = cluster.status();
     let port = status["servers"][owner as usize]["client_port"].as_u64().unwrap() as u16;
     let get = encode(&ClientRequest { epoch: 1, op: Op::Get { key: b"big".to_vec() } }).unwrap();
     let mut bytes = frame(&encode(&Hello::new(Role::Client, &[])).unwrap());

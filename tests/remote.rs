@@ -27,28 +27,6 @@ fn remote_cluster(hosts: &Hosts) -> Cluster {
     cluster
 }
 
-fn status(cluster: &Cluster) -> serde_json::Value {
-    let run = cluster.run_client(&["status", "--json"], "");
-    assert_eq!(run.code, 0, "status: {}", run.stderr);
-    serde_json::from_str(&run.stdout).unwrap()
-}
-
-fn pid_of(cluster: &Cluster, id: u32) -> u32 {
-    status(cluster)["servers"][id as usize]["pid"].as_u64().unwrap() as u32
-}
-
-fn wait_recovered(cluster: &Cluster, after: u64, limit: Duration) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let ok = wait_until(limit, || {
-        last = status(cluster);
-        last["recovery"].is_null()
-            && last["epoch"].as_u64().unwrap() > after
-            && last["servers"].as_array().unwrap().iter().all(|s| s["state"] == "running")
-    });
-    assert!(ok, "not recovered within {limit:?}: {last}\n{}", cluster.coord_log());
-    last
-}
-
 /// Every final value is on its owner's primary dump and its secondary's dump (on the hosts).
 fn assert_remote_dumps(hosts: &Hosts, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
     let dump =
@@ -83,7 +61,7 @@ fn servers_started_over_ssh_serve_and_dump_on_their_hosts() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = cluster.run_client(&["G", "k7"], "");
     assert_eq!((run.code, run.stdout.as_str()), (0, "value[\"k7\"] == \"v7\"\n"));
-    let status = status(&cluster);
+    let status = cluster.status();
     assert_eq!(status["servers"][0]["host"], addr(1));
 
     assert!(cluster.ctrl_d().success());
@@ -116,13 +94,12 @@ fn fault_under_load(
         let cluster = runtime.block_on(async move {
             let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let old_pid = tokio::task::block_in_place(|| pid_of(&cluster, victim));
+            let old_pid = tokio::task::block_in_place(|| cluster.pid_of(victim));
             fault(&cluster, &hosts, old_pid);
             tokio::time::sleep(hold).await;
             heal(&cluster, &hosts);
-            let now = tokio::task::block_in_place(|| {
-                wait_recovered(&cluster, 1, Duration::from_secs(40))
-            });
+            let now =
+                tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(40)));
             let new_pid = now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
             assert_ne!(new_pid, old_pid, "a new server");
             assert_eq!(
@@ -175,7 +152,7 @@ fn a_partitioned_host_is_fenced_and_replaced_after_healing() {
             // its lease and the grace period); the coordinator could not start a new one.
             let pid = *pid_out.lock().unwrap();
             assert!(wait_until(Duration::from_secs(3), || !alive(pid)), "the cut-off server exits");
-            let s = tokio::task::block_in_place(|| status(cluster));
+            let s = tokio::task::block_in_place(|| cluster.status());
             assert_eq!(s["recovery"]["server"], victim, "{s}");
             assert!(
                 cluster.coord_log().contains("over ssh failed")

@@ -163,6 +163,30 @@ impl Cluster {
         None
     }
 
+    /// The cluster's status as JSON, through the real client program.
+    pub fn status(&self) -> serde_json::Value {
+        let run = self.run_client(&["status", "--json"], "");
+        assert_eq!(run.code, 0, "status: {}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("status JSON")
+    }
+
+    pub fn pid_of(&self, id: u32) -> u32 {
+        self.status()["servers"][id as usize]["pid"].as_u64().unwrap() as u32
+    }
+
+    /// Waits until no recovery runs, every server is running, and the epoch is past `after`.
+    pub fn wait_recovered(&self, after: u64, limit: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let ok = wait_until(limit, || {
+            last = self.status();
+            last["recovery"].is_null()
+                && last["epoch"].as_u64().unwrap() > after
+                && last["servers"].as_array().unwrap().iter().all(|s| s["state"] == "running")
+        });
+        assert!(ok, "not recovered within {limit:?}: {last}\n{}", self.coord_log());
+        last
+    }
+
     /// Reads `server_<id>.<kind>` back into a map.
     pub fn dump(&self, id: u32, kind: &str) -> HashMap<Vec<u8>, Vec<u8>> {
         read_dump(&self.path(&format!("server_{id}.{kind}")))
