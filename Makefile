@@ -7,7 +7,9 @@ all:
 	$(CARGO) build --release --bins
 	for b in $(BINS); do cp target/release/$$b ./$$b; done
 
+# Installs missing test dependencies (scripts/test-deps.sh), then runs every test.
 test:
+	bash scripts/test-deps.sh
 	$(CARGO) nextest run --no-fail-fast
 
 clean:
