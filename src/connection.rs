@@ -7,13 +7,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::error::{Error, Result};
 use crate::protocol::{Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Role};
@@ -36,6 +36,31 @@ fn bincode_config() -> Config {
 
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_LEN).new_codec()
+}
+
+/// Splits frames (a big-endian u32 length, then that many bytes) off the read buffer. Unlike
+/// `LengthDelimitedCodec`, it leaves the length in the buffer until the whole frame is there,
+/// so "a frame has started" is simply "the buffer is not empty" (a peer that sends a bare
+/// length and stops still meets the frame deadline), and it reserves nothing for a frame's
+/// announced size (a hostile length costs no memory).
+struct FrameDecoder;
+
+impl Decoder for FrameDecoder {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        let Some(head) = src.first_chunk::<4>() else { return Ok(None) };
+        let len = u32::from_be_bytes(*head) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+        }
+        if src.len() - 4 < len {
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len)))
+    }
 }
 
 /// Serializes one message into a frame payload.
@@ -68,7 +93,7 @@ fn map_codec_error(e: std::io::Error) -> Error {
 
 /// The receiving half of a [`Connection`].
 pub struct ConnReader {
-    frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    frames: FramedRead<OwnedReadHalf, FrameDecoder>,
 }
 
 impl ConnReader {
@@ -149,7 +174,7 @@ impl Connection {
         let peer = stream.peer_addr()?;
         let (read, write) = stream.into_split();
         Ok(Connection {
-            reader: ConnReader { frames: FramedRead::new(read, codec()) },
+            reader: ConnReader { frames: FramedRead::new(read, FrameDecoder) },
             writer: ConnWriter { frames: FramedWrite::new(write, codec()) },
             peer,
         })
@@ -288,6 +313,41 @@ mod tests {
         raw.write_all(&[0, 0, 0, 10, 1]).await.unwrap();
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_length_prefix_meets_the_frame_deadline() {
+        let (mut conn, mut raw) = pair().await;
+        raw.write_all(&(MAX_FRAME_LEN as u32).to_be_bytes()).await.unwrap();
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        assert!(
+            conn.reader.frames.read_buffer().capacity() < 1 << 20,
+            "nothing reserved for the announced size"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_length_prefix_then_close_is_malformed() {
+        let (mut conn, mut raw) = pair().await;
+        raw.write_all(&10u32.to_be_bytes()).await.unwrap();
+        drop(raw);
+        let err = conn.recv::<ClientRequest>().await.unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn complete_frames_are_told_from_partial_ones() {
+        let (mut conn, mut raw) = pair().await;
+        let request = ClientRequest { epoch: 1, op: Op::Get { key: b"k".to_vec() } };
+        let mut bytes = frame(&encode(&request).unwrap());
+        let second = bytes.clone();
+        bytes.extend_from_slice(&second[..second.len() - 1]);
+        raw.write_all(&bytes).await.unwrap();
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
+        assert!(!conn.reader.has_complete_frame(), "the second frame lacks a byte");
+        raw.write_all(&second[second.len() - 1..]).await.unwrap();
+        assert!(conn.recv::<ClientRequest>().await.unwrap().is_some());
     }
 
     #[tokio::test]

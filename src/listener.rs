@@ -1,12 +1,14 @@
 //! Listening ports: bind with a clear error, accept with a connection limit, one tracked
 //! task per connection, and a raised file-descriptor limit.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -37,8 +39,8 @@ impl Gate {
 
 /// Most connections waiting for their hello on a port that requires the token. Kept apart
 /// from the limit on established connections, so that peers that never authenticate cannot
-/// take the places of the ones that did. (Ports open to clients allow as many pending as
-/// established: there, a hello proves nothing.)
+/// take the places of the ones that did; when it is full the oldest is dropped. (Ports open
+/// to clients allow as many pending as established: there, a hello proves nothing.)
 const MAX_PENDING_HELLOS: usize = 64;
 
 /// Accepts connections until cancelled. Each gets its own tracked task, which checks the
@@ -58,13 +60,16 @@ pub fn serve<F, Fut>(
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let inner = tracker.clone();
-    let max_pending = if gate.token.is_empty() { max_connections } else { MAX_PENDING_HELLOS };
-    let pending = Arc::new(Semaphore::new(max_pending));
+    // On ports that require the token, a full pool of unauthenticated peers makes room by
+    // dropping its oldest member, so holding connections open cannot lock real peers out.
+    let evict = !gate.token.is_empty();
+    let max_pending = if evict { MAX_PENDING_HELLOS } else { max_connections };
+    let pending = Arc::new(Pending::default());
     let established = Arc::new(Semaphore::new(max_connections));
     let gate = Arc::new(gate);
     let handle = Arc::new(handle);
     tracker.spawn(async move {
-        loop {
+        for id in 0u64.. {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => accepted,
@@ -78,16 +83,27 @@ pub fn serve<F, Fut>(
                     continue;
                 }
             };
-            let Ok(waiting) = pending.clone().try_acquire_owned() else {
-                debug!(port = what, %peer, "connection refused: too many waiting for their hello");
-                continue;
-            };
-            let (gate, handle, established, cancel) = (gate.clone(), handle.clone(), established.clone(), cancel.clone());
-            inner.spawn(async move {
+            // Held while the task is spawned and registered, so that it cannot leave the
+            // pool before it has entered it.
+            let mut waiting = pending.lock();
+            if waiting.len() >= max_pending {
+                if !evict {
+                    debug!(port = what, %peer, "connection refused: too many waiting for their hello");
+                    continue;
+                }
+                if let Some((_, oldest)) = waiting.pop_front() {
+                    debug!(port = what, "dropped the oldest connection waiting for its hello");
+                    oldest.abort();
+                }
+            }
+            let (gate, handle, established, cancel, pool) =
+                (gate.clone(), handle.clone(), established.clone(), cancel.clone(), pending.clone());
+            let task = inner.spawn(async move {
                 let work = async {
                     let mut conn = Connection::new(stream)?;
-                    let role = conn.accept_hello(&gate.accepts, &gate.token).await?;
-                    drop(waiting);
+                    let hello = conn.accept_hello(&gate.accepts, &gate.token).await;
+                    pool.leave(id);
+                    let role = hello?;
                     let Ok(_slot) = established.try_acquire_owned() else {
                         debug!(port = what, %peer, max_connections, "connection refused: port full");
                         return Ok(());
@@ -101,8 +117,24 @@ pub fn serve<F, Fut>(
                     }
                 }
             });
+            waiting.push_back((id, task.abort_handle()));
         }
     });
+}
+
+/// Connections waiting for their hello, oldest first.
+#[derive(Default)]
+struct Pending(Mutex<VecDeque<(u64, AbortHandle)>>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, AbortHandle)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connection `id` finished its hello (either way): it can no longer be evicted.
+    fn leave(&self, id: u64) {
+        self.lock().retain(|(waiting, _)| *waiting != id);
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit, so that connection limits (not

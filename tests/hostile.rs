@@ -264,3 +264,34 @@ async fn a_client_that_never_reads_cannot_grow_a_server() {
     check.assert_healthy(&cluster, "2000 unread answers of 1 MiB").await;
     writer.abort();
 }
+
+/// Peers that connect to the token-protected ports and never say anything cannot lock real
+/// peers out: with 200 such connections held on the coordinator's servers port and on every
+/// server's servers port, a killed server is still replaced (its replacement must report to
+/// the coordinator and stream to its secondary over new connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_cannot_lock_out_a_replacement() {
+    let cluster = Cluster::start_with(3, &["-t", "1"]);
+    let check = Check::new(&cluster).await;
+    let status = cluster.status();
+    let mut ports = vec![cluster.servers_port];
+    for id in 0..3 {
+        ports.push(status["servers"][id]["servers_port"].as_u64().unwrap() as u16);
+    }
+    let mut silent = Vec::new();
+    for port in ports {
+        for _ in 0..200 {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                silent.push(stream);
+            }
+        }
+    }
+    support::cluster::kill(cluster.pids[1], "KILL");
+    // Well within the 5 s hello deadline that would free the places on its own.
+    tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(3)));
+    let mut check = check;
+    check.pids[1] = cluster.pid_of(1);
+    check.rss[1] = rss_kib(check.pids[1]);
+    check.assert_healthy(&cluster, "a replacement behind 800 silent connections").await;
+    drop(silent);
+}

@@ -464,8 +464,11 @@ impl Cluster {
         );
         self.copied = CopyStats::default();
         self.step_began = now;
-        self.recovery =
-            Some(Recovery::new(id, incarnation + 1, lease_end, now, Deadlines::default()));
+        let deadlines = Deadlines {
+            lease: self.shared.lease + lease_margin(self.shared.lease),
+            ..Deadlines::default()
+        };
+        self.recovery = Some(Recovery::new(id, incarnation + 1, lease_end, now, deadlines));
         self.publish();
         let actions = self.recovery.as_mut().map(|r| r.tick(now)).unwrap_or_default();
         self.perform(actions);
@@ -684,6 +687,9 @@ impl Cluster {
     /// finally reap the processes, killing any that did not exit.
     async fn shutdown(&mut self) {
         let began = Instant::now();
+        if let Some(install) = self.installing.take() {
+            install.abort();
+        }
         let live: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
         let drained =
             join_all(live.iter().map(|l| l.call(ControlRequest::Drain, DRAIN_LIMIT))).await;

@@ -28,6 +28,9 @@ pub struct Deadlines {
     pub hand_back: Duration,
     pub backoff_first: Duration,
     pub backoff_max: Duration,
+    /// How long a fenced server may still hold a lease (lease plus margin): a rollback from
+    /// the hand-back waits that long before it installs, so its deadline is that much later.
+    pub lease: Duration,
 }
 
 impl Default for Deadlines {
@@ -39,6 +42,7 @@ impl Default for Deadlines {
             hand_back: Duration::from_secs(10),
             backoff_first: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
+            lease: Duration::from_millis(550),
         }
     }
 }
@@ -224,7 +228,8 @@ impl Recovery {
         self.updates.clear();
         let serial = self.next_serial();
         let fence = self.step == Step::HandBack;
-        self.enter(Step::Backoff { installed: false }, now, self.deadlines.take_over);
+        let wait = if fence { self.deadlines.lease } else { Duration::ZERO };
+        self.enter(Step::Backoff { installed: false }, now, wait + self.deadlines.take_over);
         vec![Action::RollBack { serial, kill, why, fence }]
     }
 
@@ -541,6 +546,23 @@ mod tests {
             r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
             [Action::RollBack { fence: true, .. }]
         ));
+    }
+
+    #[test]
+    fn a_fenced_rollback_gets_the_lease_on_top_of_its_deadline() {
+        let now = Instant::now();
+        let deadlines = Deadlines { lease: Duration::from_secs(6), ..Deadlines::default() };
+        let mut r = Recovery::new(A, 1, now, now, deadlines);
+        let t = to_copy(&mut r, now - Duration::from_millis(500));
+        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
+        assert!(matches!(
+            r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
+            [Action::RollBack { fence: true, .. }]
+        ));
+        assert!(r.tick(ms(t, 10_999)).is_empty(), "5 s install deadline plus the 6 s lease");
+        assert!(matches!(r.tick(ms(t, 11_000))[..], [Action::Shutdown { .. }]));
     }
 
     #[test]

@@ -27,7 +27,7 @@ enum Answer {
 }
 
 enum Event {
-    Request(Option<ClientRequest>),
+    Request(Result<Option<ClientRequest>>),
     Applied(Result<Applied, oneshot::error::RecvError>),
 }
 
@@ -42,6 +42,7 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
     let (mut reader, mut writer) = conn.split();
     let mut queue: VecDeque<Answer> = VecDeque::new();
     let mut open = true;
+    let mut failed = None;
     let mut unflushed = false;
     loop {
         unflushed |= answer_ready(&server, &mut queue, &mut writer).await?;
@@ -61,13 +62,18 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
                 }
             };
             tokio::select! {
-                request = reader.recv::<ClientRequest>(), if room => Event::Request(request?),
+                request = reader.recv::<ClientRequest>(), if room => Event::Request(request),
                 done = head_write => Event::Applied(done),
             }
         };
         match event {
-            Event::Request(Some(request)) => queue.push_back(accept(&server, request).await),
-            Event::Request(None) => open = false,
+            Event::Request(Ok(Some(request))) => queue.push_back(accept(&server, request).await),
+            Event::Request(Ok(None)) => open = false,
+            Event::Request(Err(e)) => {
+                // Malformed or cut input: answer what was already accepted, then close.
+                open = false;
+                failed = Some(e);
+            }
             Event::Applied(done) => {
                 // Shutting down with the write in flight: its outcome is unknown, so close
                 // without an answer rather than claim either way.
@@ -78,7 +84,8 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
             }
         }
     }
-    writer.flush().await
+    writer.flush().await?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// Writes (without flushing) every answer at the head of the queue that is ready; returns

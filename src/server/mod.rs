@@ -69,6 +69,8 @@ pub struct Server {
     lease: Lease,
     draining: AtomicBool,
     caught_up: Mutex<Option<mpsc::UnboundedReceiver<CaughtUp>>>,
+    /// Serializes configuration changes.
+    config_changes: tokio::sync::Mutex<()>,
     /// The newest replication stream per (sender, table): (sender incarnation, stream).
     streams: Mutex<HashMap<(u32, TableKind), (u64, u64)>>,
     dump_dir: PathBuf,
@@ -98,6 +100,7 @@ impl Server {
             draining: AtomicBool::new(false),
             caught_up: Mutex::new(Some(caught_rx)),
             streams: Mutex::new(HashMap::new()),
+            config_changes: tokio::sync::Mutex::new(()),
             dump_dir: opts.dump_dir.clone(),
             cancel,
         }
@@ -110,6 +113,9 @@ impl Server {
     /// Installs a newer configuration and sets both replicators' modes from it. A slot
     /// handed away (recovery step 5) is released only once its writes in flight settled.
     async fn set_config(&self, config: ClusterConfig) -> Result<(), String> {
+        // One change at a time: modes computed for one configuration must not be applied
+        // after a newer one's (a change can wait for writes to settle).
+        let _one_at_a_time = self.config_changes.lock().await;
         config.validate()?;
         if config.len() != self.servers {
             return Err(format!(
