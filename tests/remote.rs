@@ -177,3 +177,24 @@ fn a_server_cut_from_the_coordinator_only_is_fenced_and_replaced() {
         move |_, hosts| hosts.heal_between(victim as usize + 1),
     );
 }
+
+#[test]
+fn a_paused_remote_server_is_killed_over_ssh_and_replaced() {
+    let Some(hosts) = Hosts::up("ftkv-e", 4) else { return };
+    let paused = std::sync::Arc::new(std::sync::Mutex::new(0));
+    let (pid_in, pid_out) = (paused.clone(), paused.clone());
+    fault_under_load(
+        hosts,
+        0,
+        Duration::from_secs(2),
+        move |_, _, pid| {
+            *pid_in.lock().unwrap() = pid;
+            kill(pid, "STOP");
+        },
+        move |_, _| {
+            // Step 1 killed it over ssh (SIGKILL ends even a stopped process).
+            let pid = *pid_out.lock().unwrap();
+            assert!(wait_until(Duration::from_secs(5), || !alive(pid)), "killed over ssh");
+        },
+    );
+}

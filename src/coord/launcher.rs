@@ -154,8 +154,13 @@ impl Launcher {
         stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
         drop(stdin);
         let (mut out, mut err) = (String::new(), String::new());
-        child.stdout.take().expect("piped").read_to_string(&mut out).await?;
-        child.stderr.take().expect("piped").read_to_string(&mut err).await?;
+        let (mut stdout, mut stderr) =
+            (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        // Both at once: a chatty remote side must not block on a pipe nobody reads.
+        let (read_out, read_err) =
+            tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err));
+        read_out?;
+        read_err?;
         let status = child.wait().await?;
         let pid = out
             .lines()
@@ -176,14 +181,19 @@ impl Launcher {
 
     /// Kills a remote server over ssh, best effort: an unreachable host is fenced by the
     /// lease, not by this.
-    pub async fn kill_remote(&self, member: &Member, pid: u32) {
+    pub async fn kill_remote(&self, member: &Member, incarnation: u64, pid: u32) {
         let Host::Ssh { user, host } = &member.spec.host else { return };
         let destination = ssh_destination(user, host);
         let run = Command::new("ssh")
             .args(SSH_DEFAULTS)
             .args(&self.ssh_args)
             .arg(&destination)
-            .arg(format!("kill -9 {pid}"))
+            // Only if that pid is still this server (pids are reused).
+            .arg(format!(
+                "tr '\\0' ' ' < /proc/{pid}/cmdline | grep -q -- '-S {id} .*--incarnation {inc} ' && kill -9 {pid}",
+                id = member.id,
+                inc = incarnation
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -679,7 +679,7 @@ impl Cluster {
         if let Some(pid) = self.remote_pids.remove(&(id, incarnation)) {
             let launcher = self.launcher.clone();
             let member = self.topology.members[id as usize].clone();
-            tokio::spawn(async move { launcher.kill_remote(&member, pid).await });
+            tokio::spawn(async move { launcher.kill_remote(&member, incarnation, pid).await });
         }
     }
 
