@@ -154,6 +154,12 @@ impl ConnWriter {
         SinkExt::<Bytes>::flush(&mut self.frames).await.map_err(map_codec_error)
     }
 
+    /// Sends one payload made by [`encode`] at once.
+    pub async fn send_frame(&mut self, payload: Bytes) -> Result<()> {
+        self.frames.feed(payload).await.map_err(map_codec_error)?;
+        self.flush().await
+    }
+
     /// Sends one message at once.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
         self.feed(msg).await?;
@@ -401,6 +407,29 @@ mod tests {
         let mut peer = Connection::new(raw).unwrap();
         peer.send(&Hello::new(Role::Coordinator, b"secret")).await.unwrap();
         assert_eq!(conn.accept_hello(|_| true, b"secret").await.unwrap(), Role::Coordinator);
+    }
+
+    #[test]
+    fn borrowed_batches_encode_like_owned_ones() {
+        use crate::protocol::{ReplMessage, ReplMessageRef, TableKind};
+        let ops =
+            vec![Op::Put { key: b"k".to_vec(), value: vec![1, 2] }, Op::Del { key: b"d".to_vec() }];
+        let owned = ReplMessage::Batch { first_seq: 7, ops: ops.clone() };
+        let borrowed = ReplMessageRef::Batch { first_seq: 7, ops: ops.iter().collect() };
+        assert_eq!(encode(&owned).unwrap(), encode(&borrowed).unwrap());
+        let open = ReplMessage::Open {
+            into: TableKind::Primary,
+            epoch: 3,
+            target_incarnation: 2,
+            stream: 9,
+        };
+        let open_ref = ReplMessageRef::Open {
+            into: TableKind::Primary,
+            epoch: 3,
+            target_incarnation: 2,
+            stream: 9,
+        };
+        assert_eq!(encode(&open).unwrap(), encode(&open_ref).unwrap());
     }
 
     #[test]

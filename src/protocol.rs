@@ -154,6 +154,14 @@ pub enum ReplMessage {
     Batch { first_seq: u64, ops: Vec<Op> },
 }
 
+/// The encoding side of [`ReplMessage`], over borrowed operations: the same bytes without a
+/// copy of every queued write (same variants in the same order; a test holds them equal).
+#[derive(Debug, Serialize)]
+pub enum ReplMessageRef<'a> {
+    Open { into: TableKind, epoch: u64, target_incarnation: u64, stream: u64 },
+    Batch { first_seq: u64, ops: Vec<&'a Op> },
+}
+
 /// Secondary -> primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplAck {

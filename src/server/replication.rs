@@ -26,14 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::connection::{ConnReader, ConnWriter, Connection};
+use crate::connection::{ConnReader, ConnWriter, Connection, encode};
 use crate::error::{Error, Result};
-use crate::protocol::{CopyStats, Hello, Op, ReplAck, ReplMessage, Role, TableKind};
+use crate::protocol::{
+    CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
+};
 use crate::server::table::{Applied, Table};
 
 /// Largest batch payload we aim for (a single larger write still goes alone).
@@ -392,11 +395,11 @@ impl Task {
                     if sent == 0 {
                         last_progress = Instant::now();
                     }
-                    let batch = self.next_batch(base + sent as u64, sent);
+                    let batch = self.next_batch(base + sent as u64, sent)?;
                     // A peer that stopped reading must not hold this task: the send is
                     // bounded, and a new mode interrupts it.
                     tokio::select! {
-                        result = tokio::time::timeout(ACK_TIMEOUT, writer.send(&batch.0)) => {
+                        result = tokio::time::timeout(ACK_TIMEOUT, writer.send_frame(batch.0)) => {
                             result.map_err(|_| Error::Timeout("sending a replication batch"))??;
                         }
                         changed = self.mode.changed() => {
@@ -422,9 +425,9 @@ impl Task {
     }
 
     /// The entries from index `from` on, as many as fit one batch, and how many.
-    fn next_batch(&self, first_seq: u64, from: usize) -> (ReplMessage, usize) {
+    fn next_batch(&self, first_seq: u64, from: usize) -> Result<(Bytes, usize)> {
         let mut bytes = 0;
-        let mut ops = Vec::new();
+        let mut ops: Vec<&Op> = Vec::new();
         for entry in self.unacked.range(from..) {
             if !ops.is_empty()
                 && (bytes + op_size(&entry.op) > BATCH_BYTES || ops.len() >= BATCH_OPS)
@@ -432,11 +435,11 @@ impl Task {
                 break;
             }
             bytes += op_size(&entry.op);
-            ops.push(entry.op.clone());
+            ops.push(&entry.op);
         }
         let count = ops.len();
         debug!(first_seq, count, "batch");
-        (ReplMessage::Batch { first_seq, ops }, count)
+        Ok((encode(&ReplMessageRef::Batch { first_seq, ops })?, count))
     }
 }
 
