@@ -401,6 +401,18 @@ mod tests {
         ms(t, 600)
     }
 
+    /// Runs the happy path into step 5 (hand-back); returns the time reached.
+    fn to_hand_back(r: &mut Recovery, t: Instant) -> Instant {
+        let t = to_copy(r, t);
+        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
+        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
+        assert_eq!(
+            r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t),
+            vec![Action::HandBack { serial: 3 }]
+        );
+        t
+    }
+
     #[test]
     fn happy_path_through_all_steps() {
         let (mut r, t) = start();
@@ -529,19 +541,13 @@ mod tests {
     #[test]
     fn hand_back_timeout_or_loss_rolls_back() {
         let (mut r, t) = start();
-        let t = to_copy(&mut r, t);
-        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
+        let t = to_hand_back(&mut r, t);
         assert!(
             matches!(r.tick(ms(t, 10_000))[..], [Action::RollBack { fence: true, .. }]),
             "a+ may be serving"
         );
         let (mut r, t) = start();
-        let t = to_copy(&mut r, t);
-        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
+        let t = to_hand_back(&mut r, t);
         assert!(matches!(
             r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
             [Action::RollBack { fence: true, .. }]
@@ -553,10 +559,7 @@ mod tests {
         let now = Instant::now();
         let deadlines = Deadlines { lease: Duration::from_secs(6), ..Deadlines::default() };
         let mut r = Recovery::new(A, 1, now, now, deadlines);
-        let t = to_copy(&mut r, now - Duration::from_millis(500));
-        r.step(Input::Installed { serial: 2, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Primary, epoch: 3 }, t);
-        r.step(Input::Updated { into: TableKind::Secondary, epoch: 3 }, t);
+        let t = to_hand_back(&mut r, now - Duration::from_millis(500));
         assert!(matches!(
             r.step(Input::Lost { id: A, incarnation: 1 }, t)[..],
             [Action::RollBack { fence: true, .. }]
