@@ -34,8 +34,8 @@ up() {
     for i in $(seq 0 "$n"); do
         local ns=$p-h$i
         ip netns add "$ns"
-        ip link add "v$i" type veth peer name eth0 netns "$ns"
-        ip link set "v$i" netns $SW
+        # Made inside the switch's namespace, so names never meet another test's.
+        ip -n "$SW" link add "v$i" type veth peer name eth0 netns "$ns"
         ip -n $SW link set "v$i" master br0
         ip -n $SW link set "v$i" up
         ip -n "$ns" link set lo up
