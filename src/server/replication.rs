@@ -84,6 +84,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The epoch of the stream's configuration, if streaming.
+    fn target_epoch(&self) -> Option<u64> {
+        match self {
+            Mode::Stream(t) => Some(t.epoch),
+            _ => None,
+        }
+    }
+
     /// Whether switching from `self` to `next` needs a new stream. A new epoch or a cleared
     /// snapshot flag for the same destination keeps the stream (and its snapshot) going.
     fn same_stream(&self, next: &Mode) -> bool {
@@ -440,15 +448,6 @@ impl Task {
         let count = ops.len();
         debug!(first_seq, count, "batch");
         Ok((encode(&ReplMessageRef::Batch { first_seq, ops })?, count))
-    }
-}
-
-impl Mode {
-    fn target_epoch(&self) -> Option<u64> {
-        match self {
-            Mode::Stream(t) => Some(t.epoch),
-            _ => None,
-        }
     }
 }
 
