@@ -4,7 +4,6 @@
 //! and holds cannot pin a task forever), and no frame may exceed [`MAX_FRAME_LEN`], checked
 //! from the length prefix before anything is allocated.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -171,18 +170,15 @@ impl ConnWriter {
 pub struct Connection {
     pub reader: ConnReader,
     pub writer: ConnWriter,
-    peer: SocketAddr,
 }
 
 impl Connection {
     pub fn new(stream: TcpStream) -> Result<Self> {
         stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
         let (read, write) = stream.into_split();
         Ok(Connection {
             reader: ConnReader { frames: FramedRead::new(read, FrameDecoder) },
             writer: ConnWriter { frames: FramedWrite::new(write, codec()) },
-            peer,
         })
     }
 
@@ -220,10 +216,6 @@ impl Connection {
             return Err(Error::Protocol("wrong cluster token".into()));
         }
         Ok(hello.role)
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
     }
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
@@ -407,6 +399,17 @@ mod tests {
         let mut peer = Connection::new(raw).unwrap();
         peer.send(&Hello::new(Role::Coordinator, b"secret")).await.unwrap();
         assert_eq!(conn.accept_hello(|_| true, b"secret").await.unwrap(), Role::Coordinator);
+    }
+
+    #[test]
+    fn borrowed_requests_encode_like_owned_ones() {
+        use crate::protocol::ClientRequestRef;
+        let op = Op::Put { key: b"k".to_vec(), value: vec![0, 255] };
+        let owned = ClientRequest { epoch: 9, op: op.clone() };
+        assert_eq!(
+            encode(&owned).unwrap(),
+            encode(&ClientRequestRef { epoch: 9, op: &op }).unwrap()
+        );
     }
 
     #[test]

@@ -2,9 +2,6 @@
 
 use std::io;
 
-use crate::config::ConfigError;
-use crate::protocol::Refusal;
-
 /// Everything that can go wrong in ftkv's library code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,10 +17,6 @@ pub enum Error {
     Malformed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("{0}")]
-    Refused(#[from] Refusal),
-    #[error("{0}")]
-    Config(#[from] ConfigError),
     #[error("{0}")]
     Unavailable(String),
     /// The coordinator replaced this server with a newer start of the same id.

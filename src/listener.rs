@@ -35,6 +35,11 @@ impl Gate {
     pub fn new(accepts: impl Fn(Role) -> bool + Send + Sync + 'static, token: &[u8]) -> Self {
         Gate { accepts: Box::new(accepts), token: token.to_vec() }
     }
+
+    /// A clients port: open to every client, no token.
+    pub fn clients() -> Self {
+        Gate::new(|role| role == Role::Client, &[])
+    }
 }
 
 /// Most connections waiting for their hello on a port that requires the token. Kept apart

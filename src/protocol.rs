@@ -105,6 +105,14 @@ pub struct ClientRequest {
     pub op: Op,
 }
 
+/// The encoding side of [`ClientRequest`] over a borrowed operation: the same bytes, without
+/// copying the value for every attempt (a test holds them equal).
+#[derive(Debug, Serialize)]
+pub struct ClientRequestRef<'a> {
+    pub epoch: u64,
+    pub op: &'a Op,
+}
+
 /// Answer to a [`ClientRequest`]; answers come back in request order on a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
@@ -131,8 +139,6 @@ pub enum Refusal {
     ValueTooLarge { len: usize, max: usize },
     #[error("empty key")]
     EmptyKey,
-    #[error("bad request: {0}")]
-    BadRequest(String),
 }
 
 /// Which table of the receiving server a replication stream writes into.

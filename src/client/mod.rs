@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::protocol::{
-    ClientRequest, ClientResponse, CoordRequest, CoordResponse, Hello, Op, Refusal, Role,
+    ClientRequestRef, ClientResponse, CoordRequest, CoordResponse, Hello, Op, Refusal, Role,
     StatusReport,
 };
 use crate::routing::ClusterConfig;
@@ -55,7 +55,6 @@ impl OpError {
             Refusal::KeyTooLarge { len, max } => Some(OpError::KeyTooLarge { len, max }),
             Refusal::ValueTooLarge { len, max } => Some(OpError::ValueTooLarge { len, max }),
             Refusal::EmptyKey => Some(OpError::EmptyKey),
-            Refusal::BadRequest(why) => Some(OpError::Server(why)),
             Refusal::WrongOwner { .. } | Refusal::Unavailable(_) => None,
         }
     }
@@ -75,7 +74,9 @@ pub struct Client {
     timeout: Duration,
     config: Option<Arc<ClusterConfig>>,
     coord_conn: Option<Connection>,
-    servers: HashMap<String, Connection>,
+    /// Open connections by server id, with the address each was opened to (a new start of
+    /// a server may have a new address).
+    servers: HashMap<u32, (String, u16, Connection)>,
 }
 
 impl Client {
@@ -155,23 +156,31 @@ impl Client {
 
     async fn attempt(&mut self, op: &Op, deadline: Instant) -> Result<ClientResponse, Attempt> {
         let config = self.config(deadline).await.map_err(Attempt::NotSent)?;
-        let addr = config.server_for(op.key()).client_addr();
-        let request = ClientRequest { epoch: config.epoch, op: op.clone() };
-        let mut conn = match self.servers.remove(&addr) {
-            Some(conn) => conn,
-            None => Connection::connect(&addr, &Hello::new(Role::Client, &[]))
+        let server = config.server_for(op.key());
+        let open = self.servers.get(&server.id);
+        if !open.is_some_and(|(host, port, _)| *host == server.host && *port == server.client_port)
+        {
+            let conn = Connection::connect(&server.client_addr(), &Hello::new(Role::Client, &[]))
                 .await
-                .map_err(Attempt::NotSent)?,
-        };
-        conn.send(&request).await.map_err(Attempt::NotSent)?;
+                .map_err(Attempt::NotSent)?;
+            self.servers.insert(server.id, (server.host.clone(), server.client_port, conn));
+        }
+        let (_, _, conn) = self.servers.get_mut(&server.id).expect("opened above");
+        let request = ClientRequestRef { epoch: config.epoch, op };
         let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        let response: ClientResponse = conn
-            .reader
-            .recv_within(limit, "waiting for the server's answer")
-            .await
-            .map_err(Attempt::Lost)?;
-        self.servers.insert(addr, conn);
-        Ok(response)
+        let answer = match conn.send(&request).await {
+            Err(e) => Err(Attempt::NotSent(e)),
+            Ok(()) => conn
+                .reader
+                .recv_within(limit, "waiting for the server's answer")
+                .await
+                .map_err(Attempt::Lost),
+        };
+        if answer.is_err() {
+            // A connection that failed (or may still deliver a late answer) is not reused.
+            self.servers.remove(&server.id);
+        }
+        answer
     }
 
     /// The cached configuration, or a fresh one from the coordinator.

@@ -132,7 +132,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         clients,
         "clients",
         MAX_CLIENT_CONNECTIONS,
-        Gate::new(|role| role == Role::Client, &[]),
+        Gate::clients(),
         &tracker,
         cancel.clone(),
         move |conn: Connection, _| links::serve_client(s.clone(), conn),

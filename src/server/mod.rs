@@ -193,12 +193,7 @@ impl Server {
         key: &[u8],
         client_epoch: u64,
     ) -> Result<bool, Refusal> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(Refusal::Unavailable("server is shutting down".into()));
-        }
-        if !self.lease.is_valid() {
-            return Err(Refusal::Unavailable("server has no valid lease".into()));
-        }
+        self.may_serve()?;
         let Some(config) = config else {
             return Err(Refusal::Unavailable("server not configured yet".into()));
         };
@@ -210,6 +205,17 @@ impl Server {
             return Err(Refusal::WrongOwner { epoch: config.epoch });
         }
         Ok(slot == self.id)
+    }
+
+    /// Whether this server may serve anything at all now (not shutting down, lease valid).
+    fn may_serve(&self) -> Result<(), Refusal> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Unavailable("server is shutting down".into()));
+        }
+        if !self.lease.is_valid() {
+            return Err(Refusal::Unavailable("server has no valid lease".into()));
+        }
+        Ok(())
     }
 
     /// A GET, checked against the configuration it is read under.
@@ -239,10 +245,11 @@ impl Server {
                 .reserve(&op)
                 .await
                 .ok_or_else(|| Refusal::Unavailable("server is shutting down".into()))?;
+            // Same epoch: same routing. Only the lease or a shutdown may have changed
+            // while waiting for room.
             let config = self.config();
-            if config.as_ref().is_some_and(|c| c.epoch == epoch)
-                && self.route(&config, op.key(), client_epoch)? == own
-            {
+            if config.as_ref().is_some_and(|c| c.epoch == epoch) {
+                self.may_serve()?;
                 return Ok(slot.submit(op));
             }
         }
@@ -370,7 +377,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
         clients,
         "clients",
         MAX_CLIENT_CONNECTIONS,
-        Gate::new(|role| role == Role::Client, &[]),
+        Gate::clients(),
         &tracker,
         cancel.clone(),
         move |conn, _| clients::serve(s.clone(), conn),
@@ -417,4 +424,93 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
     outcome.or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::ServerAddr;
+
+    /// Server 1 of 3 (incarnation 0), configured at epoch 1 with every server up.
+    async fn server() -> Server {
+        let opts = ServerOptions {
+            id: 1,
+            servers: 3,
+            coordinator: "127.0.0.1:9".into(),
+            bind_host: "127.0.0.1".into(),
+            client_port: 0,
+            servers_port: 0,
+            control_port: 0,
+            dump_dir: std::env::temp_dir(),
+            heartbeat: Duration::from_millis(250),
+            incarnation: 0,
+        };
+        let server = Server::new(&opts, b"t".to_vec(), CancellationToken::new());
+        let addrs = (0..3)
+            .map(|id| ServerAddr {
+                id,
+                host: "127.0.0.1".into(),
+                client_port: 1,
+                servers_port: 1,
+                incarnation: 0,
+                state: Replica::Up,
+            })
+            .collect();
+        server.set_config(ClusterConfig::new(1, addrs)).await.unwrap();
+        server
+    }
+
+    fn put() -> Vec<Op> {
+        vec![Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }]
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_stream_from_the_primary_may_write() {
+        let server = server().await;
+        let primary = (0, 0);
+        server.open_stream(primary, TableKind::Secondary, 0, 2).unwrap();
+        assert!(server.open_stream(primary, TableKind::Secondary, 0, 1).is_err(), "older stream");
+        assert!(server.apply_replicated(primary, TableKind::Secondary, 1, put()).is_err());
+        server.apply_replicated(primary, TableKind::Secondary, 2, put()).unwrap();
+        assert_eq!(server.secondary.get(b"k").as_deref(), Some(&b"v"[..]));
+        server.open_stream(primary, TableKind::Secondary, 0, 3).unwrap();
+        assert!(
+            server.apply_replicated(primary, TableKind::Secondary, 2, put()).is_err(),
+            "superseded"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_from_the_wrong_sender_or_for_another_start_are_refused() {
+        let server = server().await;
+        assert!(
+            server.open_stream((0, 0), TableKind::Secondary, 7, 1).is_err(),
+            "meant for incarnation 7"
+        );
+        assert!(
+            server.open_stream((0, 1), TableKind::Secondary, 0, 1).is_err(),
+            "a replaced sender"
+        );
+        assert!(server.open_stream((2, 0), TableKind::Secondary, 0, 1).is_err(), "not my primary");
+        assert!(
+            server.open_stream((2, 0), TableKind::Primary, 0, 1).is_err(),
+            "I am not being filled"
+        );
+        assert!(server.secondary.is_empty() && server.primary.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_primary_whose_keys_moved_is_fenced_between_batches() {
+        let server = server().await;
+        server.open_stream((0, 0), TableKind::Secondary, 0, 1).unwrap();
+        let mut config = server.config().clone().unwrap();
+        config.epoch = 2;
+        config.servers[0].state = Replica::Down;
+        config.serving[0] = 1;
+        server.set_config(config).await.unwrap();
+        assert!(server.apply_replicated((0, 0), TableKind::Secondary, 1, put()).is_err());
+        assert!(server.secondary.is_empty());
+        let refused = server.write(put().remove(0), 1).await;
+        assert!(refused.is_err(), "no lease yet: nothing is accepted");
+    }
 }
