@@ -2,10 +2,15 @@
 //!
 //! `connections` workers run as tokio tasks; each fetches nothing itself but shares the
 //! configuration fetched once from the coordinator, and keeps its own connection to every
-//! server. A worker claims up to `pipeline` requests at a time, groups them by the server that
-//! serves each key, writes every group, then reads the answers (a connection answers in
-//! request order). The latency of a request runs from the moment its batch was written to
-//! the moment its answer arrived, retries included.
+//! server. A worker claims up to `pipeline` requests at a time, writes them, then reads the
+//! answers (a connection answers in request order). The latency of a request runs from the
+//! moment its batch was written to the moment its answer arrived, retries included.
+//!
+//! The keys of one batch are drawn at random among the keys of one slot, and a worker's
+//! successive batches take the slots in turn: every batch is one write and one read on one
+//! connection, as a pipeline is against a single Redis (redis-benchmark `--cluster` does the
+//! same with hash tags), while over the run the keys spread evenly over every server.
+//! Retried requests go to whichever server serves them by then.
 //!
 //! Every answer is checked: a PUT must be `Stored`; a GET of a key this run stored must
 //! return exactly the value stored, and a GET of any other key must return nothing or a
@@ -26,7 +31,7 @@ use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::protocol::{ClientRequest, ClientResponse, Hello, MAX_VALUE_LEN, Op, Refusal, Role};
-use crate::routing::ClusterConfig;
+use crate::routing::{ClusterConfig, slot_of};
 
 /// Longest wait for one answer before its request counts as lost (and is retried).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +39,9 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 /// Keys are `key:` and 12 decimal digits, like redis-benchmark's `key:__rand_int__`.
 pub const KEY_LEN: usize = 16;
 const MAX_KEYSPACE: u64 = 1_000_000_000_000;
+/// Keyspaces up to this size get a list of every slot's keys (4 bytes a key, made once);
+/// larger ones draw keys until one falls in the slot.
+const LISTED_KEYSPACE: u64 = 1 << 21;
 /// Error messages kept per phase (the count is always exact).
 const KEPT_ERRORS: usize = 5;
 
@@ -212,6 +220,50 @@ pub fn is_value_of(index: u64, value: &[u8]) -> bool {
     value.iter().copied().eq(value_bytes(index).take(value.len()))
 }
 
+/// Draws random keys of a given slot.
+struct KeyPicker {
+    keyspace: u64,
+    slots: u32,
+    /// `by_slot[s]`: the indices of the keys of slot `s`, when the keyspace is listed.
+    by_slot: Option<Vec<Vec<u32>>>,
+}
+
+impl KeyPicker {
+    fn new(keyspace: u64, slots: u32) -> Self {
+        let by_slot = (keyspace <= LISTED_KEYSPACE).then(|| {
+            let mut by_slot = vec![Vec::new(); slots as usize];
+            for index in 0..keyspace {
+                by_slot[slot_of(&key_of(index), slots) as usize].push(index as u32);
+            }
+            by_slot
+        });
+        KeyPicker { keyspace, slots, by_slot }
+    }
+
+    /// A random key index of `slot`; of any slot when `slot` has no keys at all (a tiny
+    /// keyspace).
+    fn pick(&self, slot: u32, rng: &mut u64) -> u64 {
+        match &self.by_slot {
+            Some(by_slot) => match &by_slot[slot as usize] {
+                keys if keys.is_empty() => below(rng, self.keyspace),
+                keys => u64::from(keys[below(rng, keys.len() as u64) as usize]),
+            },
+            None => loop {
+                let index = below(rng, self.keyspace);
+                if slot_of(&key_of(index), self.slots) == slot {
+                    return index;
+                }
+            },
+        }
+    }
+}
+
+/// A random number below `bound`: multiply-shift, uniform enough for a benchmark and no
+/// division.
+fn below(rng: &mut u64, bound: u64) -> u64 {
+    ((u128::from(splitmix64(rng)) * u128::from(bound)) >> 64) as u64
+}
+
 /// Which keys a put of this run has stored (acknowledged), one bit per key.
 struct StoredKeys(Vec<AtomicU64>);
 
@@ -240,6 +292,7 @@ struct Phase {
     claimed: AtomicU64,
     done: AtomicU64,
     stored: Arc<StoredKeys>,
+    keys: Arc<KeyPicker>,
     keyspace: u64,
     value_size: usize,
     pipeline: usize,
@@ -317,6 +370,8 @@ type Slot = Option<(String, Connection)>;
 /// One concurrent connection of the benchmark.
 struct Worker {
     rng: u64,
+    /// Counts this worker's batches: batch `turn` draws its keys from slot `turn % n`.
+    turn: u32,
     config: Arc<ClusterConfig>,
     coordinator: Client,
     /// Indexed by server id.
@@ -346,11 +401,6 @@ impl Worker {
         Ok(())
     }
 
-    fn next_random(&mut self, bound: u64) -> u64 {
-        // Multiply-shift: uniform enough for a benchmark, and no division.
-        ((u128::from(splitmix64(&mut self.rng)) * u128::from(bound)) >> 64) as u64
-    }
-
     async fn run(&mut self, phase: &Phase) -> Stats {
         let mut stats = Stats::new();
         let mut retry: Vec<Pending> = Vec::new();
@@ -360,11 +410,13 @@ impl Worker {
             if batch.len() < phase.pipeline {
                 let now = Instant::now();
                 let (first, count) = phase.claim(phase.pipeline - batch.len());
+                let slot = self.turn % self.config.len();
+                self.turn = self.turn.wrapping_add(1);
                 for seq in first..first + count as u64 {
                     let index = if phase.sequential {
                         seq % phase.keyspace
                     } else {
-                        self.next_random(phase.keyspace)
+                        phase.keys.pick(slot, &mut self.rng)
                     };
                     batch.push(Pending { index, key: key_of(index), first_sent: now });
                 }
@@ -565,6 +617,7 @@ pub struct Bench {
     config: Arc<ClusterConfig>,
     workers: Vec<Worker>,
     stored: Arc<StoredKeys>,
+    keys: Arc<KeyPicker>,
 }
 
 impl Bench {
@@ -578,9 +631,10 @@ impl Bench {
         getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
         let mut seed = u64::from_le_bytes(seed);
         let mut workers = Vec::with_capacity(options.connections);
-        for _ in 0..options.connections {
+        for turn in 0..options.connections {
             let mut worker = Worker {
                 rng: splitmix64(&mut seed),
+                turn: turn as u32,
                 config: config.clone(),
                 coordinator: Client::new(options.coordinator.clone(), options.timeout),
                 conns: Vec::new(),
@@ -589,7 +643,8 @@ impl Bench {
             workers.push(worker);
         }
         let stored = Arc::new(StoredKeys::new(options.keyspace));
-        Ok(Bench { options, config, workers, stored })
+        let keys = Arc::new(KeyPicker::new(options.keyspace, config.len()));
+        Ok(Bench { options, config, workers, stored, keys })
     }
 
     /// The parameters, one line.
@@ -653,6 +708,7 @@ impl Bench {
             claimed: AtomicU64::new(0),
             done: AtomicU64::new(0),
             stored: self.stored.clone(),
+            keys: self.keys.clone(),
             keyspace: o.keyspace,
             value_size: o.value_size,
             pipeline: o.pipeline,
@@ -792,6 +848,7 @@ mod tests {
             claimed: AtomicU64::new(0),
             done: AtomicU64::new(0),
             stored: Arc::new(StoredKeys::new(100)),
+            keys: Arc::new(KeyPicker::new(100, 3)),
             keyspace: 100,
             value_size: 3,
             pipeline: 4,
@@ -801,6 +858,26 @@ mod tests {
         assert_eq!(phase.claim(4), (4, 4));
         assert_eq!(phase.claim(4), (8, 2));
         assert_eq!(phase.claim(4).1, 0);
+    }
+
+    #[test]
+    fn picked_keys_belong_to_the_slot() {
+        let mut rng = 7;
+        for picker in [KeyPicker::new(1000, 3), KeyPicker::new(LISTED_KEYSPACE + 1, 3)] {
+            let mut seen = std::collections::HashSet::new();
+            for slot in 0..3 {
+                for _ in 0..200 {
+                    let index = picker.pick(slot, &mut rng);
+                    assert!(index < picker.keyspace);
+                    assert_eq!(slot_of(&key_of(index), 3), slot);
+                    seen.insert(index);
+                }
+            }
+            assert!(seen.len() > 400, "keys repeat too often: {}", seen.len());
+        }
+        // A keyspace of one key has two empty slots: any key will do.
+        assert_eq!(KeyPicker::new(1, 3).pick(0, &mut rng), 0);
+        assert_eq!(KeyPicker::new(1, 3).pick(1, &mut rng), 0);
     }
 
     #[test]
