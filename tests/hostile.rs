@@ -168,7 +168,7 @@ async fn held_bytes_and_a_thousand_connections_do_not_freeze_anything() {
 }
 
 /// A valid-looking frame sequence: hello, then messages, each framed.
-fn conversation(hello: &Hello, messages: &[bytes::Bytes]) -> Vec<u8> {
+fn conversation(hello: &Hello, messages: &[Vec<u8>]) -> Vec<u8> {
     let mut out = frame(&encode(hello).unwrap());
     for m in messages {
         out.extend(frame(m));

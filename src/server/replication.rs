@@ -26,13 +26,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::connection::{ConnReader, ConnWriter, Connection, encode};
+use crate::connection::{ConnReader, ConnWriter, Connection};
 use crate::error::{Error, Result};
 use crate::protocol::{
     CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
@@ -371,7 +370,11 @@ impl Task {
                 let _ = self.caught_up.send(CaughtUp { into: target.into, epoch, copied });
                 info!(to = %target.addr, "snapshot acknowledged: copy caught up");
             }
-            let can_send = sent < self.unacked.len() && sent < WINDOW_OPS;
+            // Group commit: while a batch is in flight, new writes gather into the next one
+            // (unless a full batch is ready), so under load one acknowledgement covers many
+            // writes; an idle stream still sends a lone write at once.
+            let unsent = self.unacked.len() - sent;
+            let can_send = unsent > 0 && sent < WINDOW_OPS && (sent == 0 || unsent >= BATCH_OPS);
             let room = self.unacked.len() < QUEUE_OPS + self.snapshot_left;
             tokio::select! {
                 biased;
@@ -403,11 +406,11 @@ impl Task {
                     if sent == 0 {
                         last_progress = Instant::now();
                     }
-                    let batch = self.next_batch(base + sent as u64, sent)?;
+                    let count = self.queue_batch(base + sent as u64, sent, &mut writer)?;
                     // A peer that stopped reading must not hold this task: the send is
                     // bounded, and a new mode interrupts it.
                     tokio::select! {
-                        result = tokio::time::timeout(ACK_TIMEOUT, writer.send_frame(batch.0)) => {
+                        result = tokio::time::timeout(ACK_TIMEOUT, writer.flush()) => {
                             result.map_err(|_| Error::Timeout("sending a replication batch"))??;
                         }
                         changed = self.mode.changed() => {
@@ -415,7 +418,7 @@ impl Task {
                             return Ok(());
                         }
                     }
-                    sent += batch.1;
+                    sent += count;
                 }
                 pending = self.rx.recv(), if room => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
@@ -432,8 +435,9 @@ impl Task {
         }
     }
 
-    /// The entries from index `from` on, as many as fit one batch, and how many.
-    fn next_batch(&self, first_seq: u64, from: usize) -> Result<(Bytes, usize)> {
+    /// Queues on `writer` the entries from index `from` on, as many as fit one batch;
+    /// returns how many.
+    fn queue_batch(&self, first_seq: u64, from: usize, writer: &mut ConnWriter) -> Result<usize> {
         let mut bytes = 0;
         let mut ops: Vec<&Op> = Vec::new();
         for entry in self.unacked.range(from..) {
@@ -447,7 +451,8 @@ impl Task {
         }
         let count = ops.len();
         debug!(first_seq, count, "batch");
-        Ok((encode(&ReplMessageRef::Batch { first_seq, ops })?, count))
+        writer.queue(&ReplMessageRef::Batch { first_seq, ops })?;
+        Ok(count)
     }
 }
 
