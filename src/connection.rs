@@ -191,6 +191,11 @@ impl ConnWriter {
     /// [`flush`](Self::flush) after a batch.
     pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<()> {
         self.queue(msg)?;
+        self.flush_if_full().await
+    }
+
+    /// Writes out what is queued if it is large (after [`queue`](Self::queue) in a loop).
+    pub async fn flush_if_full(&mut self) -> Result<()> {
         if self.buf.len() >= WRITE_HIGH_WATER {
             self.flush().await?;
         }
@@ -493,6 +498,21 @@ mod tests {
         assert_eq!(
             encode(&owned).unwrap(),
             encode(&ClientRequestRef { epoch: 9, op: &op }).unwrap()
+        );
+    }
+
+    #[test]
+    fn borrowed_answers_encode_like_owned_ones() {
+        use crate::protocol::{ClientResponse, ClientResponseRef};
+        for value in [None, Some(vec![]), Some(vec![1, 2, 3])] {
+            assert_eq!(
+                encode(&ClientResponse::Value(value.clone())).unwrap(),
+                encode(&ClientResponseRef::Value(value.as_deref())).unwrap()
+            );
+        }
+        assert_eq!(
+            encode(&ClientResponse::Stored).unwrap(),
+            encode(&ClientResponseRef::Stored).unwrap()
         );
     }
 

@@ -126,6 +126,15 @@ pub enum ClientResponse {
     Refused(Refusal),
 }
 
+/// The encoding side of a GET's [`ClientResponse::Value`] over a borrowed value: the same
+/// bytes (same variant positions; a test holds them equal), written straight from the table
+/// into the connection's buffer.
+#[derive(Debug, Serialize)]
+pub enum ClientResponseRef<'a> {
+    Stored,
+    Value(#[serde(with = "serde_bytes")] Option<&'a [u8]>),
+}
+
 /// Why an operation was not applied. Every variant means "nothing changed".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {

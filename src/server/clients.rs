@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::connection::{ConnWriter, Connection};
 use crate::error::{Error, Result};
-use crate::protocol::{ClientRequest, ClientResponse, Op};
+use crate::protocol::{ClientRequest, ClientResponse, ClientResponseRef, Op};
 use crate::server::{Applied, Server};
 
 /// Most requests read ahead of their answers on one connection.
@@ -97,20 +97,20 @@ async fn answer_ready(
 ) -> Result<bool> {
     let mut wrote = false;
     while let Some(front) = queue.front_mut() {
-        let response = match front {
-            Answer::Now(response) => std::mem::replace(response, ClientResponse::Stored),
-            Answer::Get { key, epoch } => match server.read(key, *epoch) {
-                Ok(value) => ClientResponse::Value(value),
-                Err(refusal) => ClientResponse::Refused(refusal),
-            },
+        match front {
+            Answer::Now(response) => writer.queue(response)?,
+            Answer::Get { key, epoch } => server.read(key, *epoch, |value| match value {
+                Ok(value) => writer.queue(&ClientResponseRef::Value(value)),
+                Err(refusal) => writer.queue(&ClientResponse::Refused(refusal)),
+            })?,
             Answer::Write(done) => match done.try_recv() {
-                Ok(done) => applied(done),
+                Ok(done) => writer.queue(&applied(done))?,
                 Err(oneshot::error::TryRecvError::Empty) => break,
                 Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
             },
-        };
+        }
         queue.pop_front();
-        writer.feed(&response).await?;
+        writer.flush_if_full().await?;
         wrote = true;
     }
     Ok(wrote)

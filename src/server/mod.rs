@@ -218,11 +218,21 @@ impl Server {
         Ok(())
     }
 
-    /// A GET, checked against the configuration it is read under.
-    fn read(&self, key: &[u8], client_epoch: u64) -> Result<Option<Vec<u8>>, Refusal> {
+    /// A GET, checked against the configuration it is read under: `f` gets the value (or
+    /// why it may not be read) while the table is locked.
+    fn read<R>(
+        &self,
+        key: &[u8],
+        client_epoch: u64,
+        f: impl FnOnce(Result<Option<&[u8]>, Refusal>) -> R,
+    ) -> R {
         let config = self.config();
-        let own = self.route(&config, key, client_epoch)?;
-        Ok(if own { &self.primary } else { &self.secondary }.get(key))
+        match self.route(&config, key, client_epoch) {
+            Ok(own) => {
+                if own { &self.primary } else { &self.secondary }.with_value(key, |v| f(Ok(v)))
+            }
+            Err(refusal) => f(Err(refusal)),
+        }
     }
 
     /// Queues a PUT or DEL on the right slot's replicator, atomically with the routing

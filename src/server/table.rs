@@ -34,7 +34,13 @@ impl Table {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lock().get(key).map(|v| v.to_vec())
+        self.with_value(key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Calls `f` with the value of `key`, under the lock: answers are encoded straight
+    /// from the table, without a copy of the value in between.
+    pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(self.lock().get(key).map(|v| &v[..]))
     }
 
     /// Applies a PUT or DEL; a GET changes nothing.
