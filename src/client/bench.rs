@@ -247,18 +247,21 @@ impl KeyPicker {
         KeyPicker { keyspace, slots, by_slot }
     }
 
-    /// A random key index of `slot`; of any slot when `slot` has no keys at all (a tiny
-    /// keyspace).
-    fn pick(&self, slot: u32, rng: &mut u64) -> u64 {
+    /// A random key index of `slot`, and its slot: `slot`, unless `slot` has no keys at all
+    /// (a tiny keyspace), when any key will do.
+    fn pick(&self, slot: u32, rng: &mut u64) -> (u64, u32) {
         match &self.by_slot {
             Some(by_slot) => match &by_slot[slot as usize] {
-                keys if keys.is_empty() => below(rng, self.keyspace),
-                keys => u64::from(keys[below(rng, keys.len() as u64) as usize]),
+                keys if keys.is_empty() => {
+                    let index = below(rng, self.keyspace);
+                    (index, slot_of(&key_of(index), self.slots))
+                }
+                keys => (u64::from(keys[below(rng, keys.len() as u64) as usize]), slot),
             },
             None => loop {
                 let index = below(rng, self.keyspace);
                 if slot_of(&key_of(index), self.slots) == slot {
-                    return index;
+                    return (index, slot);
                 }
             },
         }
@@ -332,6 +335,8 @@ impl Phase {
 struct Pending {
     index: u64,
     key: [u8; KEY_LEN],
+    /// The key's slot (fixed for a run: which server serves it may change).
+    slot: u32,
     /// When it was first tried: latencies and the retry deadline count from here.
     first_sent: Instant,
 }
@@ -420,12 +425,13 @@ impl Worker {
                 let slot = self.turn % self.config.len();
                 self.turn = self.turn.wrapping_add(1);
                 for seq in first..first + count as u64 {
-                    let index = if phase.sequential {
-                        seq % phase.keyspace
+                    let (index, slot) = if phase.sequential {
+                        let index = seq % phase.keyspace;
+                        (index, self.config.slot_of(&key_of(index)))
                     } else {
                         phase.keys.pick(slot, &mut self.rng)
                     };
-                    batch.push(Pending { index, key: key_of(index), first_sent: now });
+                    batch.push(Pending { index, key: key_of(index), slot, first_sent: now });
                 }
             }
             if batch.is_empty() {
@@ -434,7 +440,7 @@ impl Worker {
             let servers = self.config.servers.len();
             let mut groups: Vec<Vec<Pending>> = (0..servers).map(|_| Vec::new()).collect();
             for pending in batch {
-                let id = self.config.server_for(&pending.key).id as usize;
+                let id = self.config.serving[pending.slot as usize] as usize;
                 groups[id].push(pending);
             }
 
@@ -540,29 +546,40 @@ impl Worker {
     }
 }
 
-/// Reads one answer per request of `group`, in order. After a failure the rest of the group
-/// gets the same error and the connection is dropped.
+/// Reads one answer per request of `group`, in order, within [`ANSWER_TIMEOUT`] for the
+/// group. After a failure the rest of the group gets the same error and the connection is
+/// dropped. The clock is read only when an answer had to be waited for: answers that came
+/// in one read arrived together.
 async fn read_answers(
     slot: &mut Slot,
     group: Vec<Pending>,
 ) -> Vec<(Pending, Result<ClientResponse, String>, Instant)> {
     let mut out = Vec::with_capacity(group.len());
     let mut failed: Option<String> = None;
+    let mut at = Instant::now();
+    let deadline = at + ANSWER_TIMEOUT;
     for pending in group {
         let answer = match (&failed, slot.as_mut()) {
             (Some(why), _) => Err(why.clone()),
             (None, None) => Err("not connected".to_string()),
             (None, Some((_, conn))) => {
-                conn.reader.recv_within(ANSWER_TIMEOUT, "waiting for an answer").await.map_err(
-                    |e| {
-                        let why = e.to_string();
-                        failed = Some(why.clone());
-                        why
-                    },
-                )
+                let waited = !conn.reader.has_complete_frame();
+                let answer = match tokio::time::timeout_at(deadline, conn.reader.recv()).await {
+                    Ok(Ok(Some(answer))) => Ok(answer),
+                    Ok(Ok(None)) => Err(Error::Closed.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(Error::Timeout("waiting for an answer").to_string()),
+                };
+                if waited {
+                    at = Instant::now();
+                }
+                if let Err(why) = &answer {
+                    failed = Some(why.clone());
+                }
+                answer
             }
         };
-        out.push((pending, answer, Instant::now()));
+        out.push((pending, answer, at));
     }
     if failed.is_some() {
         *slot = None;
@@ -874,8 +891,9 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             for slot in 0..3 {
                 for _ in 0..200 {
-                    let index = picker.pick(slot, &mut rng);
+                    let (index, its_slot) = picker.pick(slot, &mut rng);
                     assert!(index < picker.keyspace);
+                    assert_eq!(its_slot, slot);
                     assert_eq!(slot_of(&key_of(index), 3), slot);
                     seen.insert(index);
                 }
@@ -883,8 +901,9 @@ mod tests {
             assert!(seen.len() > 400, "keys repeat too often: {}", seen.len());
         }
         // A keyspace of one key has two empty slots: any key will do.
-        assert_eq!(KeyPicker::new(1, 3).pick(0, &mut rng), 0);
-        assert_eq!(KeyPicker::new(1, 3).pick(1, &mut rng), 0);
+        let only = (0, slot_of(&key_of(0), 3));
+        assert_eq!(KeyPicker::new(1, 3).pick(0, &mut rng), only);
+        assert_eq!(KeyPicker::new(1, 3).pick(1, &mut rng), only);
     }
 
     #[test]
