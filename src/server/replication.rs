@@ -395,7 +395,8 @@ impl Task {
                         return Err(Error::Protocol(format!("acknowledgement {acked} out of range")));
                     }
                     let count = (acked - base + 1) as usize;
-                    for entry in self.unacked.drain(..count).collect::<Vec<_>>() {
+                    for _ in 0..count {
+                        let entry = self.unacked.pop_front().expect("acknowledged entries are queued");
                         self.complete(entry);
                     }
                     base += count as u64;
