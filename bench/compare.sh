@@ -187,6 +187,31 @@ rb=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$n" -c 50 -d 16 -P 1 -r "
     -t set --csv | theirs SET)
 log "generator check: redis_wait --no-wait $gen, redis-benchmark $rb"
 
+# CPU time per request at -c 50 -P 1 -d 16 (puts, then as many gets): the servers' (from
+# /proc, clock ticks) and the load generator's, so the ratios above can be read against what
+# each side spent on the same 2 cores.
+ticks() { local total=0 pid; for pid in "$@"; do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done; echo "$total"; }
+us_per_request() { # ticks requests
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+}
+generator_us() { # requests command... (its user + system time per request)
+    local n=$1 times
+    shift
+    times=$( { TIMEFORMAT='%U %S'; time "$@" >/dev/null; } 2>&1 | tail -1)
+    awk -v u="${times% *}" -v s="${times#* }" -v n="$n" 'BEGIN { printf "%.1f", (u + s) * 1e6 / n }'
+}
+read -ra ftkv_servers <<<"$(pgrep -P "$coord_pid" -d ' ')"
+t0=$(ticks "${ftkv_servers[@]}")
+ftkv_gen=$(generator_us $((2 * n)) "$client" -h 127.0.0.1 -p "$ftkv_port" bench -n "$n" -c 50 \
+    -d 16 -P 1 -r "$KEYSPACE" -t put,get)
+ftkv_cpu=$(us_per_request $(($(ticks "${ftkv_servers[@]}") - t0)) $((2 * n)))
+t0=$(ticks "${pids[@]}")
+redis_gen=$(generator_us $((2 * n)) redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$n" -c 50 \
+    -d 16 -P 1 -r "$KEYSPACE" -t set,get --csv)
+redis_cpu=$(us_per_request $(($(ticks "${pids[@]}") - t0)) $((2 * n)))
+log "CPU per request: ftkv servers $ftkv_cpu us, client bench $ftkv_gen us; Redis $redis_cpu us, redis-benchmark $redis_gen us"
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($cpu); $(free -g | awk '/^Mem:/ { print $2 }') GiB;" \
@@ -200,12 +225,14 @@ read -r go gp <<<"$gen"
 read -r ro rp <<<"$rb"
 echo "Keys: $KEYSPACE random (\`-r\`), put phase then get phase (misses included, as with redis-benchmark)."
 echo "Everything runs on this machine's $(nproc) cores at once: ftkv's 3 servers, coordinator and"
-echo "\`client bench\` (2 tokio workers) against Redis's master, replica and redis-benchmark"
+echo "\`client bench\` (one thread) against Redis's master, replica and redis-benchmark"
 echo "(WAIT rows: benches/redis_wait.rs, 2 tokio workers). \"SET + WAIT 1 0\": each SET is followed"
 echo "by its WAIT (Redis does not read the next command of a connection while WAIT blocks it);"
 echo "\"16 SET + 1 WAIT\": one WAIT per pipelined batch, all 16 SETs done when it answers."
 echo "Generator check, -c 50 -P 1 -d 16 plain SET: redis_wait $go ops/s (p50 ${gp} µs),"
 echo "redis-benchmark $ro ops/s (p50 ${rp} µs)."
+echo "CPU time per request at -c 50 -P 1 -d 16 (half puts, half gets): ftkv's 3 servers $ftkv_cpu µs,"
+echo "\`client bench\` $ftkv_gen µs; Redis master and replica $redis_cpu µs, redis-benchmark $redis_gen µs."
 echo "Best of $ROUNDS rounds per side. Load average (1, 5, 15 min) before: $load_before; after: $load_after."
 echo "Run time: $SECONDS s (with the build)."
 
