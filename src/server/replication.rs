@@ -411,6 +411,9 @@ impl Task {
                     // meanwhile join this batch. Fewer, larger batches wake the other copy
                     // less often (measured: 6% more puts at 50 clients).
                     tokio::task::yield_now().await;
+                    if self.mode.has_changed().unwrap_or(true) {
+                        continue; // the mode is handled first, as before any send
+                    }
                     self.take_queued();
                     let count = self.queue_batch(base + sent as u64, sent, &mut writer)?;
                     // A peer that stopped reading must not hold this task: the send is
