@@ -97,33 +97,34 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 pub struct ConnReader {
     stream: OwnedReadHalf,
     buf: BytesMut,
-    /// When the frame now in the buffer must be complete.
-    deadline: Option<Instant>,
 }
 
 impl ConnReader {
     /// Waits for the next message. `Ok(None)` is a clean end of stream between frames.
     /// Waiting for a frame to *start* is unbounded (idle connections are fine); once its
-    /// first byte has arrived it must complete within [`FRAME_DEADLINE`]. Cancel-safe: a
-    /// dropped call loses nothing that was read.
+    /// first byte has arrived it must complete within [`FRAME_DEADLINE`] of this call (time
+    /// the caller spent not reading does not count against the peer). Cancel-safe: a dropped
+    /// call loses nothing that was read.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let mut deadline = None;
         loop {
             if let Some(len) = self.complete_frame_len()? {
                 let msg = decode(&self.buf[4..4 + len]);
-                self.buf.advance(4 + len);
-                self.deadline = None;
+                // `capacity()` counts from the read position: look before consuming.
+                if self.buf.len() == 4 + len && self.buf.capacity() > KEEP_BUFFER {
+                    self.buf = BytesMut::new();
+                } else {
+                    self.buf.advance(4 + len);
+                }
                 return msg.map(Some);
             }
             if self.buf.is_empty() {
-                if self.buf.capacity() > KEEP_BUFFER {
-                    self.buf = BytesMut::new();
-                }
                 if self.fill().await? == 0 {
                     return Ok(None);
                 }
                 continue;
             }
-            let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + FRAME_DEADLINE);
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + FRAME_DEADLINE);
             match tokio::time::timeout_at(deadline, self.fill()).await {
                 Ok(Ok(0)) => return Err(Error::Malformed("connection closed mid-frame".into())),
                 Ok(Ok(_)) => {}
@@ -205,12 +206,14 @@ impl ConnWriter {
 
     /// Writes out everything queued. Cancel-safe: what was not written stays queued.
     pub async fn flush(&mut self) -> Result<()> {
+        // `capacity()` counts from the write position: look before writing.
+        let big = self.buf.capacity() > KEEP_BUFFER;
         while !self.buf.is_empty() {
             if self.stream.write_buf(&mut self.buf).await? == 0 {
                 return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
             }
         }
-        if self.buf.capacity() > KEEP_BUFFER {
+        if big {
             self.buf = BytesMut::new();
         }
         Ok(())
@@ -234,7 +237,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
         Ok(Connection {
-            reader: ConnReader { stream: read, buf: BytesMut::new(), deadline: None },
+            reader: ConnReader { stream: read, buf: BytesMut::new() },
             writer: ConnWriter { stream: write, buf: BytesMut::new() },
         })
     }
@@ -367,7 +370,21 @@ mod tests {
             assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
         }
         sender.await.unwrap();
-        assert!(conn.reader.buf.capacity() <= KEEP_BUFFER * 8, "read room grew with the data");
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_by_a_big_frame_are_given_back() {
+        let (mut conn, raw) = pair().await;
+        let mut peer = Connection::new(raw).unwrap();
+        let big =
+            ClientRequest { epoch: 1, op: Op::Put { key: b"k".to_vec(), value: vec![7; 3 << 20] } };
+        peer.send(&big).await.unwrap();
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(big));
+        // `reserve` would take the whole old allocation back if it were still held.
+        peer.writer.buf.reserve(1);
+        assert!(peer.writer.buf.capacity() < KEEP_BUFFER, "write buffer kept");
+        conn.reader.buf.reserve(1);
+        assert!(conn.reader.buf.capacity() < KEEP_BUFFER, "read buffer kept");
     }
 
     #[tokio::test]
@@ -396,6 +413,24 @@ mod tests {
         drop(raw);
         let err = conn.recv::<ClientRequest>().await.unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_not_reading_does_not_count_against_the_peer() {
+        let (mut conn, mut raw) = pair().await;
+        let request = ClientRequest { epoch: 1, op: Op::Get { key: b"k".to_vec() } };
+        let bytes = frame(&encode(&request).unwrap());
+        raw.write_all(&bytes[..3]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(10), conn.recv::<ClientRequest>());
+        assert!(waited.await.is_err(), "half a frame: still waiting");
+        tokio::time::sleep(FRAME_DEADLINE * 2).await; // the caller was busy elsewhere
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            raw.write_all(&bytes[3..]).await.unwrap();
+            raw
+        });
+        assert_eq!(conn.recv::<ClientRequest>().await.unwrap(), Some(request));
+        drop(rest.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]

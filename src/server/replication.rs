@@ -373,8 +373,9 @@ impl Task {
             // Group commit: while a batch is in flight, new writes gather into the next one
             // (unless a full batch is ready), so under load one acknowledgement covers many
             // writes; an idle stream still sends a lone write at once.
-            let unsent = self.unacked.len() - sent;
-            let can_send = unsent > 0 && sent < WINDOW_OPS && (sent == 0 || unsent >= BATCH_OPS);
+            let can_send = self.unacked.len() > sent
+                && sent < WINDOW_OPS
+                && (sent == 0 || self.full_batch_waiting(sent));
             let room = self.unacked.len() < QUEUE_OPS + self.snapshot_left;
             tokio::select! {
                 biased;
@@ -439,6 +440,15 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Whether the entries from index `from` on fill a whole batch, by count or by bytes.
+    fn full_batch_waiting(&self, from: usize) -> bool {
+        let mut bytes = 0;
+        self.unacked.range(from..).take(BATCH_OPS).enumerate().any(|(i, entry)| {
+            bytes += op_size(&entry.op);
+            bytes >= BATCH_BYTES || i + 1 == BATCH_OPS
+        })
     }
 
     /// Moves the writes already submitted into the stream, as far as there is room.
