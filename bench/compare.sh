@@ -37,6 +37,8 @@ for port in "$REDIS_PORT" "$REPLICA_PORT"; do
 done
 
 log() { echo "compare.sh: $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 
 work="$(mktemp -d)"
 pids=()
@@ -75,18 +77,7 @@ redis-cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up' 
     || { log "the Redis replica did not connect"; exit 1; }
 
 # ftkv: 3 local servers on free ports.
-printf '3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n' >"$work/cluster.txt"
-(cd "$work" && exec "$root/target/release/coord" -c 0 -s 0 -C cluster.txt --ignore-stdin \
-    -l coord.log >coord.out 2>&1) &
-coord_pid=$!
-for _ in $(seq 200); do
-    grep -q '^cluster ready' "$work/coord.out" 2>/dev/null && break
-    kill -0 "$coord_pid" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q '^cluster ready' "$work/coord.out" \
-    || { log "ftkv did not start:"; cat "$work/coord.out" "$work/coord.log" >&2; exit 1; }
-ftkv_port=$(sed -n 's/^ftkv coordinator: clients port \([0-9]*\),.*/\1/p' "$work/coord.out")
+start_ftkv "$work"
 
 # Requests per run, so that each run takes a few seconds here.
 requests() { # c P

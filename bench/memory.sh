@@ -26,6 +26,8 @@ if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     exit 1
 fi
 log() { echo "memory.sh: $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 
 work="$(mktemp -d)"
 coord_pid=
@@ -47,20 +49,11 @@ rss_kib() { local total=0 pid; for pid in "$@"; do
     total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status"))); done; echo "$total"; }
 
 # ftkv: the bench's fill phase (`-t get`) stores every key of the keyspace exactly once.
-printf '3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n' >"$work/cluster.txt"
-(cd "$work" && exec "$root/target/release/coord" -c 0 -s 0 -C cluster.txt --ignore-stdin \
-    -l coord.log >coord.out 2>&1) &
-coord_pid=$!
-for _ in $(seq 200); do
-    grep -q '^cluster ready' "$work/coord.out" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q '^cluster ready' "$work/coord.out" || { log "ftkv did not start"; cat "$work/coord.out" >&2; exit 1; }
-port=$(sed -n 's/^ftkv coordinator: clients port \([0-9]*\),.*/\1/p' "$work/coord.out")
+start_ftkv "$work"
 read -ra servers <<<"$(pgrep -P "$coord_pid" -d ' ')"
 before=$(rss_kib "${servers[@]}")
 log "ftkv: storing $KEYS keys"
-"$root/target/release/client" -h 127.0.0.1 -p "$port" bench -t get -n 1 -r "$KEYS" \
+"$root/target/release/client" -h 127.0.0.1 -p "$ftkv_port" bench -t get -n 1 -r "$KEYS" \
     -d "$VALUE" -c 50 -P 16 >/dev/null
 after=$(rss_kib "${servers[@]}")
 ftkv_growth=$(((after - before) * 1024))
