@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::protocol::{ClientRequest, ClientResponse, Hello, MAX_VALUE_LEN, Op, Refusal, Role};
+use crate::protocol::{ClientRequestRef, ClientResponse, Hello, MAX_VALUE_LEN, Op, Refusal, Role};
 use crate::routing::{ClusterConfig, slot_of};
 
 /// Longest wait for one answer before its request counts as lost (and is retried).
@@ -303,7 +303,6 @@ struct Phase {
     done: AtomicU64,
     stored: Arc<StoredKeys>,
     keys: Arc<KeyPicker>,
-    keyspace: u64,
     value_size: usize,
     pipeline: usize,
     timeout: Duration,
@@ -416,7 +415,11 @@ impl Worker {
     async fn run(&mut self, phase: &Phase) -> Stats {
         let mut stats = Stats::new();
         let mut retry: Vec<Pending> = Vec::new();
-        let mut value = vec![0u8; phase.value_size];
+        // One operation reused for every request: no allocation per request.
+        let mut op = match phase.op {
+            BenchOp::Put => Op::Put { key: Vec::new(), value: Vec::new() },
+            BenchOp::Get => Op::Get { key: Vec::new() },
+        };
         loop {
             let mut batch = std::mem::take(&mut retry);
             if batch.len() < phase.pipeline {
@@ -426,7 +429,7 @@ impl Worker {
                 self.turn = self.turn.wrapping_add(1);
                 for seq in first..first + count as u64 {
                     let (index, slot) = if phase.sequential {
-                        let index = seq % phase.keyspace;
+                        let index = seq % phase.keys.keyspace;
                         (index, self.config.slot_of(&key_of(index)))
                     } else {
                         phase.keys.pick(slot, &mut self.rng)
@@ -450,7 +453,7 @@ impl Worker {
                 if group.is_empty() {
                     continue;
                 }
-                if let Err(e) = self.send(id, group, phase, &mut value).await {
+                if let Err(e) = self.send(id, group, phase, &mut op).await {
                     self.conns[id] = None;
                     refresh = true;
                     for pending in group.drain(..) {
@@ -502,21 +505,25 @@ impl Worker {
         id: usize,
         group: &[Pending],
         phase: &Phase,
-        value: &mut Vec<u8>,
+        op: &mut Op,
     ) -> Result<(), Error> {
         self.ensure(id).await?;
         let epoch = self.config.epoch;
         let (_, conn) = self.conns[id].as_mut().expect("just connected");
         for pending in group.iter() {
-            let op = match phase.op {
-                BenchOp::Put => {
+            match op {
+                Op::Put { key, value } => {
+                    key.clear();
+                    key.extend_from_slice(&pending.key);
                     value.clear();
                     value.extend(value_words(pending.index).flatten().take(phase.value_size));
-                    Op::Put { key: pending.key.to_vec(), value: value.clone() }
                 }
-                BenchOp::Get => Op::Get { key: pending.key.to_vec() },
-            };
-            conn.writer.feed(&ClientRequest { epoch, op }).await?;
+                Op::Get { key } | Op::Del { key } => {
+                    key.clear();
+                    key.extend_from_slice(&pending.key);
+                }
+            }
+            conn.writer.feed(&ClientRequestRef { epoch, op }).await?;
         }
         conn.writer.flush().await
     }
@@ -733,7 +740,6 @@ impl Bench {
             done: AtomicU64::new(0),
             stored: self.stored.clone(),
             keys: self.keys.clone(),
-            keyspace: o.keyspace,
             value_size: o.value_size,
             pipeline: o.pipeline,
             timeout: o.timeout,
@@ -873,7 +879,6 @@ mod tests {
             done: AtomicU64::new(0),
             stored: Arc::new(StoredKeys::new(100)),
             keys: Arc::new(KeyPicker::new(100, 3)),
-            keyspace: 100,
             value_size: 3,
             pipeline: 4,
             timeout: Duration::from_secs(1),
@@ -955,7 +960,9 @@ mod tests {
                         let (table, refusals) = (table.clone(), refusals.clone());
                         tokio::spawn(async move {
                             conn.accept_hello(|_| true, &[]).await.unwrap();
-                            while let Ok(Some(request)) = conn.recv::<ClientRequest>().await {
+                            while let Ok(Some(request)) =
+                                conn.recv::<crate::protocol::ClientRequest>().await
+                            {
                                 let answer = if refusals.fetch_sub(1, Ordering::SeqCst) > 0 {
                                     ClientResponse::Refused(Refusal::WrongOwner { epoch: 1 })
                                 } else {

@@ -482,7 +482,7 @@ mod tests {
         assert!(server.open_stream(primary, TableKind::Secondary, 0, 1).is_err(), "older stream");
         assert!(server.apply_replicated(primary, TableKind::Secondary, 1, put()).is_err());
         server.apply_replicated(primary, TableKind::Secondary, 2, put()).unwrap();
-        assert_eq!(server.secondary.get(b"k").as_deref(), Some(&b"v"[..]));
+        server.secondary.with_value(b"k", |v| assert_eq!(v, Some(&b"v"[..])));
         server.open_stream(primary, TableKind::Secondary, 0, 3).unwrap();
         assert!(
             server.apply_replicated(primary, TableKind::Secondary, 2, put()).is_err(),

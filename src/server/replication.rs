@@ -361,7 +361,10 @@ impl Task {
         let (mut reader, mut writer) = conn.split();
         let mut base = 1u64; // sequence number of unacked[0] on this connection
         let mut sent = 0usize; // unacked[..sent] went out on this connection
-        let mut last_progress = Instant::now();
+        // Armed while entries are in flight: no acknowledgement by then means a stuck link.
+        // One timer, moved on progress, rather than a new one on every turn of the loop.
+        let ack_deadline = tokio::time::sleep(ACK_TIMEOUT);
+        tokio::pin!(ack_deadline);
         loop {
             if self.report_pending && self.snapshot_left == 0 {
                 self.report_pending = false;
@@ -402,11 +405,11 @@ impl Task {
                     }
                     base += count as u64;
                     sent -= count;
-                    last_progress = Instant::now();
+                    ack_deadline.as_mut().reset(Instant::now() + ACK_TIMEOUT);
                 }
                 _ = async {}, if can_send => {
                     if sent == 0 {
-                        last_progress = Instant::now();
+                        ack_deadline.as_mut().reset(Instant::now() + ACK_TIMEOUT);
                     }
                     // Let the runtime poll its sockets once first: writes that arrived
                     // meanwhile join this batch. Fewer, larger batches wake the other copy
@@ -435,7 +438,7 @@ impl Task {
                     self.unacked.push_back(pending.into());
                     self.take_queued();
                 }
-                _ = tokio::time::sleep_until(last_progress + ACK_TIMEOUT), if sent > 0 => {
+                _ = &mut ack_deadline, if sent > 0 => {
                     return Err(Error::Timeout("waiting for a replication acknowledgement"));
                 }
             }

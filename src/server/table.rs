@@ -33,10 +33,6 @@ impl Table {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.with_value(key, |v| v.map(<[u8]>::to_vec))
-    }
-
     /// Calls `f` with the value of `key`, under the lock: answers are encoded straight
     /// from the table, without a copy of the value in between.
     pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
