@@ -53,7 +53,8 @@ const QUEUE_BYTES: usize = 256 << 20;
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest a small batch is held back for more writes to join (see [`BatchSizer`]). tokio's
-/// timer ticks in milliseconds, so this is the shortest hold it can time.
+/// timer ticks in milliseconds, so this is the shortest hold it can time (a hold ends 1 to
+/// 2 ms after it began).
 const HOLD_LIMIT: Duration = Duration::from_millis(1);
 
 /// Where a slot's writes are copied to.
