@@ -149,7 +149,7 @@ pub struct PhaseReport {
     /// The first few errors, for the report.
     pub error_samples: Vec<String>,
     pub elapsed: Duration,
-    /// Latency of successful requests, in nanoseconds.
+    /// Latency of successful requests, in microseconds.
     pub latency: Histogram<u64>,
 }
 
@@ -392,7 +392,7 @@ struct Worker {
     coordinator: Client,
     /// Indexed by server id.
     conns: Vec<Slot>,
-    /// Buffers kept from one batch to the next, so that a batch allocates nothing: the
+    /// Buffers kept from one batch to the next, so that a batch to one server allocates nothing: the
     /// requests, the same split by server id, and their answers.
     batch: Vec<Pending>,
     groups: Vec<Vec<Pending>>,
@@ -502,7 +502,8 @@ impl Worker {
                 match check(phase, &pending, answer) {
                     Checked::Ok { absent } => {
                         let latency = at.duration_since(pending.first_sent);
-                        stats.latency.saturating_record(latency.as_micros() as u64);
+                        let micros = (latency.as_nanos() + 500) / 1000;
+                        stats.latency.saturating_record(micros as u64);
                         stats.ok += 1;
                         stats.absent += u64::from(absent);
                         if phase.op == BenchOp::Put {
