@@ -392,8 +392,8 @@ struct Worker {
     coordinator: Client,
     /// Indexed by server id.
     conns: Vec<Slot>,
-    /// Buffers kept from one batch to the next, so that a batch to one server allocates nothing: the
-    /// requests, the same split by server id, and their answers.
+    /// Buffers kept from one batch to the next, so that a batch to one server allocates
+    /// nothing: the requests, the same split by server id, and their answers.
     batch: Vec<Pending>,
     groups: Vec<Vec<Pending>>,
     answers: Vec<Answered>,
