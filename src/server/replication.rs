@@ -387,7 +387,7 @@ impl Task {
             // writes. When the link is free, a batch goes out once the sizer deems it big
             // enough or the hold ran out; an idle stream sends a lone write at once.
             let waiting = self.unacked.len() - sent;
-            let big_enough = waiting >= sizer.threshold() || self.bytes_waiting(sent) >= HOLD_BYTES;
+            let big_enough = sizer.big_enough(waiting, || self.bytes_waiting(sent));
             if sent == 0 && waiting > 0 && !big_enough && hold == Hold::Off {
                 hold = Hold::On;
                 hold_deadline.as_mut().reset(Instant::now() + HOLD_LIMIT);
@@ -559,6 +559,11 @@ impl BatchSizer {
         if half < HOLD_FROM { 1 } else { half.min(HOLD_AT_MOST) }
     }
 
+    /// Whether `count` waiting writes of `bytes()` bytes make a batch worth sending.
+    fn big_enough(&self, count: usize, bytes: impl FnOnce() -> usize) -> bool {
+        count >= self.threshold() || bytes() >= HOLD_BYTES
+    }
+
     /// An acknowledgement came while `outstanding` client writes were in flight or waiting.
     fn acked(&mut self, outstanding: usize) {
         // Bounded, so that a burst is forgotten as fast as any other sample.
@@ -631,6 +636,9 @@ mod tests {
             sizer.acked(20);
         }
         assert_eq!(sizer.threshold(), 10);
+        assert!(!sizer.big_enough(9, || 9 * 20));
+        assert!(sizer.big_enough(10, || 10 * 20));
+        assert!(sizer.big_enough(4, || 4 * 1024), "4 KiB is never held");
         for _ in 0..200 {
             sizer.acked(1_000_000);
         }
