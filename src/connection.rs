@@ -90,10 +90,10 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 /// Frames are split off a plain buffer rather than by a `FramedRead`: a frame already
 /// buffered is decoded in place, with no copy and no timer, and waiting between frames arms
 /// no timer either (a deadline per message showed in the profiles as clock reads and timer
-/// wheel updates on every request). The length
-/// stays in the buffer until the whole frame is there, so "a frame has started" is simply
-/// "the buffer is not empty", and nothing is reserved for a frame's announced size beyond
-/// what has arrived (a hostile length costs no memory).
+/// wheel updates on every request). The length stays in the buffer until the whole frame is
+/// there, so "a frame has started" is simply "the buffer is not empty", and nothing is
+/// reserved for a frame's announced size beyond what has arrived (a hostile length costs no
+/// memory).
 pub struct ConnReader {
     stream: OwnedReadHalf,
     buf: BytesMut,

@@ -387,18 +387,19 @@ impl Task {
             // writes. When the link is free, a batch goes out once the sizer deems it big
             // enough or the hold ran out; an idle stream sends a lone write at once.
             let waiting = self.unacked.len() - sent;
-            let big_enough = sizer.big_enough(waiting, || self.bytes_waiting(sent));
-            if sent == 0 && waiting > 0 && !big_enough && hold == Hold::Off {
-                hold = Hold::On;
-                hold_deadline.as_mut().reset(Instant::now() + HOLD_LIMIT);
-            }
-            let can_send = waiting > 0
-                && sent < WINDOW_OPS
-                && if sent == 0 {
-                    big_enough || hold == Hold::RanOut
-                } else {
-                    self.full_batch_waiting(sent)
-                };
+            let can_send = if waiting == 0 || sent >= WINDOW_OPS {
+                false
+            } else if sent > 0 {
+                self.full_batch_waiting(sent)
+            } else if hold == Hold::RanOut || sizer.big_enough(waiting, || self.bytes_waiting(0)) {
+                true
+            } else {
+                if hold == Hold::Off {
+                    hold = Hold::On;
+                    hold_deadline.as_mut().reset(Instant::now() + HOLD_LIMIT);
+                }
+                false
+            };
             let room = self.unacked.len() < QUEUE_OPS + self.snapshot_left;
             tokio::select! {
                 biased;
@@ -657,5 +658,82 @@ mod tests {
             holds += 1;
         }
         assert!(holds <= 4, "{holds} holds of {HOLD_LIMIT:?} before a lone write goes at once");
+    }
+
+    /// A stand-in for the other copy: accepts one stream and records every key it applies.
+    async fn copy_recording_keys() -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let applied = keys.clone();
+        tokio::spawn(async move {
+            let (raw, _) = listener.accept().await.unwrap();
+            let mut conn = Connection::new(raw).unwrap();
+            conn.accept_hello(|_| true, b"token").await.unwrap();
+            let open: ReplMessage = conn.reader.recv().await.unwrap().unwrap();
+            assert!(matches!(open, ReplMessage::Open { .. }));
+            conn.send(&ReplAck::Opened).await.unwrap();
+            let (mut reader, mut writer) = conn.split();
+            let _ = receive_stream(&mut reader, &mut writer, |ops| {
+                applied.lock().unwrap().extend(ops.into_iter().map(|op| op.key().to_vec()));
+                Ok(())
+            })
+            .await;
+        });
+        (addr, keys)
+    }
+
+    async fn put(replicator: &Replicator, key: String) {
+        let op = Op::Put { key: key.into_bytes(), value: b"v".to_vec() };
+        let slot = replicator.reserve(&op).await.unwrap();
+        let done = slot.submit(op);
+        let applied = tokio::time::timeout(Duration::from_secs(5), done).await;
+        assert_eq!(applied.expect("a write held for good").unwrap(), Applied::Stored);
+    }
+
+    #[tokio::test]
+    async fn after_many_writers_a_lone_write_is_held_then_sent_by_the_timer() {
+        let (addr, copied) = copy_recording_keys().await;
+        let table = Arc::new(Table::default());
+        let (caught_up, _reports) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let replicator =
+            Replicator::start((0, 1), b"token".to_vec(), table.clone(), caught_up, cancel.clone());
+        replicator.set_mode(Mode::Stream(Target {
+            addr,
+            into: TableKind::Secondary,
+            epoch: 1,
+            snapshot: false,
+            incarnation: 1,
+        }));
+        // 40 writers, 50 writes each: the stream learns that many writes are outstanding.
+        let writers: Vec<_> = (0..40)
+            .map(|w| {
+                let replicator = replicator.clone();
+                tokio::spawn(async move {
+                    for i in 0..50 {
+                        put(&replicator, format!("w{w}-{i}")).await;
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        // Then one writer alone: its first write waits for company that never comes, and the
+        // hold's timer sends it; none is lost or reordered.
+        let started = std::time::Instant::now();
+        put(&replicator, "lone-0".into()).await;
+        assert!(started.elapsed() >= HOLD_LIMIT, "held: {:?}", started.elapsed());
+        for i in 1..20 {
+            put(&replicator, format!("lone-{i}")).await;
+        }
+        let copied = copied.lock().unwrap().clone();
+        assert_eq!(copied.len(), 40 * 50 + 20);
+        let lone: Vec<_> = copied.iter().filter(|k| k.starts_with(b"lone-")).cloned().collect();
+        let expected: Vec<_> = (0..20).map(|i| format!("lone-{i}").into_bytes()).collect();
+        assert_eq!(lone, expected);
+        assert_eq!(table.len(), 40 * 50 + 20);
+        cancel.cancel();
     }
 }
