@@ -114,41 +114,36 @@ impl Client {
     }
 
     /// Runs one operation, retrying until the deadline on refusals, refused connections and
-    /// timeouts, with a fresh configuration each time.
+    /// timeouts, with a fresh configuration each time. A write whose request went out and
+    /// whose answer was lost is not sent again: it may have been applied (its copy may even
+    /// serve it after a failover), and applying it a second time, after another client's
+    /// write to the same key, would bring an older value back (a GET would see the key go
+    /// back in time). It ends as [`OpError::Unknown`] instead, which is what it is.
     pub async fn execute(&mut self, op: Op) -> Result<ClientResponse, OpError> {
         if let Err(refusal) = op.check_limits() {
             return Err(OpError::from_refusal(refusal).expect("size refusals are permanent"));
         }
         let deadline = Instant::now() + self.timeout;
-        let mut maybe_applied = false;
         loop {
-            let last: String;
-            match self.attempt(&op, deadline).await {
+            let last = match self.attempt(&op, deadline).await {
                 Ok(ClientResponse::Refused(refusal)) => {
                     if let Some(permanent) = OpError::from_refusal(refusal.clone()) {
                         return Err(permanent);
                     }
-                    last = refusal.to_string();
-                    self.config = None;
+                    refusal.to_string()
                 }
                 Ok(response) => return Ok(response),
-                Err(Attempt::NotSent(e)) => {
-                    last = e.to_string();
+                Err(Attempt::NotSent(e)) => e.to_string(),
+                Err(Attempt::Lost(e)) if !matches!(op, Op::Get { .. }) => {
                     self.config = None;
+                    return Err(OpError::Unknown(e.to_string()));
                 }
-                Err(Attempt::Lost(e)) => {
-                    last = e.to_string();
-                    maybe_applied |= !matches!(op, Op::Get { .. });
-                    self.config = None;
-                }
-            }
+                Err(Attempt::Lost(e)) => e.to_string(),
+            };
+            self.config = None;
             debug!(error = %last, "retrying");
             if Instant::now() + RETRY_BACKOFF >= deadline {
-                return Err(if maybe_applied {
-                    OpError::Unknown(last)
-                } else {
-                    OpError::Unavailable(last)
-                });
+                return Err(OpError::Unavailable(last));
             }
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
