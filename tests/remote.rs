@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
-use support::history::check_all;
+use support::history::{Event, Op as HistOp, Outcome, check_all};
 use support::load::{Load, final_reads};
 use support::netns::{Hosts, addr, run_in};
 
@@ -197,4 +197,75 @@ fn a_paused_remote_server_is_killed_over_ssh_and_replaced() {
             assert!(wait_until(Duration::from_secs(5), || !alive(pid)), "killed over ssh");
         },
     );
+}
+
+/// Only the link between server 0 and its copy (server 1) cut, both still reaching the
+/// coordinator and the clients. Nothing is replaced: server 0 cannot acknowledge a write it
+/// cannot copy, so its writes end as `Outcome unknown` until the link heals (never as
+/// stored), while reads of its keys and everything on the other slots go on; after healing,
+/// the queued writes reach the copy and new ones are acknowledged again.
+#[test]
+fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
+    let Some(hosts) = Hosts::up("ftkv-f", 4) else { return };
+    let cut_slot = 0u32;
+    let (owner_host, copy_host) = (cut_slot as usize + 1, secondary_of(cut_slot, N) as usize + 1);
+    let mut cluster = remote_cluster(&hosts);
+    let pids_now = |cluster: &Cluster| (0..N).map(|id| cluster.pid_of(id)).collect::<Vec<_>>();
+    let pids = pids_now(&cluster);
+    let coordinator = cluster.coord_addr();
+    let clients_ns = hosts.ns(CLIENTS_HOST);
+    let (events, keys, finals, cut_at, healed_at, hosts) = run_in(&clients_ns, move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let load = Load::start(coordinator.clone(), 8, 30, Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let cut_at = Instant::now();
+            hosts.cut_between(owner_host, copy_host);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            hosts.heal_between(owner_host);
+            let healed_at = Instant::now();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let (recorder, keys) = load.stop().await;
+            let finals = final_reads(coordinator, &recorder, &keys).await;
+            (recorder.events(), keys, finals, cut_at, healed_at, hosts)
+        })
+    });
+    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let settled = cut_at + Duration::from_millis(200);
+    let during = |e: &&Event| e.ret > settled && e.ret < healed_at;
+    let cut_keys: Vec<Vec<u8>> =
+        keys.iter().filter(|k| slot_of(k, N) == cut_slot).cloned().collect();
+    let on_cut = |e: &&Event| cut_keys.contains(&e.key);
+    let is_write = |e: &&Event| !matches!(e.op, HistOp::Get);
+    let ok = |e: &&Event| matches!(e.outcome, Outcome::Ok | Outcome::Value(_));
+    assert!(
+        !events.iter().filter(during).filter(on_cut).filter(is_write).any(|e| ok(&e)),
+        "a write to the cut slot was acknowledged without its copy"
+    );
+    assert!(
+        events.iter().filter(during).filter(on_cut).filter(is_write).count() > 0,
+        "writes to the cut slot were tried"
+    );
+    assert!(
+        events.iter().filter(during).filter(on_cut).filter(|e| !is_write(e)).any(|e| ok(&e)),
+        "reads of the cut slot go on"
+    );
+    assert!(
+        events.iter().filter(during).filter(|e| !on_cut(e)).filter(is_write).any(|e| ok(&e)),
+        "writes to the other slots go on"
+    );
+    let back = events
+        .iter()
+        .filter(|e| e.invoke >= healed_at && on_cut(e) && is_write(e) && ok(e))
+        .map(|e| e.ret - healed_at)
+        .min()
+        .expect("writes to the cut slot are acknowledged again after healing");
+    println!("writes to the cut slot acknowledged again {back:?} after healing");
+    assert_eq!(pids_now(&cluster), pids, "nothing was replaced");
+    assert!(cluster.ctrl_d().success());
+    assert_remote_dumps(&hosts, &finals);
 }
