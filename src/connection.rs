@@ -148,6 +148,29 @@ impl ConnReader {
         }
     }
 
+    /// Whether this idle connection is no longer usable for a request: the peer closed or
+    /// reset it, or sent something nobody asked for. Asks the kernel directly (a peek that
+    /// does not wait) rather than the runtime, which may not have seen the peer's close yet.
+    /// A client checks before reusing a connection, so that a request whose answer would
+    /// be lost is never sent into a connection that was already gone.
+    pub fn unusable_when_idle(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte read into a live local, on a descriptor this half keeps open.
+        let read = unsafe {
+            libc::recv(
+                self.stream.as_ref().as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        read >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+
     /// True when a whole frame is already buffered, so the next `recv` returns without
     /// waiting: used to batch answers before flushing.
     pub fn has_complete_frame(&self) -> bool {

@@ -337,3 +337,21 @@ async fn writes_in_flight_at_a_kill_are_not_applied_twice() {
     assert_dumps_match(&cluster, &finals);
     println!("kills: {cycles}; operations: {}; writes of unknown outcome: {unknown}", events.len());
 }
+
+/// A client that sat idle through a failover still holds a connection to the killed server.
+/// Its next write must notice that the connection is gone before sending (and go to the new
+/// owner) rather than send into it and report the outcome unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_writes_after_its_server_was_replaced() {
+    let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
+    let mut client = cluster.client();
+    let key = b"idle-key";
+    client.put(key, b"before").await.expect("first write");
+    let victim = slot_of(key, N);
+    let pid = cluster.pid_of(victim);
+    kill(pid, "KILL");
+    tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(15)));
+    client.put(key, b"after").await.expect("the write after the failover");
+    assert_eq!(client.get(key).await.unwrap(), Some(b"after".to_vec()));
+    assert!(cluster.ctrl_d().success());
+}

@@ -153,8 +153,9 @@ impl Client {
         let config = self.config(deadline).await.map_err(Attempt::NotSent)?;
         let server = config.server_for(op.key());
         let open = self.servers.get(&server.id);
-        if !open.is_some_and(|(host, port, _)| *host == server.host && *port == server.client_port)
-        {
+        if !open.is_some_and(|(host, port, conn)| {
+            *host == server.host && *port == server.client_port && !conn.reader.unusable_when_idle()
+        }) {
             let conn = Connection::connect(&server.client_addr(), &Hello::new(Role::Client, &[]))
                 .await
                 .map_err(Attempt::NotSent)?;
