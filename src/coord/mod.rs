@@ -53,6 +53,8 @@ const MAX_CLIENT_CONNECTIONS: usize = 1024;
 const MAX_SERVER_CONNECTIONS: usize = 256;
 /// How often heartbeats and recovery deadlines are checked.
 const TICK: Duration = Duration::from_millis(10);
+/// A tick this late means the coordinator itself was not running (paused, starved of CPU).
+const STALL: Duration = Duration::from_millis(100);
 
 /// The coordinator's settings (from the `coord` binary's flags).
 #[derive(Debug, Clone)]
@@ -174,6 +176,8 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         fatal: None,
         copied: CopyStats::default(),
         step_began: Instant::now(),
+        last_tick: Instant::now(),
+        listening_since: Instant::now(),
         installing: None,
     };
     let mut stop = stop_signal(opts.watch_stdin);
@@ -241,6 +245,11 @@ struct Cluster {
     copied: CopyStats,
     /// When the current recovery step began (each step's duration is logged).
     step_began: Instant,
+    /// When the last tick ran (a late one reveals a stall of the coordinator itself).
+    last_tick: Instant,
+    /// Since when the coordinator has been running without a stall: silence before that
+    /// is no evidence against a server (see `on_tick`).
+    listening_since: Instant,
 }
 
 impl Cluster {
@@ -315,6 +324,7 @@ impl Cluster {
     ) -> Result<()> {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.last_tick = Instant::now();
         loop {
             tokio::select! {
                 why = &mut *stop => {
@@ -415,16 +425,30 @@ impl Cluster {
     }
 
     /// Declares silent servers lost and drives recovery deadlines.
+    ///
+    /// Silence counts only while the coordinator was running. After a stall of its own
+    /// (paused, or starved of CPU), the heartbeats sent meanwhile are still unread in their
+    /// sockets: counting that gap declared every server lost at once, and so shut the whole
+    /// service down as two faults. Leases are unaffected: servers stop serving on their own
+    /// when theirs lapse, so counting later only ever moves keys later.
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > STALL {
+            warn!(
+                stalled_ms = gap.as_millis() as u64,
+                "the coordinator was not running; heartbeat silence counts from now"
+            );
+            self.listening_since = now;
+        }
         let silent: Vec<u32> = self
             .topology
             .members
             .iter()
             .filter(|m| {
-                m.live
-                    && now.saturating_duration_since(self.shared.last_heartbeat(m.id))
-                        > self.timeout
+                let heard = self.shared.last_heartbeat(m.id).max(self.listening_since);
+                m.live && now.saturating_duration_since(heard) > self.timeout
             })
             .map(|m| m.id)
             .collect();
