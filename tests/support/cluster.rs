@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -60,6 +61,9 @@ impl Cluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // A group of its own, with the local servers it starts (replacements too), so
+            // that dropping the cluster ends them all.
+            .process_group(0)
             .spawn()
             .expect("spawn coord");
         let stdin = coord.stdin.take();
@@ -195,7 +199,13 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.coord.kill();
+        // The whole group: the coordinator and every local server it started, including
+        // replacements (which would otherwise outlive the test until their lease ran out).
+        // Only while the coordinator is unreaped, so that its id cannot belong to anyone else.
+        if let Ok(None) = self.coord.try_wait() {
+            // SAFETY: kill(2) on a process group id; no memory is involved.
+            unsafe { libc::kill(-(self.coord.id() as i32), libc::SIGKILL) };
+        }
         let _ = self.coord.wait();
         for &pid in &self.pids {
             kill(pid, "KILL");
