@@ -40,12 +40,30 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// A count from the environment variable `name`, or `default`.
+fn env_count(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Kills server `victim` with SIGKILL and waits until the recovery that follows has put a
+/// new process in its place. Returns when the kill happened and the epoch after recovery.
+fn kill_and_await_replacement(cluster: &Cluster, victim: u32, epoch: u64) -> (Instant, u64) {
+    let pid = cluster.pid_of(victim);
+    kill(pid, "KILL");
+    // Measured from when the kill has happened (spawning `kill` takes a moment).
+    let killed = Instant::now();
+    let now =
+        tokio::task::block_in_place(|| cluster.wait_recovered(epoch, Duration::from_secs(15)));
+    let replacement = now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(replacement, pid, "server {victim} replaced");
+    (killed, now["epoch"].as_u64().unwrap())
+}
+
 /// Kill -9 each server in turn under concurrent PUT/GET/DEL load, waiting for recovery in
 /// between. `FTKV_KILL_CYCLES` sets the number of kills (default 20; the soak uses 200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_each_server_in_turn_under_load() {
-    let cycles: u32 =
-        std::env::var("FTKV_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let cycles = env_count("FTKV_KILL_CYCLES", 20);
     let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
     let load = Load::start(cluster.coord_addr(), 4, 200, Duration::from_secs(10));
     let mut gaps = Vec::new();
@@ -54,18 +72,9 @@ async fn kill_each_server_in_turn_under_load() {
     for cycle in 0..cycles {
         let victim = cycle % N;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let pid = cluster.pid_of(victim);
-        kill(pid, "KILL");
-        // Measured from when the kill has happened (spawning `kill` takes a moment).
-        kills.push((victim, Instant::now()));
-        let now =
-            tokio::task::block_in_place(|| cluster.wait_recovered(epoch, Duration::from_secs(15)));
-        epoch = now["epoch"].as_u64().unwrap();
-        assert_ne!(
-            now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32,
-            pid,
-            "replaced"
-        );
+        let killed;
+        (killed, epoch) = kill_and_await_replacement(&cluster, victim, epoch);
+        kills.push((victim, killed));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let completed = load.completed.load(std::sync::atomic::Ordering::Relaxed);
@@ -313,20 +322,14 @@ async fn shutdown_with_a_paused_server_keeps_acknowledged_writes() {
 /// 2 of 2); `FTKV_HOT_CYCLES` sets the number of kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_in_flight_at_a_kill_are_not_applied_twice() {
-    let cycles: u32 =
-        std::env::var("FTKV_HOT_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let cycles = env_count("FTKV_HOT_CYCLES", 60);
     let mut cluster = Cluster::start_with(N as usize, &["-t", "1"]);
     let load = Load::start(cluster.coord_addr(), 8, 1, Duration::from_secs(10));
     let victim = slot_of(&load.keys[0], N);
     let mut epoch = cluster.status()["epoch"].as_u64().unwrap();
     for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let pid = cluster.pid_of(victim);
-        kill(pid, "KILL");
-        let now =
-            tokio::task::block_in_place(|| cluster.wait_recovered(epoch, Duration::from_secs(15)));
-        epoch = now["epoch"].as_u64().unwrap();
-        assert_ne!(now["servers"][victim as usize]["pid"].as_u64().unwrap() as u32, pid);
+        (_, epoch) = kill_and_await_replacement(&cluster, victim, epoch);
     }
     let (recorder, keys) = load.stop().await;
     let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
@@ -347,10 +350,7 @@ async fn an_idle_client_writes_after_its_server_was_replaced() {
     let mut client = cluster.client();
     let key = b"idle-key";
     client.put(key, b"before").await.expect("first write");
-    let victim = slot_of(key, N);
-    let pid = cluster.pid_of(victim);
-    kill(pid, "KILL");
-    tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(15)));
+    kill_and_await_replacement(&cluster, slot_of(key, N), 1);
     client.put(key, b"after").await.expect("the write after the failover");
     assert_eq!(client.get(key).await.unwrap(), Some(b"after".to_vec()));
     assert!(cluster.ctrl_d().success());

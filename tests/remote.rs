@@ -27,6 +27,11 @@ fn remote_cluster(hosts: &Hosts) -> Cluster {
     cluster
 }
 
+/// The runtime the load runs on, inside the clients' host.
+fn load_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 /// Every final value is on its owner's primary dump and its secondary's dump (on the hosts).
 fn assert_remote_dumps(hosts: &Hosts, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
     let dump =
@@ -86,11 +91,7 @@ fn fault_under_load(
 ) -> (Cluster, Hosts) {
     let cluster = remote_cluster(&hosts);
     run_in(&hosts.ns(CLIENTS_HOST), move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = load_runtime();
         let cluster = runtime.block_on(async move {
             let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -215,11 +216,7 @@ fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
     let coordinator = cluster.coord_addr();
     let clients_ns = hosts.ns(CLIENTS_HOST);
     let (events, keys, finals, cut_at, healed_at, hosts) = run_in(&clients_ns, move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = load_runtime();
         runtime.block_on(async move {
             let load = Load::start(coordinator.clone(), 8, 30, Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(500)).await;
