@@ -135,6 +135,23 @@ fn sigterm_shuts_down_with_dumps() {
     assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
 }
 
+/// ctrl+c in the coordinator's terminal sends SIGINT to its whole process group. The local
+/// servers run in groups of their own and are not hit: the coordinator shuts down in order and
+/// the write is in both dumps. (While they shared its group they died at once, without dumps.)
+#[test]
+fn ctrl_c_to_the_coordinators_process_group_shuts_down_with_dumps() {
+    let mut cluster = Cluster::start(3);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    // SAFETY: kill(2) on a process group id; no memory is involved.
+    assert_eq!(unsafe { libc::kill(-(cluster.coord.id() as i32), libc::SIGINT) }, 0);
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGINT");
+    assert!(status.success());
+    let owner = slot_of(b"k", 3);
+    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    let copy = cluster.dump(secondary_of(owner, 3), "secondary");
+    assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+}
+
 /// kill -9 of the coordinator: the servers notice, write their dumps, and exit.
 #[test]
 fn servers_exit_when_the_coordinator_is_killed() {
