@@ -8,7 +8,7 @@ use std::time::Duration;
 use ftkv::client::OpError;
 use ftkv::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use ftkv::routing::{secondary_of, slot_of};
-use support::cluster::{Cluster, alive, wait_until};
+use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
 
 /// 5,000 PUTs from 8 concurrent clients, read back; overwrites and deletes; then each value
 /// is on exactly its owner (primary table) and the next server (secondary table).
@@ -150,6 +150,64 @@ fn ctrl_c_to_the_coordinators_process_group_shuts_down_with_dumps() {
     assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
     let copy = cluster.dump(secondary_of(owner, 3), "secondary");
     assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+}
+
+/// A cluster whose dump directory is replaced by a file (as a full disk would, the dumps
+/// cannot be written) after one write; then ctrl+d. Returns the directory's path.
+fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> std::path::PathBuf {
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    let dumps = cluster.path("dumps");
+    std::fs::remove_dir_all(&dumps).unwrap();
+    std::fs::write(&dumps, "not a directory").unwrap();
+    cluster.close_stdin();
+    assert!(wait_until(Duration::from_secs(5), || {
+        cluster.coord_log().contains("server could not write its dumps")
+    }));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(cluster.pids.iter().all(|&pid| alive(pid)), "the servers keep their data");
+    dumps
+}
+
+/// Back in place, the dump directory gets every server's dumps, with the write in them.
+fn unblock_and_check_dumps(dumps: &std::path::Path) {
+    std::fs::remove_file(dumps).unwrap();
+    std::fs::create_dir(dumps).unwrap();
+    let owner = slot_of(b"k", 3);
+    let primary = dumps.join(format!("server_{owner}.primary"));
+    let secondary = dumps.join(format!("server_{}.secondary", secondary_of(owner, 3)));
+    assert!(wait_until(Duration::from_secs(5), || primary.exists() && secondary.exists()));
+    assert_eq!(read_dump(&primary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    assert_eq!(read_dump(&secondary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+}
+
+/// Dumps that cannot be written at shutdown: the servers stay up with their data and the
+/// coordinator asks again every second; once the directory is back everything is written
+/// and the coordinator exits 0. (Before, the servers exited without writing anything and
+/// the coordinator still exited 0.)
+#[test]
+fn dumps_that_cannot_be_written_are_retried_until_they_are() {
+    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
+    let dumps = shutdown_with_dumps_blocked(&mut cluster);
+    assert!(cluster.coord.try_wait().unwrap().is_none(), "the coordinator waits for the dumps");
+    unblock_and_check_dumps(&dumps);
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("exits once dumps are written");
+    assert!(status.success());
+}
+
+/// The same, but SIGTERM while the coordinator waits: it gives up with an error (non-zero
+/// exit), and the servers, left running, write their dumps on their own once they can.
+#[test]
+fn giving_up_on_dumps_leaves_the_servers_retrying_on_their_own() {
+    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
+    let dumps = shutdown_with_dumps_blocked(&mut cluster);
+    kill(cluster.coord.id(), "TERM");
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("gives up on SIGTERM");
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(cluster.pids.iter().all(|&pid| alive(pid)), "still holding the data");
+    unblock_and_check_dumps(&dumps);
+    let pids = cluster.pids.clone();
+    assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|&pid| !alive(pid))));
 }
 
 /// kill -9 of the coordinator: the servers notice, write their dumps, and exit.

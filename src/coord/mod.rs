@@ -46,6 +46,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 /// Deadline of the dump phase: writing dumps takes time in proportion to the data, and a
 /// server killed mid-dump leaves none, so this one is generous.
 const DUMP_LIMIT: Duration = Duration::from_secs(120);
+/// Pause between requests to write dumps that a server could not write.
+const DUMP_RETRY: Duration = Duration::from_secs(1);
 /// Deadline of one configuration install on one server.
 const INSTALL_LIMIT: Duration = Duration::from_secs(4);
 /// Most connections served at once on the clients port and on the servers port.
@@ -197,13 +199,14 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     if let Err(e) = &outcome {
         error!(error = %e, "stopping");
     }
-    cluster.shutdown().await;
+    let shut = cluster.shutdown().await;
     cancel.cancel();
     tracker.close();
-    outcome
+    outcome.and(shut)
 }
 
 /// Resolves with a reason on end of standard input (if watched), SIGINT or SIGTERM.
+/// A fresh one can be made after the first resolved: signals are caught from then on.
 fn stop_signal(watch_stdin: bool) -> StopSignal {
     Box::pin(async move {
         let stdin_closed = async {
@@ -708,8 +711,11 @@ impl Cluster {
     }
 
     /// Drain every server (no write in flight), then have each write its dumps and exit;
-    /// finally reap the processes, killing any that did not exit.
-    async fn shutdown(&mut self) {
+    /// finally reap the processes, killing any that did not exit. A server that cannot
+    /// write its dumps (a full disk) keeps its data and stays up: it is asked again until it
+    /// succeeds, or until a second SIGINT or SIGTERM gives up on it, which leaves it running
+    /// (it retries on its own) and is an error.
+    async fn shutdown(&mut self) -> Result<()> {
         let began = Instant::now();
         if let Some(install) = self.installing.take() {
             install.abort();
@@ -724,25 +730,88 @@ impl Cluster {
             link.call(ControlRequest::Shutdown, limit)
         });
         let results = join_all(dumps).await;
-        for (link, result) in live.iter().zip(results) {
-            match result {
-                Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {
-                    info!(
-                        id = link.id(),
-                        primary_keys, secondary_keys, "server dumped and stopped"
-                    );
+        let failed =
+            live.into_iter().zip(results).filter(|(link, result)| !dumped(link, result, 1));
+        let abandoned = retry_dumps(failed.map(|(link, _)| link).collect()).await;
+        let reaped = self.children.drain().filter(|((id, _), _)| !abandoned.contains(id)).map(
+            |((id, _), process)| async move {
+                if !process.reap(Duration::from_secs(1)).await {
+                    warn!(id, "server did not exit; killed it");
                 }
-                other => warn!(id = link.id(), ?other, "server did not shut down cleanly"),
-            }
-        }
-        let reaped = self.children.drain().map(|((id, _), process)| async move {
-            if !process.reap(Duration::from_secs(1)).await {
-                warn!(id, "server did not exit; killed it");
-            }
-        });
+            },
+        );
         join_all(reaped).await;
         info!(elapsed_ms = began.elapsed().as_millis() as u64, "shutdown complete");
+        if abandoned.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "the dumps of server(s) {abandoned:?} are not written; they keep their data and \
+             retry on their own every second (kill them to throw it away)"
+        )))
     }
+}
+
+/// Logs the answer to a Shutdown (a failure only at the 1st, 2nd, 4th, 8th... `attempt`);
+/// true if the server wrote its dumps, or is beyond asking again (dead, cut off); false if
+/// it could not write them and is still up.
+fn dumped(link: &ControlLink, result: &Result<ControlResponse>, attempt: u64) -> bool {
+    let id = link.id();
+    match result {
+        Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {
+            info!(id, primary_keys, secondary_keys, "server dumped and stopped");
+            true
+        }
+        Ok(ControlResponse::Failed(why)) => {
+            if attempt.is_power_of_two() {
+                error!(id, %why, attempt, "server could not write its dumps; it keeps its data");
+            }
+            false
+        }
+        other => {
+            warn!(id, ?other, "server did not shut down cleanly");
+            true
+        }
+    }
+}
+
+/// Asks the servers in `pending` to write their dumps again every [`DUMP_RETRY`], until all
+/// have, or until SIGINT or SIGTERM. Returns the ids of those that still have not.
+async fn retry_dumps(mut pending: Vec<ControlLink>) -> Vec<u32> {
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let ids = |links: &[ControlLink]| links.iter().map(ControlLink::id).collect::<Vec<_>>();
+    eprintln!(
+        "ftkv coordinator: server(s) {:?} could not write their dumps (see the log); they keep \
+         their data. Asking again every {} s until they can; SIGINT (ctrl+c) or SIGTERM gives up",
+        ids(&pending),
+        DUMP_RETRY.as_secs()
+    );
+    let mut give_up = stop_signal(false);
+    let mut attempt = 1;
+    while !pending.is_empty() {
+        attempt += 1;
+        let ask_again = async {
+            tokio::time::sleep(DUMP_RETRY).await;
+            join_all(pending.iter().map(|l| l.call(ControlRequest::Shutdown, DUMP_LIMIT))).await
+        };
+        let results = tokio::select! {
+            why = &mut give_up => {
+                error!(%why, servers = ?ids(&pending), "gave up waiting for dumps");
+                return ids(&pending);
+            }
+            results = ask_again => results,
+        };
+        pending = pending
+            .into_iter()
+            .zip(results)
+            .filter(|(l, r)| !dumped(l, r, attempt))
+            .map(|(l, _)| l)
+            .collect();
+    }
+    eprintln!("ftkv coordinator: every dump is written");
+    Vec::new()
 }
 
 /// Extra wait after a lost server's lease ends, for clock-rate differences between hosts.

@@ -23,7 +23,8 @@ impl Process {
         let watcher = tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status,
-                _ = killed => {
+                // Only an explicit kill: a dropped `Process` leaves its server running.
+                Ok(()) = killed => {
                     let _ = child.start_kill();
                     child.wait().await
                 }

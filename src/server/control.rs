@@ -42,16 +42,18 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             }
             ControlRequest::Shutdown => {
                 server.draining.store(true, Ordering::SeqCst);
-                let response = match server.dump() {
+                match server.dump() {
                     Ok((primary_keys, secondary_keys)) => {
-                        ControlResponse::ShutDown { primary_keys, secondary_keys }
+                        conn.send(&ControlResponse::ShutDown { primary_keys, secondary_keys })
+                            .await?;
+                        info!("shut down by the coordinator");
+                        server.cancel.cancel();
+                        return Ok(());
                     }
+                    // Exiting now would lose the data: stay up (serving no client) until a
+                    // later Shutdown writes the dumps.
                     Err(e) => ControlResponse::Failed(format!("writing dumps: {e}")),
-                };
-                conn.send(&response).await?;
-                info!("shut down by the coordinator");
-                server.cancel.cancel();
-                return Ok(());
+                }
             }
         };
         conn.send(&response).await?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::listener::{self, Gate};
@@ -74,6 +74,9 @@ pub struct Server {
     /// The newest replication stream per (sender, table): (sender incarnation, stream).
     streams: Mutex<HashMap<(u32, TableKind), (u64, u64)>>,
     dump_dir: PathBuf,
+    /// One dump at a time: the coordinator's Shutdown and the retries after losing it would
+    /// otherwise write the same temporary files. Holds the count of failed dumps.
+    dumping: Mutex<u64>,
     cancel: CancellationToken,
 }
 
@@ -102,6 +105,7 @@ impl Server {
             streams: Mutex::new(HashMap::new()),
             config_changes: tokio::sync::Mutex::new(()),
             dump_dir: opts.dump_dir.clone(),
+            dumping: Mutex::new(0),
             cancel,
         }
     }
@@ -349,11 +353,35 @@ impl Server {
 
     /// Writes both dump files; returns the entry counts.
     fn dump(&self) -> std::io::Result<(u64, u64)> {
+        let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
         let path = |suffix: &str| self.dump_dir.join(format!("server_{}.{suffix}", self.id));
-        let primary = self.primary.dump(&path("primary"))?;
-        let secondary = self.secondary.dump(&path("secondary"))?;
-        info!(primary, secondary, dir = %self.dump_dir.display(), "dumps written");
-        Ok((primary, secondary))
+        let written = self
+            .primary
+            .dump(&path("primary"))
+            .and_then(|primary| Ok((primary, self.secondary.dump(&path("secondary"))?)));
+        match &written {
+            Ok((primary, secondary)) => {
+                info!(primary, secondary, dir = %self.dump_dir.display(), "dumps written");
+            }
+            Err(e) => {
+                // Retried every second: the log (maybe on the same full disk) gets the 1st,
+                // 2nd, 4th, 8th... failure.
+                *failures += 1;
+                if failures.is_power_of_two() {
+                    error!(error = %e, failures = *failures, "cannot write dumps; keeping the data");
+                }
+            }
+        }
+        written
+    }
+
+    /// Retries [`dump`](Self::dump) every second until it succeeds: with nobody left to ask
+    /// again, exiting on a failed dump (a full disk) would throw the data away. Only a kill
+    /// ends the wait.
+    async fn dump_until_written(&self) {
+        while self.dump().is_err() {
+            tokio::time::sleep(DUMP_RETRY).await;
+        }
     }
 
     /// Stops client operations and waits until no replicated write is in flight.
@@ -362,6 +390,9 @@ impl Server {
         tokio::join!(self.own.settle(limit), self.adopted.settle(limit));
     }
 }
+
+/// Pause between attempts at writing dumps that failed.
+const DUMP_RETRY: Duration = Duration::from_secs(1);
 
 /// Most connections served at once on each port.
 const MAX_CLIENT_CONNECTIONS: usize = 4096;
@@ -427,7 +458,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
             // The coordinator is gone: stop serving, keep what we hold.
             let reason = outcome.as_ref().err().map(ToString::to_string).unwrap_or_default();
             warn!(%reason, "lost the coordinator; writing dumps and exiting");
-            server.dump()?;
+            server.dump_until_written().await;
         }
         cancel.cancel();
     }

@@ -88,12 +88,42 @@ impl Table {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = std::path::PathBuf::from(tmp);
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for (key, value) in &entries {
-            writeln!(out, "P {} {}", quote(key), quote(value))?;
+        let written = (|| {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            for (key, value) in &entries {
+                writeln!(out, "P {} {}", quote(key), quote(value))?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            // A partial file (the disk filled up) helps nobody; an older dump at `path` is
+            // left as it was.
+            let _ = std::fs::remove_file(&tmp);
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(entries.len() as u64)
+        written.map(|()| entries.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dump that fails at its last step leaves no temporary file and does not touch what
+    /// is at its path (here a directory, which the rename cannot replace).
+    #[test]
+    fn a_failed_dump_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::default();
+        table.apply(Op::Put { key: b"k".to_vec(), value: b"v".to_vec() });
+        let path = dir.path().join("server_0.primary");
+        std::fs::create_dir(&path).unwrap();
+        assert!(table.dump(&path).is_err());
+        assert!(path.is_dir());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only the directory: {names:?}");
+        std::fs::remove_dir(&path).unwrap();
+        assert_eq!(table.dump(&path).unwrap(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "P \"k\" \"v\"\n");
     }
 }

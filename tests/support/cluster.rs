@@ -152,8 +152,13 @@ impl Cluster {
 
     /// Closes the coordinator's standard input (ctrl+d) and waits for it to exit.
     pub fn ctrl_d(&mut self) -> ExitStatus {
-        drop(self.stdin.take());
+        self.close_stdin();
         self.wait_coord(Duration::from_secs(10)).expect("coordinator did not exit after ctrl+d")
+    }
+
+    /// End of the coordinator's standard input (ctrl+d), without waiting for it to exit.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
     }
 
     pub fn wait_coord(&mut self, limit: Duration) -> Option<ExitStatus> {
