@@ -152,6 +152,25 @@ fn ctrl_c_to_the_coordinators_process_group_shuts_down_with_dumps() {
     assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
 }
 
+/// A service manager stopping the service sends SIGTERM to every one of its processes at
+/// once (systemd's default). The servers ignore theirs and the coordinator shuts down in
+/// order: the write is in both dumps. (Before, the servers died of it, without dumps.)
+#[test]
+fn sigterm_to_every_process_at_once_keeps_the_dumps() {
+    let mut cluster = Cluster::start(3);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    for &pid in &cluster.pids {
+        kill(pid, "TERM");
+    }
+    kill(cluster.coord.id(), "TERM");
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGTERM");
+    assert!(status.success());
+    let owner = slot_of(b"k", 3);
+    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    let copy = cluster.dump(secondary_of(owner, 3), "secondary");
+    assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+}
+
 /// A cluster whose dump directory is replaced by a file (as a full disk would, the dumps
 /// cannot be written) after one write; then ctrl+d. Returns the directory's path.
 fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> std::path::PathBuf {

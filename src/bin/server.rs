@@ -160,10 +160,37 @@ fn start(args: Args) -> Result<(), String> {
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     }
     .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(run(opts, token));
+    let result = runtime.block_on(async {
+        ignore_stop_signals()?;
+        run(opts, token).await.map_err(|e| e.to_string())
+    });
     runtime.shutdown_background();
     if let Err(e) = &result {
         tracing::error!(error = %e, "server stopped");
     }
-    result.map_err(|e| e.to_string())
+    result
+}
+
+/// A server is stopped by its coordinator, which first has it write its dumps. SIGINT and
+/// SIGTERM are logged and otherwise ignored: a service manager stopping the whole service
+/// sends SIGTERM to every process at once (systemd's default), and a server that died of it
+/// would take its data along before the coordinator could ask for the dumps. (SIGKILL still
+/// ends a server at once, as a crash.)
+fn ignore_stop_signals() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::warn!(
+                signal = name,
+                "ignored: the coordinator stops servers (ctrl+d, SIGINT or SIGTERM to it)"
+            );
+        }
+    });
+    Ok(())
 }
