@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ftkv::client::OpError;
@@ -123,57 +124,59 @@ fn ctrl_d_shuts_down_quickly_with_dumps() {
     assert_eq!(keys, 3);
 }
 
+/// Writes `k`, lets `stop` signal the service, and checks that the coordinator exits 0 with
+/// `k` in the dumps.
+fn stops_in_order_with_dumps(stop: impl FnOnce(&Cluster)) {
+    let mut cluster = Cluster::start(3);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    stop(&cluster);
+    let status = cluster.wait_coord(Duration::from_secs(5)).expect("the coordinator exits");
+    assert!(status.success());
+    assert_k_in_both_dumps(cluster.dir.path());
+}
+
+/// `k` is in its owner's primary dump and its copy's secondary dump, in `dir`.
+fn assert_k_in_both_dumps(dir: &Path) {
+    let owner = slot_of(b"k", 3);
+    let primary = dir.join(format!("server_{owner}.primary"));
+    let secondary = dir.join(format!("server_{}.secondary", secondary_of(owner, 3)));
+    assert_eq!(read_dump(&primary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    assert_eq!(read_dump(&secondary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+}
+
 /// SIGTERM to the coordinator is an orderly shutdown too.
 #[test]
 fn sigterm_shuts_down_with_dumps() {
-    let mut cluster = Cluster::start(3);
-    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
-    support::cluster::kill(cluster.coord.id(), "TERM");
-    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGTERM");
-    assert!(status.success());
-    let owner = slot_of(b"k", 3);
-    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    stops_in_order_with_dumps(|cluster| kill(cluster.coord.id(), "TERM"));
 }
 
 /// ctrl+c in the coordinator's terminal sends SIGINT to its whole process group. The local
-/// servers run in groups of their own and are not hit: the coordinator shuts down in order and
-/// the write is in both dumps. (While they shared its group they died at once, without dumps.)
+/// servers run in groups of their own and are not hit: the coordinator shuts down in order.
+/// (While they shared its group they died at once, without dumps.)
 #[test]
 fn ctrl_c_to_the_coordinators_process_group_shuts_down_with_dumps() {
-    let mut cluster = Cluster::start(3);
-    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
-    // SAFETY: kill(2) on a process group id; no memory is involved.
-    assert_eq!(unsafe { libc::kill(-(cluster.coord.id() as i32), libc::SIGINT) }, 0);
-    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGINT");
-    assert!(status.success());
-    let owner = slot_of(b"k", 3);
-    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
-    let copy = cluster.dump(secondary_of(owner, 3), "secondary");
-    assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    stops_in_order_with_dumps(|cluster| {
+        // SAFETY: kill(2) on a process group id; no memory is involved.
+        assert_eq!(unsafe { libc::kill(-(cluster.coord.id() as i32), libc::SIGINT) }, 0);
+    });
 }
 
 /// A service manager stopping the service sends SIGTERM to every one of its processes at
 /// once (systemd's default). The servers ignore theirs and the coordinator shuts down in
-/// order: the write is in both dumps. (Before, the servers died of it, without dumps.)
+/// order. (Before, the servers died of it, without dumps.)
 #[test]
 fn sigterm_to_every_process_at_once_keeps_the_dumps() {
-    let mut cluster = Cluster::start(3);
-    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
-    for &pid in &cluster.pids {
-        kill(pid, "TERM");
-    }
-    kill(cluster.coord.id(), "TERM");
-    let status = cluster.wait_coord(Duration::from_secs(5)).expect("coordinator exits on SIGTERM");
-    assert!(status.success());
-    let owner = slot_of(b"k", 3);
-    assert_eq!(cluster.dump(owner, "primary").get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
-    let copy = cluster.dump(secondary_of(owner, 3), "secondary");
-    assert_eq!(copy.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    stops_in_order_with_dumps(|cluster| {
+        for &pid in &cluster.pids {
+            kill(pid, "TERM");
+        }
+        kill(cluster.coord.id(), "TERM");
+    });
 }
 
 /// A cluster whose dump directory is replaced by a file (as a full disk would, the dumps
 /// cannot be written) after one write; then ctrl+d. Returns the directory's path.
-fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> std::path::PathBuf {
+fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> PathBuf {
     assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
     let dumps = cluster.path("dumps");
     std::fs::remove_dir_all(&dumps).unwrap();
@@ -188,15 +191,12 @@ fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> std::path::PathBuf {
 }
 
 /// Back in place, the dump directory gets every server's dumps, with the write in them.
-fn unblock_and_check_dumps(dumps: &std::path::Path) {
+fn unblock_and_check_dumps(dumps: &Path) {
     std::fs::remove_file(dumps).unwrap();
     std::fs::create_dir(dumps).unwrap();
-    let owner = slot_of(b"k", 3);
-    let primary = dumps.join(format!("server_{owner}.primary"));
-    let secondary = dumps.join(format!("server_{}.secondary", secondary_of(owner, 3)));
-    assert!(wait_until(Duration::from_secs(5), || primary.exists() && secondary.exists()));
-    assert_eq!(read_dump(&primary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
-    assert_eq!(read_dump(&secondary).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    let written = || (0..3).all(|id| dumps.join(format!("server_{id}.secondary")).exists());
+    assert!(wait_until(Duration::from_secs(5), written));
+    assert_k_in_both_dumps(dumps);
 }
 
 /// Dumps that cannot be written at shutdown: the servers stay up with their data and the
