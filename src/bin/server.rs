@@ -186,10 +186,10 @@ fn ignore_stop_signals() -> Result<(), String> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            tracing::warn!(
-                signal = name,
-                "ignored: the coordinator stops servers (ctrl+d, SIGINT or SIGTERM to it)"
-            );
+            let why = "the coordinator stops servers (ctrl+d, SIGINT or SIGTERM to it); \
+                       kill -9 ends one at once";
+            tracing::warn!(signal = name, "ignored: {why}");
+            eprintln!("server: {name} ignored: {why}");
         }
     });
     Ok(())
