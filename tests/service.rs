@@ -229,6 +229,61 @@ fn giving_up_on_dumps_leaves_the_servers_retrying_on_their_own() {
     assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|&pid| !alive(pid))));
 }
 
+/// A second SIGTERM while the first shutdown round still runs (here a paused server makes
+/// it last its full 3 s) is not lost: the coordinator gives up as soon as the round ends.
+#[test]
+fn a_second_sigterm_during_the_shutdown_round_gives_up() {
+    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    let dumps = cluster.path("dumps");
+    std::fs::remove_dir_all(&dumps).unwrap();
+    std::fs::write(&dumps, "not a directory").unwrap();
+    kill(cluster.pids[0], "STOP");
+    kill(cluster.coord.id(), "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    kill(cluster.coord.id(), "TERM");
+    let status = cluster.wait_coord(Duration::from_secs(10)).expect("gave up after the round");
+    assert!(!status.success());
+    assert!(cluster.coord_log().contains("gave up waiting for dumps"));
+}
+
+/// A server that lost its coordinator retries dumps it cannot write; but dump files that
+/// appear meanwhile are from a newer start of its id (it was replaced while cut off), with
+/// newer data: it leaves them as they are and exits.
+#[test]
+fn a_retrying_server_does_not_overwrite_a_newer_dump() {
+    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
+    let dumps = cluster.path("dumps");
+    std::fs::remove_dir_all(&dumps).unwrap();
+    std::fs::write(&dumps, "not a directory").unwrap();
+    kill(cluster.coord.id(), "KILL");
+    cluster.wait_coord(Duration::from_secs(5)).expect("coordinator killed");
+    let retrying = |id: u32| {
+        let log = std::fs::read_to_string(cluster.path(&format!("server_{id}.log")));
+        log.is_ok_and(|log| log.contains("cannot write dumps"))
+    };
+    assert!(wait_until(Duration::from_secs(5), || (0..3).all(retrying)));
+    // File times come from a clock that can lag by a tick: let the newer dumps be clearly
+    // newer, then have them appear all at once.
+    std::thread::sleep(Duration::from_millis(100));
+    let newer = cluster.path("newer");
+    std::fs::create_dir(&newer).unwrap();
+    for name in
+        (0..3).flat_map(|id| [format!("server_{id}.primary"), format!("server_{id}.secondary")])
+    {
+        std::fs::write(newer.join(name), "P \"newer\" \"x\"\n").unwrap();
+    }
+    std::fs::remove_file(&dumps).unwrap();
+    std::fs::rename(&newer, &dumps).unwrap();
+    let pids = cluster.pids.clone();
+    assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|&pid| !alive(pid))));
+    for id in 0..3 {
+        let primary = read_dump(&dumps.join(format!("server_{id}.primary")));
+        assert_eq!(primary.keys().collect::<Vec<_>>(), [&b"newer"[..]], "server {id}");
+    }
+}
+
 /// kill -9 of the coordinator: the servers notice, write their dumps, and exit.
 #[test]
 fn servers_exit_when_the_coordinator_is_killed() {

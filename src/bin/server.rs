@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -171,25 +171,32 @@ fn start(args: Args) -> Result<(), String> {
     result
 }
 
-/// A server is stopped by its coordinator, which first has it write its dumps. SIGINT and
-/// SIGTERM are logged and otherwise ignored: a service manager stopping the whole service
-/// sends SIGTERM to every process at once (systemd's default), and a server that died of it
-/// would take its data along before the coordinator could ask for the dumps. (SIGKILL still
-/// ends a server at once, as a crash.)
+/// A server is stopped by its coordinator, which first has it write its dumps. SIGINT,
+/// SIGTERM and SIGHUP are logged and otherwise ignored, for they reach servers along with
+/// their coordinator: a terminal's ctrl+c or hang-up goes to its whole foreground process
+/// group (local servers are in the coordinator's, so that ctrl+z and `fg` stop and resume the
+/// service as one), and a service manager stopping the service sends SIGTERM to every process
+/// at once (systemd's default). A server that died of any of them would take its data along
+/// before the coordinator could ask for the dumps. (SIGKILL still ends a server at once, as a
+/// crash.)
 fn ignore_stop_signals() -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let listen = |kind, name| signal(kind).map_err(|e| format!("{name} handler: {e}"));
+    let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
+    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut hup = listen(SignalKind::hangup(), "SIGHUP")?;
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             };
             let why = "the coordinator stops servers (ctrl+d, SIGINT or SIGTERM to it); \
                        kill -9 ends one at once";
             tracing::warn!(signal = name, "ignored: {why}");
-            eprintln!("server: {name} ignored: {why}");
+            // Standard error may be gone (a closed terminal): never fail on it.
+            let _ = writeln!(std::io::stderr(), "server: {name} ignored: {why}");
         }
     });
     Ok(())

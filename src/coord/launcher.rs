@@ -111,10 +111,6 @@ impl Launcher {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            // A process group of its own: ctrl+c (or a hang-up) in the coordinator's terminal
-            // is sent to the whole foreground group, and would kill every server before the
-            // coordinator could have them write their dumps.
-            .process_group(0)
             .spawn()
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display()))

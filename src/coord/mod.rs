@@ -205,9 +205,13 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     outcome.and(shut)
 }
 
-/// Resolves with a reason on end of standard input (if watched), SIGINT or SIGTERM.
-/// A fresh one can be made after the first resolved: signals are caught from then on.
+/// Resolves with a reason on end of standard input (if watched), SIGINT or SIGTERM. The
+/// signals are caught from the call on (not from the first poll: tokio drops a signal that
+/// arrives while nobody listens), so a second one can be made ready before it is awaited.
 fn stop_signal(watch_stdin: bool) -> StopSignal {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     Box::pin(async move {
         let stdin_closed = async {
             if !watch_stdin {
@@ -217,11 +221,9 @@ fn stop_signal(watch_stdin: bool) -> StopSignal {
             let mut buf = [0u8; 1024];
             while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = stdin_closed => "end of standard input".to_string(),
-            _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
+            _ = int.recv() => "SIGINT".to_string(),
             _ = term.recv() => "SIGTERM".to_string(),
         }
     })
@@ -717,6 +719,7 @@ impl Cluster {
     /// (it retries on its own) and is an error.
     async fn shutdown(&mut self) -> Result<()> {
         let began = Instant::now();
+        let give_up = stop_signal(false);
         if let Some(install) = self.installing.take() {
             install.abort();
         }
@@ -732,7 +735,7 @@ impl Cluster {
         let results = join_all(dumps).await;
         let failed =
             live.into_iter().zip(results).filter(|(link, result)| !dumped(link, result, 1));
-        let abandoned = retry_dumps(failed.map(|(link, _)| link).collect()).await;
+        let abandoned = retry_dumps(failed.map(|(link, _)| link).collect(), give_up).await;
         let reaped = self.children.drain().filter(|((id, _), _)| !abandoned.contains(id)).map(
             |((id, _), process)| async move {
                 if !process.reap(Duration::from_secs(1)).await {
@@ -776,19 +779,18 @@ fn dumped(link: &ControlLink, result: &Result<ControlResponse>, attempt: u64) ->
 }
 
 /// Asks the servers in `pending` to write their dumps again every [`DUMP_RETRY`], until all
-/// have, or until SIGINT or SIGTERM. Returns the ids of those that still have not.
-async fn retry_dumps(mut pending: Vec<ControlLink>) -> Vec<u32> {
+/// have, or until `give_up` resolves. Returns the ids of those that still have not.
+async fn retry_dumps(mut pending: Vec<ControlLink>, mut give_up: StopSignal) -> Vec<u32> {
     if pending.is_empty() {
         return Vec::new();
     }
     let ids = |links: &[ControlLink]| links.iter().map(ControlLink::id).collect::<Vec<_>>();
-    eprintln!(
-        "ftkv coordinator: server(s) {:?} could not write their dumps (see the log); they keep \
-         their data. Asking again every {} s until they can; SIGINT (ctrl+c) or SIGTERM gives up",
+    say(&format!(
+        "server(s) {:?} could not write their dumps (see the log); they keep their data. \
+         Asking again every {} s until they can; SIGINT (ctrl+c) or SIGTERM gives up",
         ids(&pending),
         DUMP_RETRY.as_secs()
-    );
-    let mut give_up = stop_signal(false);
+    ));
     let mut attempt = 1;
     while !pending.is_empty() {
         attempt += 1;
@@ -810,8 +812,15 @@ async fn retry_dumps(mut pending: Vec<ControlLink>) -> Vec<u32> {
             .map(|(l, _)| l)
             .collect();
     }
-    eprintln!("ftkv coordinator: every dump is written");
+    say("every dump is written");
     Vec::new()
+}
+
+/// A line for whoever runs the coordinator, on standard error, which may be gone (a closed
+/// terminal, a pipe whose reader died): never fail on it.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ftkv coordinator: {line}");
 }
 
 /// Extra wait after a lost server's lease ends, for clock-rate differences between hosts.

@@ -354,11 +354,10 @@ impl Server {
     /// Writes both dump files; returns the entry counts.
     fn dump(&self) -> std::io::Result<(u64, u64)> {
         let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
-        let path = |suffix: &str| self.dump_dir.join(format!("server_{}.{suffix}", self.id));
         let written = self
             .primary
-            .dump(&path("primary"))
-            .and_then(|primary| Ok((primary, self.secondary.dump(&path("secondary"))?)));
+            .dump(&self.dump_path("primary"))
+            .and_then(|primary| Ok((primary, self.secondary.dump(&self.dump_path("secondary"))?)));
         match &written {
             Ok((primary, secondary)) => {
                 info!(primary, secondary, dir = %self.dump_dir.display(), "dumps written");
@@ -378,10 +377,28 @@ impl Server {
     /// Retries [`dump`](Self::dump) every second until it succeeds: with nobody left to ask
     /// again, exiting on a failed dump (a full disk) would throw the data away. Only a kill
     /// ends the wait.
+    ///
+    /// A dump file that appears meanwhile is from a newer start of this server id, which
+    /// replaced this one (paused or cut off, it was declared lost) and whose data is newer:
+    /// it is not overwritten.
     async fn dump_until_written(&self) {
+        let lost = std::time::SystemTime::now();
         while self.dump().is_err() {
             tokio::time::sleep(DUMP_RETRY).await;
+            let written_since = |kind| {
+                std::fs::metadata(self.dump_path(kind))
+                    .and_then(|meta| meta.modified())
+                    .is_ok_and(|modified| modified > lost)
+            };
+            if written_since("primary") || written_since("secondary") {
+                warn!("a newer start of this server wrote its dumps meanwhile; keeping them");
+                return;
+            }
         }
+    }
+
+    fn dump_path(&self, kind: &str) -> PathBuf {
+        self.dump_dir.join(format!("server_{}.{kind}", self.id))
     }
 
     /// Stops client operations and waits until no replicated write is in flight.

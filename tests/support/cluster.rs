@@ -61,8 +61,9 @@ impl Cluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            // A group of its own, as a shell gives a job: a test can signal the group the
-            // way a terminal's ctrl+c does.
+            // A group of its own, with the local servers it starts (replacements too), so
+            // that dropping the cluster ends them all, and a test can signal the group as a
+            // terminal's ctrl+c does.
             .process_group(0)
             .spawn()
             .expect("spawn coord");
@@ -204,32 +205,23 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // The coordinator and every local server it started, including replacements (which
-        // would otherwise outlive the test until their lease ran out). Servers run in process
-        // groups of their own, so they are found as the coordinator's children; only while the
-        // coordinator is unreaped, so that its id cannot belong to anyone else.
+        // The whole group: the coordinator and every local server it started, including
+        // replacements (which would otherwise outlive the test until their lease ran out).
+        // Only while the coordinator is unreaped, so that its id cannot belong to anyone else.
         if let Ok(None) = self.coord.try_wait() {
-            let children = children_of(self.coord.id());
-            kill(self.coord.id(), "KILL");
-            for pid in children {
+            // SAFETY: kill(2) on a process group id; no memory is involved.
+            unsafe { libc::kill(-(self.coord.id() as i32), libc::SIGKILL) };
+        }
+        let _ = self.coord.wait();
+        // Servers left running after their coordinator exited; a pid whose server was reaped
+        // may belong to another process by now.
+        for &pid in &self.pids {
+            let program = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if program.split(|&b| b == 0).next() == Some(SERVER.as_bytes()) {
                 kill(pid, "KILL");
             }
         }
-        let _ = self.coord.wait();
-        for &pid in &self.pids {
-            kill(pid, "KILL");
-        }
     }
-}
-
-/// The children of process `pid` (started by any of its threads).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
-        .collect()
 }
 
 /// `program` run behind `prefix` (e.g. `ip netns exec NS`), or directly.
