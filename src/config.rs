@@ -6,6 +6,10 @@ use std::path::Path;
 
 /// Fewest servers that can replicate to a distinct secondary and survive one fault.
 pub const MIN_SERVERS: usize = 3;
+/// Most servers a cluster file may list: a small cluster, and well within what the
+/// coordinator's servers port accepts at once (each server keeps one report connection, a
+/// replacement another while the old one lingers).
+pub const MAX_SERVERS: usize = 100;
 
 /// Where a server runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +40,11 @@ impl Host {
                 "bad host {word:?} (expected localhost, an address or [user@]host)"
             ));
         }
-        let loopback = host == "localhost"
+        if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            // Servers listen on IPv4 only.
+            return Err(format!("IPv6 address {host:?} (use localhost or an IPv4 address)"));
+        }
+        let loopback = host.eq_ignore_ascii_case("localhost")
             || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         Ok(match (loopback, user) {
             (true, None) => Host::Local(host.to_string()),
@@ -102,6 +110,9 @@ pub fn parse(text: &str) -> Result<Vec<ServerSpec>, ConfigError> {
     })?;
     if n < MIN_SERVERS {
         return Err(error(count_line, format!("{n} servers, at least {MIN_SERVERS} needed")));
+    }
+    if n > MAX_SERVERS {
+        return Err(error(count_line, format!("{n} servers, at most {MAX_SERVERS}")));
     }
     let mut specs = Vec::with_capacity(n);
     for (line, text) in lines {
@@ -187,6 +198,10 @@ mod tests {
     fn errors_name_their_line() {
         assert_eq!(err("").line, 0);
         assert_eq!(err("x\n").line, 1);
+        assert!(err("4294967297\nlocalhost 0 0 0\n").message.contains("at most 100"));
+        let upper = parse("3\nLOCALHOST 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n").unwrap();
+        assert_eq!(upper[0].host, Host::Local("LOCALHOST".into()));
+        assert!(err("3\n::1 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n").message.contains("IPv6"));
         let few = err("2\nlocalhost 0 0 0\nlocalhost 0 0 0\n");
         assert_eq!(few.line, 1);
         assert!(few.message.contains("at least 3"), "{few}");

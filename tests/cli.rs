@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use support::cluster::{CLIENT, COORD, Cluster};
+use support::cluster::{CLIENT, COORD, Cluster, SERVER};
 
 #[test]
 fn repl_from_a_pipe_prints_like_the_original() {
@@ -151,6 +151,17 @@ fn coord_config_errors_name_the_line_and_exit_non_zero() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("timeout"), "{err}");
+    // Too large for the clocks' arithmetic (it panicked at 1e20).
+    let (code, err) = coord_with_config(
+        "3\nlocalhost 0 0 0\n",
+        &["-c", "0", "-s", "0", "-C", "cfg.txt", "-t", "1e20"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("0.05 to 3600"), "{err}");
+    // A count too large to allocate for (it aborted the coordinator).
+    let (code, err) = coord_with_config("4294967297\nlocalhost 0 0 0\n", &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("at most 100"), "{err}");
     let (code, err) = coord_with_config("", &["-c", "0", "-s", "0", "-C", "/nonexistent.txt"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent.txt"), "{err}");
@@ -210,4 +221,61 @@ fn repl_on_a_terminal_has_a_prompt_and_history() {
         "history recalled the GET: {screen:?}"
     );
     assert!(out.status.success());
+}
+
+/// A cluster token left in the coordinator's environment is not this cluster's: the servers
+/// it starts must take theirs from standard input. (They read the variable first, were
+/// refused, and the start failed.)
+#[test]
+fn a_token_in_the_coordinators_environment_does_not_break_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cfg.txt"),
+        "3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n",
+    )
+    .unwrap();
+    let mut coord = Command::new(COORD)
+        .current_dir(dir.path())
+        .args(["-c", "0", "-s", "0", "-C", "cfg.txt", "-l", "coord.log"])
+        .env("FTKV_CLUSTER_TOKEN", "not-this-clusters")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(coord.stdout.take().unwrap());
+    let ready = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("cluster ready"));
+    drop(coord.stdin.take());
+    assert!(coord.wait().unwrap().success());
+    assert!(ready, "{}", std::fs::read_to_string(dir.path().join("coord.log")).unwrap());
+}
+
+/// A server that never joins a cluster (here nobody listens at the coordinator's address)
+/// fails with a clear message and a non-zero status, and leaves the dumps of an earlier run
+/// alone: it never held data. (It exited 0, "lost the coordinator", and wrote empty dumps
+/// over them; a coordinator whose start failed left the same behind.)
+#[test]
+fn a_server_that_never_joins_fails_and_leaves_earlier_dumps_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let dumps = ["server_0.primary", "server_0.secondary"].map(|name| dir.path().join(name));
+    for dump in &dumps {
+        std::fs::write(dump, "P \"k\" \"v\"\n").unwrap();
+    }
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(SERVER)
+        .args(["-h", "127.0.0.1", "-m", &nobody.to_string(), "-S", "0", "-n", "3"])
+        .arg("--dump-dir")
+        .arg(dir.path())
+        .arg("-l")
+        .arg(dir.path().join("server_0.log"))
+        .env("FTKV_CLUSTER_TOKEN", "token")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("never joined the cluster"), "{err}");
+    for dump in &dumps {
+        assert_eq!(std::fs::read_to_string(dump).unwrap(), "P \"k\" \"v\"\n");
+    }
 }

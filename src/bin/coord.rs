@@ -73,9 +73,16 @@ fn absolute(path: PathBuf) -> Result<PathBuf, String> {
     std::path::absolute(&path).map_err(|e| format!("bad path {}: {e}", path.display()))
 }
 
+/// `dir`, created if missing (servers create their dump directory the same way).
+fn existing_dir(dir: PathBuf, what: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create {what} directory {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 fn start(args: Args) -> Result<(), String> {
-    if !(args.timeout.is_finite() && args.timeout >= 0.05) {
-        return Err(format!("bad timeout {} (seconds, at least 0.05)", args.timeout));
+    if !(args.timeout.is_finite() && (0.05..=3600.0).contains(&args.timeout)) {
+        return Err(format!("bad timeout {} (seconds, 0.05 to 3600)", args.timeout));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
@@ -100,7 +107,7 @@ fn start(args: Args) -> Result<(), String> {
         timeout,
         heartbeat,
         server_bin,
-        log_dir: absolute(args.log_dir)?,
+        log_dir: existing_dir(absolute(args.log_dir)?, "log")?,
         dump_dir: absolute(args.dump_dir)?,
         watch_stdin: !args.ignore_stdin,
         ssh_args: args.ssh_args.split_whitespace().map(String::from).collect(),

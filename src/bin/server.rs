@@ -196,7 +196,9 @@ fn ignore_stop_signals() -> Result<(), String> {
                        kill -9 ends one at once";
             tracing::warn!(signal = name, "ignored: {why}");
             // Standard error may be gone (a closed terminal): never fail on it.
-            let _ = writeln!(std::io::stderr(), "server: {name} ignored: {why}");
+            // One write, so that lines of servers sharing the terminal do not interleave.
+            let line = format!("server: {name} ignored: {why}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     });
     Ok(())

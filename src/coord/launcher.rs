@@ -104,10 +104,13 @@ impl Launcher {
                 self.server_bin.display()
             )));
         }
-        let log = self.log_dir.join(format!("server_{}.log", member.id));
+        let log = self.log_of(member);
         let dumps = self.dump_dir.to_string_lossy().into_owned();
         let mut child = Command::new(&self.server_bin)
-            .args(self.args(member, servers, "127.0.0.1", &log.to_string_lossy(), &dumps))
+            .args(self.args(member, servers, "127.0.0.1", &log, &dumps))
+            // The token goes on standard input; one in our environment (which the server
+            // would read first) is not this cluster's.
+            .env_remove("FTKV_CLUSTER_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -115,9 +118,27 @@ impl Launcher {
             .map_err(|e| {
                 Error::Unavailable(format!("cannot start {}: {e}", self.server_bin.display()))
             })?;
+        // Until the token is handed over, the process is nobody's: if this is cancelled (a
+        // stop during start-up) or fails, kill it rather than leave it untracked.
+        let mut unclaimed = KillUnlessClaimed(child.id());
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
+        stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "server {}: cannot hand it the cluster token ({e}); did it exit at once? see {log}",
+                member.id
+            ))
+        })?;
+        unclaimed.0 = None;
         Ok(child)
+    }
+
+    /// Where server `member` logs (on its host, for a remote one).
+    pub fn log_of(&self, member: &Member) -> String {
+        let name = format!("server_{}.log", member.id);
+        match &member.spec.host {
+            Host::Local(_) => self.log_dir.join(name).to_string_lossy().into_owned(),
+            Host::Ssh { host, .. } => format!("{host}:{}/{name}", self.remote_dir),
+        }
     }
 
     /// `ssh [user@]host '<server> ... --daemon'`: the server reads the token from standard
@@ -233,6 +254,18 @@ impl Launcher {
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
         .collect()
+    }
+}
+
+/// Kills process `pid` when dropped, unless cleared first.
+struct KillUnlessClaimed(Option<u32>);
+
+impl Drop for KillUnlessClaimed {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) on our own unreaped child, so the pid is still its own.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 

@@ -53,6 +53,7 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(4);
 /// Most connections served at once on the clients port and on the servers port.
 const MAX_CLIENT_CONNECTIONS: usize = 1024;
 const MAX_SERVER_CONNECTIONS: usize = 256;
+const _: () = assert!(MAX_SERVER_CONNECTIONS >= 2 * crate::config::MAX_SERVERS);
 /// How often heartbeats and recovery deadlines are checked.
 const TICK: Duration = Duration::from_millis(10);
 /// A tick this late means the coordinator itself was not running (paused, starved of CPU).
@@ -287,7 +288,8 @@ impl Cluster {
                     return Err(Error::Unavailable(format!("servers {missing:?} did not start within {STARTUP_LIMIT:?}; see their logs")));
                 }
                 Some(Internal::Exited { id, status, .. }) = internal.recv() => {
-                    return Err(Error::Unavailable(format!("server {id} exited during start-up ({status}); see server_{id}.log")));
+                    let log = self.launcher.log_of(&self.topology.members[id as usize]);
+                    return Err(Error::Unavailable(format!("server {id} exited during start-up ({status}); see {log}")));
                 }
             };
             match event {
@@ -820,7 +822,7 @@ async fn retry_dumps(mut pending: Vec<ControlLink>, mut give_up: StopSignal) -> 
 /// terminal, a pipe whose reader died): never fail on it.
 fn say(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "ftkv coordinator: {line}");
+    let _ = std::io::stderr().write_all(format!("ftkv coordinator: {line}\n").as_bytes());
 }
 
 /// Extra wait after a lost server's lease ends, for clock-rate differences between hosts.

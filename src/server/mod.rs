@@ -354,6 +354,12 @@ impl Server {
     /// Writes both dump files; returns the entry counts.
     fn dump(&self) -> std::io::Result<(u64, u64)> {
         let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
+        if self.config().is_none() {
+            // Never part of a running cluster (a start-up that failed), so empty: empty dumps
+            // would only overwrite those of an earlier run.
+            info!("no configuration ever installed: no dumps written");
+            return Ok((0, 0));
+        }
         let written = self
             .primary
             .dump(&self.dump_path("primary"))
@@ -481,7 +487,14 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
-    outcome.or(Ok(()))
+    match outcome {
+        // Never joined (the coordinator refused or could not be reached): a failed start.
+        Err(e) if server.config().is_none() => Err(Error::Unavailable(format!(
+            "never joined the cluster of the coordinator at {}: {e}",
+            opts.coordinator
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
