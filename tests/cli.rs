@@ -279,3 +279,34 @@ fn a_server_that_never_joins_fails_and_leaves_earlier_dumps_alone() {
         assert_eq!(std::fs::read_to_string(dump).unwrap(), "P \"k\" \"v\"\n");
     }
 }
+
+/// Input bytes that are not UTF-8 are refused (pointing to `\xNN`), not stored altered: they
+/// became U+FFFD. The lines around them run.
+#[test]
+fn input_that_is_not_utf8_is_refused_not_altered() {
+    let cluster = Cluster::start(3);
+    let run = cluster.run_client(&[], b"P \"raw\" \"a\xffb\"\nP \"ok\" \"x\"\nG \"raw\"\n");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("Operation #1 failed with: Invalid operation format (not UTF-8"));
+    assert!(run.stderr.contains("Operation #3 failed with: Key not found"), "{}", run.stderr);
+    assert_eq!(run.stdout, "value[\"ok\"] <- \"x\"\n");
+}
+
+/// Output that cannot be written (a full disk) is a failure with a message, not a panic, and
+/// not a success: `status` and a PUT into /dev/full.
+#[test]
+fn output_that_cannot_be_written_fails_clearly() {
+    let cluster = Cluster::start(3);
+    let port = cluster.clients_port.to_string();
+    for words in [&["status"][..], &["P", "k", "v"]] {
+        let out = Command::new(CLIENT)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(words)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{words:?}: {err}");
+        assert!(err.contains("No space left on device") && !err.contains("panicked"), "{err}");
+    }
+}

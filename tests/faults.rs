@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ftkv::client::Client;
+use ftkv::client::{Client, OpError};
 use ftkv::connection::Connection;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
@@ -426,4 +426,24 @@ async fn pauses_around_the_timeout_on_a_hot_key_stay_linearizable() {
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
     println!("pauses: {cycles}; replacements: {replaced}; operations: {}", events.len());
+}
+
+/// A large write to a server that stopped reading (paused) ends at the client's deadline as
+/// unknown, rather than when the server is replaced. (Sending had no deadline: a 16 MiB put
+/// took 15 s with a 3 s timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_to_a_paused_server_ends_at_the_deadline() {
+    let mut cluster = Cluster::start_with(N as usize, &["-t", "20"]);
+    let key = b"big";
+    let pid = cluster.pid_of(slot_of(key, N));
+    let mut client = Client::new(cluster.coord_addr(), Duration::from_secs(2));
+    client.put(key, b"small").await.expect("a first write");
+    kill(pid, "STOP");
+    let began = Instant::now();
+    let result = client.put(key, &vec![b'v'; 16 << 20]).await;
+    let took = began.elapsed();
+    kill(pid, "CONT");
+    assert!(matches!(result, Err(OpError::Unknown(_))), "{result:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(cluster.ctrl_d().success());
 }

@@ -1,6 +1,6 @@
 //! `client`: the ftkv command-line client (REPL, script file, one-shot, status, bench).
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ struct Args {
 }
 
 fn main() {
+    // A reader that went away (`client ... | head -1`) ends the client quietly, as it does
+    // any Unix filter, rather than as a failed write.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let code = match start(args) {
         Ok(outcome) => outcome as i32,
@@ -58,8 +62,8 @@ fn start(args: Args) -> Result<Outcome, String> {
         Some(path) => ftkv::logging::init(Some(path), "info")?,
         None => ftkv::logging::init(None, "error")?,
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(format!("bad timeout {}", args.timeout));
+    if !(args.timeout > 0.0 && args.timeout <= MAX_SECONDS) {
+        return Err(format!("bad timeout {} (seconds, at most {MAX_SECONDS})", args.timeout));
     }
     let coordinator = format!("{}:{}", args.host, args.port);
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -95,7 +99,11 @@ fn start(args: Args) -> Result<Outcome, String> {
 fn run_lines(runtime: &Runtime, session: &mut Session, input: impl BufRead) -> Result<(), String> {
     for line in input.split(b'\n') {
         let line = line.map_err(|e| format!("reading input: {e}"))?;
-        runtime.block_on(session.run_line(&String::from_utf8_lossy(&line)));
+        match std::str::from_utf8(&line) {
+            Ok(line) => runtime.block_on(session.run_line(line)),
+            // Never stored altered: raw bytes would have become U+FFFD.
+            Err(_) => session.reject_line("not UTF-8 text: write other bytes as \\xNN"),
+        }
     }
     Ok(())
 }
@@ -124,9 +132,9 @@ fn status(runtime: &Runtime, session: &mut Session, rest: &[String]) -> Result<O
     };
     let report = runtime.block_on(session.client().status()).map_err(|e| e.to_string())?;
     if json {
-        println!("{}", status_json(&report));
+        out(&format!("{}\n", status_json(&report)))?;
     } else {
-        print!("{}", format_table(&report));
+        out(&format_table(&report))?;
     }
     Ok(Outcome::Ok)
 }
@@ -165,14 +173,20 @@ struct BenchArgs {
     help: Option<bool>,
 }
 
+/// Longest --timeout and --duration: a day (far larger values overflowed the clock's
+/// arithmetic).
+const MAX_SECONDS: f64 = 86_400.0;
+
 fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outcome, String> {
     let args = BenchArgs::try_parse_from(
         std::iter::once("client bench").chain(rest.iter().map(String::as_str)),
     )
     .unwrap_or_else(|e| e.exit());
     let duration = match args.duration {
-        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-        Some(secs) => return Err(format!("bad --duration {secs}")),
+        Some(secs) if secs > 0.0 && secs <= MAX_SECONDS => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => {
+            return Err(format!("bad --duration {secs} (seconds, at most {MAX_SECONDS})"));
+        }
         None => None,
     };
     let options = BenchOptions {
@@ -195,11 +209,11 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut bench = Bench::connect(options).await?;
-        println!("{}", bench.summary());
+        out(&format!("{}\n", bench.summary()))?;
         let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
         for kind in bench.phases() {
             let report = bench.run_phase(kind).await;
-            println!("{}", report.line());
+            out(&format!("{}\n", report.line()))?;
             for sample in &report.error_samples {
                 eprintln!("client bench: {sample}");
             }
@@ -210,9 +224,18 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
                 absent += report.absent;
             }
         }
-        println!(
-            "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys"
-        );
+        out(&format!(
+            "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys\n"
+        ))?;
         Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
     })
+}
+
+/// Writes `text` to standard output; a failure (a full disk) is an error, not a panic.
+fn out(text: &str) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing standard output: {e}"))
 }

@@ -163,12 +163,19 @@ impl Client {
         }
         let (_, _, conn) = self.servers.get_mut(&server.id).expect("opened above");
         let request = ClientRequestRef { epoch: config.epoch, op };
-        let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        let answer = match conn.send(&request).await {
-            Err(e) => Err(Attempt::NotSent(e)),
-            Ok(()) => conn
+        let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
+        // A server that stopped reading (paused) must not hold a large request past the
+        // deadline; part of it may be out, so its outcome is unknown.
+        let sent = tokio::time::timeout_at(until, conn.send(&request)).await;
+        let answer = match sent {
+            Err(_) => Err(Attempt::Lost(Error::Timeout("sending the request"))),
+            Ok(Err(e)) => Err(Attempt::NotSent(e)),
+            Ok(Ok(())) => conn
                 .reader
-                .recv_within(limit, "waiting for the server's answer")
+                .recv_within(
+                    until.saturating_duration_since(Instant::now()),
+                    "waiting for the server's answer",
+                )
                 .await
                 .map_err(Attempt::Lost),
         };

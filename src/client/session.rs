@@ -35,11 +35,14 @@ impl Session {
         match parse_line(line) {
             Ok(Parsed::Empty) => {}
             Ok(Parsed::Command(command)) => self.run(command).await,
-            Err(e) => {
-                self.operations += 1;
-                self.fail(&format!("Invalid operation format ({e})"), Outcome::Failed);
-            }
+            Err(e) => self.reject_line(&e.to_string()),
         }
+    }
+
+    /// Counts a line that is not an operation, and says why.
+    pub fn reject_line(&mut self, why: &str) {
+        self.operations += 1;
+        self.fail(&format!("Invalid operation format ({why})"), Outcome::Failed);
     }
 
     /// Runs one parsed operation and prints its result.
@@ -65,8 +68,9 @@ impl Session {
         match result {
             Ok(text) => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
+                if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+                    self.fail(&format!("writing the result: {e}"), Outcome::Failed);
+                }
             }
             Err(OpError::NotFound) => self.fail("Key not found", Outcome::NotFound),
             Err(e) => self.fail(&e.to_string(), Outcome::Failed),

@@ -127,7 +127,7 @@ impl Cluster {
     }
 
     /// Runs the client binary with `args` after `-h 127.0.0.1 -p PORT`, feeding `input`.
-    pub fn run_client(&self, args: &[&str], input: &str) -> ClientRun {
+    pub fn run_client(&self, args: &[&str], input: impl AsRef<[u8]>) -> ClientRun {
         let port = self.clients_port.to_string();
         let mut child = command(&self.client_prefix, CLIENT)
             .args(["-h", &self.coord_host, "-p", &port])
@@ -138,9 +138,9 @@ impl Cluster {
             .spawn()
             .expect("spawn client");
         let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_string();
+        let input = input.as_ref().to_vec();
         let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(input.as_bytes());
+            let _ = stdin.write_all(&input);
         });
         let out = child.wait_with_output().unwrap();
         writer.join().unwrap();
