@@ -310,3 +310,21 @@ fn output_that_cannot_be_written_fails_clearly() {
         assert!(err.contains("No space left on device") && !err.contains("panicked"), "{err}");
     }
 }
+
+/// A "coordinator" that accepts and never answers: the operation fails at its --timeout,
+/// naming the address (the call to the coordinator waited a fixed 2 s, past the deadline).
+#[test]
+fn a_silent_coordinator_fails_at_the_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let began = std::time::Instant::now();
+    let out = Command::new(CLIENT)
+        .args(["-h", "127.0.0.1", "-p", &port, "--timeout", "0.5", "G", "k"])
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("coordinator at 127.0.0.1:{port}: no answer in time")), "{err}");
+    assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+}

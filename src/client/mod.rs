@@ -192,7 +192,7 @@ impl Client {
             return Ok(config.clone());
         }
         loop {
-            match self.ask_coordinator(&CoordRequest::GetConfig).await? {
+            match self.ask_coordinator(&CoordRequest::GetConfig, deadline).await? {
                 CoordResponse::Config(Some(config)) => {
                     config.validate().map_err(Error::Protocol)?;
                     let config = Arc::new(config);
@@ -218,22 +218,41 @@ impl Client {
 
     /// The coordinator's view of the cluster.
     pub async fn status(&mut self) -> Result<StatusReport, Error> {
-        match self.ask_coordinator(&CoordRequest::Status).await? {
+        let deadline = Instant::now() + self.timeout;
+        match self.ask_coordinator(&CoordRequest::Status, deadline).await? {
             CoordResponse::Status(report) => Ok(report),
             other => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
         }
     }
 
-    async fn ask_coordinator(&mut self, request: &CoordRequest) -> Result<CoordResponse, Error> {
-        let mut conn = match self.coord_conn.take() {
-            Some(conn) => conn,
-            None => Connection::connect(&self.coordinator, &Hello::new(Role::Client, &[]))
-                .await
-                .map_err(|e| {
-                    Error::Unavailable(format!("coordinator at {}: {e}", self.coordinator))
-                })?,
+    /// One call to the coordinator, connecting first if needed; bounded by `deadline` (and
+    /// by one attempt's time), so that neither a slow connect nor a silent peer outlasts the
+    /// operation.
+    async fn ask_coordinator(
+        &mut self,
+        request: &CoordRequest,
+        deadline: Instant,
+    ) -> Result<CoordResponse, Error> {
+        let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
+        let coordinator = &self.coordinator;
+        let conn = self.coord_conn.take();
+        let asked = tokio::time::timeout_at(until, async move {
+            let mut conn = match conn {
+                Some(conn) => conn,
+                None => {
+                    Connection::connect(coordinator, &Hello::new(Role::Client, &[])).await.map_err(
+                        |e| Error::Unavailable(format!("coordinator at {coordinator}: {e}")),
+                    )?
+                }
+            };
+            let response =
+                conn.call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator").await?;
+            Ok::<_, Error>((conn, response))
+        });
+        let no_answer = || {
+            Error::Unavailable(format!("coordinator at {}: no answer in time", self.coordinator))
         };
-        let response = conn.call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator").await?;
+        let (conn, response) = asked.await.map_err(|_| no_answer())??;
         self.coord_conn = Some(conn);
         Ok(response)
     }
