@@ -328,3 +328,12 @@ fn a_silent_coordinator_fails_at_the_timeout() {
     assert!(err.contains(&format!("coordinator at 127.0.0.1:{port}: no answer in time")), "{err}");
     assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
 }
+
+/// A script file and an operation on the command line together: one would be ignored (the
+/// file was), so it is an error.
+#[test]
+fn a_file_and_an_operation_together_are_refused() {
+    let out = Command::new(CLIENT).args(["-p", "1", "-f", "/dev/null", "G", "k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("either -f FILE or an operation"));
+}

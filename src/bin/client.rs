@@ -70,6 +70,9 @@ fn start(args: Args) -> Result<Outcome, String> {
     if args.words.first().map(String::as_str) == Some("bench") {
         return bench(coordinator, timeout, &args.words[1..]);
     }
+    if args.file.is_some() && !args.words.is_empty() {
+        return Err("give either -f FILE or an operation, not both".into());
+    }
     let client = Client::new(coordinator, timeout);
     let runtime = Runtime::new().map_err(|e| e.to_string())?;
     let mut session = Session::new(client);

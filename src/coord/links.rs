@@ -182,7 +182,10 @@ impl ControlLink {
     /// reconnect if the connection failed.
     pub async fn connect(id: u32, addr: &str, token: &[u8]) -> Result<Self> {
         let hello = Hello::new(Role::Coordinator, token);
-        let mut conn = Some(Connection::connect(addr, &hello).await?);
+        let connected = Connection::connect(addr, &hello).await.map_err(|e| {
+            Error::Unavailable(format!("server {id}: connecting to its control port {addr}: {e}"))
+        })?;
+        let mut conn = Some(connected);
         let (tx, mut rx) = mpsc::channel::<Call>(16);
         let addr_owned = addr.to_string();
         tokio::spawn(async move {
