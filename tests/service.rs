@@ -175,19 +175,26 @@ fn sigterm_to_every_process_at_once_keeps_the_dumps() {
 }
 
 /// A cluster whose dump directory is replaced by a file (as a full disk would, the dumps
-/// cannot be written) after one write; then ctrl+d. Returns the directory's path.
-fn shutdown_with_dumps_blocked(cluster: &mut Cluster) -> PathBuf {
+/// cannot be written) after one write. Returns the directory's path too.
+fn cluster_with_dumps_blocked() -> (Cluster, PathBuf) {
+    let cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
     assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
     let dumps = cluster.path("dumps");
     std::fs::remove_dir_all(&dumps).unwrap();
     std::fs::write(&dumps, "not a directory").unwrap();
+    (cluster, dumps)
+}
+
+/// [`cluster_with_dumps_blocked`], then ctrl+d: the servers cannot write their dumps.
+fn shutdown_with_dumps_blocked() -> (Cluster, PathBuf) {
+    let (mut cluster, dumps) = cluster_with_dumps_blocked();
     cluster.close_stdin();
     assert!(wait_until(Duration::from_secs(5), || {
         cluster.coord_log().contains("server could not write its dumps")
     }));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(cluster.pids.iter().all(|&pid| alive(pid)), "the servers keep their data");
-    dumps
+    (cluster, dumps)
 }
 
 /// Back in place, the dump directory gets every server's dumps, with the write in them.
@@ -205,8 +212,7 @@ fn unblock_and_check_dumps(dumps: &Path) {
 /// the coordinator still exited 0.)
 #[test]
 fn dumps_that_cannot_be_written_are_retried_until_they_are() {
-    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
-    let dumps = shutdown_with_dumps_blocked(&mut cluster);
+    let (mut cluster, dumps) = shutdown_with_dumps_blocked();
     assert!(cluster.coord.try_wait().unwrap().is_none(), "the coordinator waits for the dumps");
     unblock_and_check_dumps(&dumps);
     let status = cluster.wait_coord(Duration::from_secs(5)).expect("exits once dumps are written");
@@ -217,8 +223,7 @@ fn dumps_that_cannot_be_written_are_retried_until_they_are() {
 /// exit), and the servers, left running, write their dumps on their own once they can.
 #[test]
 fn giving_up_on_dumps_leaves_the_servers_retrying_on_their_own() {
-    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
-    let dumps = shutdown_with_dumps_blocked(&mut cluster);
+    let (mut cluster, dumps) = shutdown_with_dumps_blocked();
     kill(cluster.coord.id(), "TERM");
     let status = cluster.wait_coord(Duration::from_secs(5)).expect("gives up on SIGTERM");
     assert!(!status.success());
@@ -233,11 +238,7 @@ fn giving_up_on_dumps_leaves_the_servers_retrying_on_their_own() {
 /// it last its full 3 s) is not lost: the coordinator gives up as soon as the round ends.
 #[test]
 fn a_second_sigterm_during_the_shutdown_round_gives_up() {
-    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
-    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
-    let dumps = cluster.path("dumps");
-    std::fs::remove_dir_all(&dumps).unwrap();
-    std::fs::write(&dumps, "not a directory").unwrap();
+    let (mut cluster, _) = cluster_with_dumps_blocked();
     kill(cluster.pids[0], "STOP");
     kill(cluster.coord.id(), "TERM");
     std::thread::sleep(Duration::from_millis(500));
@@ -252,11 +253,7 @@ fn a_second_sigterm_during_the_shutdown_round_gives_up() {
 /// newer data: it leaves them as they are and exits.
 #[test]
 fn a_retrying_server_does_not_overwrite_a_newer_dump() {
-    let mut cluster = Cluster::start_with(3, &["--dump-dir", "dumps"]);
-    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0);
-    let dumps = cluster.path("dumps");
-    std::fs::remove_dir_all(&dumps).unwrap();
-    std::fs::write(&dumps, "not a directory").unwrap();
+    let (mut cluster, dumps) = cluster_with_dumps_blocked();
     kill(cluster.coord.id(), "KILL");
     cluster.wait_coord(Duration::from_secs(5)).expect("coordinator killed");
     let retrying = |id: u32| {
