@@ -329,6 +329,28 @@ fn a_silent_coordinator_fails_at_the_timeout() {
     assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
 }
 
+/// Standard output's reader went away (`client ... | head -1`): the client ends by SIGPIPE,
+/// as any Unix filter, without a panic (status and bench panicked on the broken pipe).
+#[test]
+fn a_reader_that_went_away_ends_the_client_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let cluster = Cluster::start(3);
+    let port = cluster.clients_port.to_string();
+    for words in [&["status"][..], &["P", "k", "v"], &["bench", "-n", "100"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(CLIENT)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(words)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{words:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 /// A script file and an operation on the command line together: one would be ignored (the
 /// file was), so it is an error.
 #[test]

@@ -8,7 +8,7 @@ use clap::Parser;
 use ftkv::client::Client;
 use ftkv::client::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::line::parse_words;
-use ftkv::client::session::{Outcome, Session, status_json};
+use ftkv::client::session::{Outcome, Session, end_by_sigpipe, status_json};
 use ftkv::coord::format_table;
 use tokio::runtime::Runtime;
 
@@ -42,10 +42,6 @@ struct Args {
 }
 
 fn main() {
-    // A reader that went away (`client ... | head -1`) ends the client quietly, as it does
-    // any Unix filter, rather than as a failed write.
-    // SAFETY: restoring a signal's default disposition at start-up, before any thread.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let code = match start(args) {
         Ok(outcome) => outcome as i32,
@@ -237,8 +233,8 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
 /// Writes `text` to standard output; a failure (a full disk) is an error, not a panic.
 fn out(text: &str) -> Result<(), String> {
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing standard output: {e}"))
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_by_sigpipe(),
+        written => written.map_err(|e| format!("writing standard output: {e}")),
+    }
 }

@@ -68,8 +68,10 @@ impl Session {
         match result {
             Ok(text) => {
                 let mut out = std::io::stdout().lock();
-                if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
-                    self.fail(&format!("writing the result: {e}"), Outcome::Failed);
+                match writeln!(out, "{text}").and_then(|()| out.flush()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_by_sigpipe(),
+                    Err(e) => self.fail(&format!("writing the result: {e}"), Outcome::Failed),
+                    Ok(()) => {}
                 }
             }
             Err(OpError::NotFound) => self.fail("Key not found", Outcome::NotFound),
@@ -85,6 +87,18 @@ impl Session {
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
     }
+}
+
+/// Standard output's reader went away (`client ... | head -1`): end as any Unix filter does,
+/// by SIGPIPE. Only for standard output: Rust ignores SIGPIPE so that a server closing a
+/// socket is an error to handle, and it stays so.
+pub fn end_by_sigpipe() -> ! {
+    // SAFETY: plain libc calls; the process ends here.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }
 
 /// `client status --json`: exactly one JSON object in the documented shape.
