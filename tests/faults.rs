@@ -280,7 +280,8 @@ fn recovery_of_an_empty_cluster_completes() {
 }
 
 /// An orderly shutdown while one server is paused with a write to it in flight: the
-/// healthy servers still write their dumps, and every acknowledged write is in one.
+/// healthy servers still write their dumps, and every acknowledged write is in one. The
+/// coordinator exits 1 and names the server without dumps (it exited 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_a_paused_server_keeps_acknowledged_writes() {
     let mut cluster = Cluster::start_with(N as usize, &["-t", "30"]);
@@ -298,7 +299,9 @@ async fn shutdown_with_a_paused_server_keeps_acknowledged_writes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     kill(cluster.coord.id(), "TERM");
     let exit = tokio::task::block_in_place(|| cluster.wait_coord(Duration::from_secs(15)));
-    assert!(exit.is_some(), "the coordinator exits");
+    assert_eq!(exit.expect("the coordinator exits").code(), Some(1));
+    let named = format!("server(s) [{paused}] did not answer the shutdown and wrote no dumps");
+    assert!(cluster.coord_log().contains(&named), "{}", cluster.coord_log());
     pending.abort();
     for key in &keys {
         let o = slot_of(key, N);

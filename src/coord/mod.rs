@@ -735,9 +735,9 @@ impl Cluster {
             link.call(ControlRequest::Shutdown, limit)
         });
         let results = join_all(dumps).await;
-        let failed =
-            live.into_iter().zip(results).filter(|(link, result)| !dumped(link, result, 1));
-        let abandoned = retry_dumps(failed.map(|(link, _)| link).collect(), give_up).await;
+        let mut gone = Vec::new();
+        let pending = sort_dumps(live.into_iter().zip(results).collect(), 1, &mut gone);
+        let abandoned = retry_dumps(pending, give_up, &mut gone).await;
         let reaped = self.children.drain().filter(|((id, _), _)| !abandoned.contains(id)).map(
             |((id, _), process)| async move {
                 if !process.reap(Duration::from_secs(1)).await {
@@ -747,42 +747,85 @@ impl Cluster {
         );
         join_all(reaped).await;
         info!(elapsed_ms = began.elapsed().as_millis() as u64, "shutdown complete");
-        if abandoned.is_empty() {
+        let mut problems = Vec::new();
+        if !gone.is_empty() {
+            problems.push(format!(
+                "server(s) {gone:?} did not answer the shutdown and wrote no dumps (their keys \
+                 are in the next servers' secondary dumps)"
+            ));
+        }
+        if !abandoned.is_empty() {
+            problems.push(format!(
+                "the dumps of server(s) {abandoned:?} are not written; they keep their data and \
+                 retry on their own every second (kill them to throw it away)"
+            ));
+        }
+        if problems.is_empty() {
             return Ok(());
         }
-        Err(Error::Unavailable(format!(
-            "the dumps of server(s) {abandoned:?} are not written; they keep their data and \
-             retry on their own every second (kill them to throw it away)"
-        )))
+        let problems = problems.join("; ");
+        error!(%problems, "shutdown incomplete");
+        Err(Error::Unavailable(problems))
     }
 }
 
-/// Logs the answer to a Shutdown (a failure only at the 1st, 2nd, 4th, 8th... `attempt`);
-/// true if the server wrote its dumps, or is beyond asking again (dead, cut off); false if
-/// it could not write them and is still up.
-fn dumped(link: &ControlLink, result: &Result<ControlResponse>, attempt: u64) -> bool {
+/// Whether a server's dumps are written, still to be asked for, or beyond asking.
+enum Dump {
+    Written,
+    /// It could not write them and is still up, keeping its data.
+    Pending,
+    /// It did not answer (dead, paused, cut off).
+    Gone,
+}
+
+/// Sorts the answers to one round of Shutdowns: returns the servers to ask again, adds
+/// those beyond asking to `gone`.
+fn sort_dumps(
+    answers: Vec<(ControlLink, Result<ControlResponse>)>,
+    attempt: u64,
+    gone: &mut Vec<u32>,
+) -> Vec<ControlLink> {
+    let mut pending = Vec::new();
+    for (link, result) in answers {
+        match dumped(&link, &result, attempt) {
+            Dump::Written => {}
+            Dump::Pending => pending.push(link),
+            Dump::Gone => gone.push(link.id()),
+        }
+    }
+    pending
+}
+
+/// Logs the answer to a Shutdown (a failure to write only at the 1st, 2nd, 4th, 8th...
+/// `attempt`) and classifies it.
+fn dumped(link: &ControlLink, result: &Result<ControlResponse>, attempt: u64) -> Dump {
     let id = link.id();
     match result {
         Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {
             info!(id, primary_keys, secondary_keys, "server dumped and stopped");
-            true
+            Dump::Written
         }
         Ok(ControlResponse::Failed(why)) => {
             if attempt.is_power_of_two() {
                 error!(id, %why, attempt, "server could not write its dumps; it keeps its data");
             }
-            false
+            Dump::Pending
         }
         other => {
-            warn!(id, ?other, "server did not shut down cleanly");
-            true
+            warn!(id, ?other, "server did not shut down cleanly; no dumps from it");
+            Dump::Gone
         }
     }
 }
 
 /// Asks the servers in `pending` to write their dumps again every [`DUMP_RETRY`], until all
-/// have, or until `give_up` resolves. Returns the ids of those that still have not.
-async fn retry_dumps(mut pending: Vec<ControlLink>, mut give_up: StopSignal) -> Vec<u32> {
+/// have (or are beyond asking: added to `gone`), or until `give_up` resolves. Returns the
+/// ids of those that still have not.
+async fn retry_dumps(
+    mut pending: Vec<ControlLink>,
+    mut give_up: StopSignal,
+    gone: &mut Vec<u32>,
+) -> Vec<u32> {
     if pending.is_empty() {
         return Vec::new();
     }
@@ -807,14 +850,9 @@ async fn retry_dumps(mut pending: Vec<ControlLink>, mut give_up: StopSignal) -> 
             }
             results = ask_again => results,
         };
-        pending = pending
-            .into_iter()
-            .zip(results)
-            .filter(|(l, r)| !dumped(l, r, attempt))
-            .map(|(l, _)| l)
-            .collect();
+        pending = sort_dumps(pending.into_iter().zip(results).collect(), attempt, gone);
     }
-    say("every dump is written");
+    say(if gone.is_empty() { "every dump is written" } else { "no server is left to ask" });
     Vec::new()
 }
 
