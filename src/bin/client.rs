@@ -63,14 +63,14 @@ fn start(args: Args) -> Result<Outcome, String> {
     }
     let coordinator = format!("{}:{}", args.host, args.port);
     let timeout = Duration::from_secs_f64(args.timeout);
-    if args.words.first().map(String::as_str) == Some("bench") {
-        return bench(coordinator, timeout, &args.words[1..]);
-    }
     if args.file.is_some() && !args.words.is_empty() {
         return Err("give either -f FILE or an operation, not both".into());
     }
+    if args.words.first().map(String::as_str) == Some("bench") {
+        return bench(coordinator, timeout, &args.words[1..]);
+    }
     let client = Client::new(coordinator, timeout);
-    let runtime = Runtime::new().map_err(|e| e.to_string())?;
+    let runtime = LetGo(Some(Runtime::new().map_err(|e| e.to_string())?));
     let mut session = Session::new(client);
     match args.words.first().map(String::as_str) {
         Some("status") => return status(&runtime, &mut session, &args.words[1..]),
@@ -202,10 +202,12 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
     };
     // One thread, like redis-benchmark: on 2 cores shared with the servers it measured
     // faster than two (fewer wake-ups across threads), for -P 1 by a sixth.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = LetGo(Some(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
     runtime.block_on(async {
         let mut bench = Bench::connect(options).await?;
         out(&format!("{}\n", bench.summary()))?;
@@ -236,5 +238,24 @@ fn out(text: &str) -> Result<(), String> {
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_by_sigpipe(),
         written => written.map_err(|e| format!("writing standard output: {e}")),
+    }
+}
+
+/// A runtime that is let go when dropped rather than waited for: dropping one waits for its
+/// blocking threads, among them a name lookup that outlived its operation's deadline.
+struct LetGo(Option<Runtime>);
+
+impl std::ops::Deref for LetGo {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        self.0.as_ref().expect("until dropped")
+    }
+}
+
+impl Drop for LetGo {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }

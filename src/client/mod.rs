@@ -163,17 +163,17 @@ impl Client {
         }
         let (_, _, conn) = self.servers.get_mut(&server.id).expect("opened above");
         let request = ClientRequestRef { epoch: config.epoch, op };
-        let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
         // A server that stopped reading (paused) must not hold a large request past the
-        // deadline; part of it may be out, so its outcome is unknown.
-        let sent = tokio::time::timeout_at(until, conn.send(&request)).await;
+        // operation's deadline; part of it may be out, so its outcome is unknown. (Only the
+        // deadline: a large value on a slow link may take a while to send.)
+        let sent = tokio::time::timeout_at(deadline, conn.send(&request)).await;
         let answer = match sent {
             Err(_) => Err(Attempt::Lost(Error::Timeout("sending the request"))),
             Ok(Err(e)) => Err(Attempt::NotSent(e)),
             Ok(Ok(())) => conn
                 .reader
                 .recv_within(
-                    until.saturating_duration_since(Instant::now()),
+                    ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now())),
                     "waiting for the server's answer",
                 )
                 .await

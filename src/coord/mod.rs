@@ -735,7 +735,9 @@ impl Cluster {
             link.call(ControlRequest::Shutdown, limit)
         });
         let results = join_all(dumps).await;
-        let mut gone = Vec::new();
+        // Servers lost before the stop (not replaced yet) write no dumps either.
+        let mut gone: Vec<u32> =
+            (0..self.links.len() as u32).filter(|&id| self.links[id as usize].is_none()).collect();
         let pending = sort_dumps(live.into_iter().zip(results).collect(), 1, &mut gone);
         let abandoned = retry_dumps(pending, give_up, &mut gone).await;
         let reaped = self.children.drain().filter(|((id, _), _)| !abandoned.contains(id)).map(
@@ -837,6 +839,7 @@ async fn retry_dumps(
         DUMP_RETRY.as_secs()
     ));
     let mut attempt = 1;
+    let gone_before = gone.len();
     while !pending.is_empty() {
         attempt += 1;
         let ask_again = async {
@@ -852,7 +855,8 @@ async fn retry_dumps(
         };
         pending = sort_dumps(pending.into_iter().zip(results).collect(), attempt, gone);
     }
-    say(if gone.is_empty() { "every dump is written" } else { "no server is left to ask" });
+    let all = gone.len() == gone_before;
+    say(if all { "every dump is written" } else { "no server is left to ask" });
     Vec::new()
 }
 

@@ -354,9 +354,10 @@ impl Server {
     /// Writes both dump files; returns the entry counts.
     fn dump(&self) -> std::io::Result<(u64, u64)> {
         let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
-        if self.config().is_none() {
-            // Never part of a running cluster (a start-up that failed), so empty: empty dumps
-            // would only overwrite those of an earlier run.
+        if self.incarnation == 0 && self.config().is_none() {
+            // A first start that never got a configuration (the start failed), so empty:
+            // empty dumps would only overwrite those of an earlier run. (A replacement does
+            // write its empty ones: what is there is from the instance it replaced.)
             info!("no configuration ever installed: no dumps written");
             return Ok((0, 0));
         }
