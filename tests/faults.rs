@@ -12,7 +12,7 @@ use ftkv::connection::Connection;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, wait_until};
-use support::history::{Outcome, check_all};
+use support::history::{Event, Outcome, check_all};
 use support::load::{Load, final_reads, unavailability};
 
 const N: u32 = 3;
@@ -38,6 +38,19 @@ fn assert_dumps_match(cluster: &Cluster, finals: &HashMap<Vec<u8>, Option<Vec<u8
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
+}
+
+/// Stops `load`, reads every key's final value and checks each key's history for
+/// linearizability. Returns the events, the keys and their final values.
+async fn stop_and_check(
+    cluster: &Cluster,
+    load: Load,
+) -> (Vec<Event>, Vec<Vec<u8>>, HashMap<Vec<u8>, Option<Vec<u8>>>) {
+    let (recorder, keys) = load.stop().await;
+    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
+    let events = recorder.events();
+    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    (events, keys, finals)
 }
 
 /// A count from the environment variable `name`, or `default`.
@@ -118,10 +131,7 @@ async fn paused_server_is_replaced_without_stale_reads() {
     kill(pid, "CONT");
     tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(15)));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let (events, keys, finals) = stop_and_check(&cluster, load).await;
     let victim_keys: Vec<Vec<u8>> =
         keys.iter().filter(|k| slot_of(k, N) == victim).cloned().collect();
     let gap = unavailability(&events, &victim_keys, at).unwrap();
@@ -334,11 +344,8 @@ async fn writes_in_flight_at_a_kill_are_not_applied_twice() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         (_, epoch) = kill_and_await_replacement(&cluster, victim, epoch);
     }
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
+    let (events, _, finals) = stop_and_check(&cluster, load).await;
     let unknown = events.iter().filter(|e| e.outcome == Outcome::Unknown).count();
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
     println!("kills: {cycles}; operations: {}; writes of unknown outcome: {unknown}", events.len());
@@ -376,10 +383,7 @@ async fn a_paused_coordinator_blames_no_server() {
     kill(cluster.coord.id(), "CONT");
     let resumed = Instant::now();
     tokio::time::sleep(TIMEOUT * 2).await;
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let (events, keys, finals) = stop_and_check(&cluster, load).await;
     let after = cluster.status();
     assert_eq!(after["epoch"], before["epoch"], "no configuration change: {after}");
     for id in 0..N as usize {
@@ -422,10 +426,7 @@ async fn pauses_around_the_timeout_on_a_hot_key_stay_linearizable() {
             replaced += 1;
         }
     }
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let (events, _, finals) = stop_and_check(&cluster, load).await;
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
     println!("pauses: {cycles}; replacements: {replaced}; operations: {}", events.len());
