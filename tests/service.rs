@@ -189,10 +189,11 @@ fn cluster_with_dumps_blocked() -> (Cluster, PathBuf) {
 fn shutdown_with_dumps_blocked() -> (Cluster, PathBuf) {
     let (mut cluster, dumps) = cluster_with_dumps_blocked();
     cluster.close_stdin();
+    // The second attempt (logged as attempt=2) found the servers still up.
     assert!(wait_until(Duration::from_secs(5), || {
-        cluster.coord_log().contains("server could not write its dumps")
+        let log = cluster.coord_log();
+        log.contains("server could not write its dumps") && log.contains("attempt=2")
     }));
-    std::thread::sleep(Duration::from_millis(1500));
     assert!(cluster.pids.iter().all(|&pid| alive(pid)), "the servers keep their data");
     (cluster, dumps)
 }
@@ -241,7 +242,7 @@ fn a_second_sigterm_during_the_shutdown_round_gives_up() {
     let (mut cluster, _) = cluster_with_dumps_blocked();
     kill(cluster.pids[0], "STOP");
     kill(cluster.coord.id(), "TERM");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(Duration::from_secs(5), || cluster.coord_log().contains("shutting down")));
     kill(cluster.coord.id(), "TERM");
     let status = cluster.wait_coord(Duration::from_secs(10)).expect("gave up after the round");
     assert!(!status.success());

@@ -58,11 +58,8 @@ fn start(args: Args) -> Result<Outcome, String> {
         Some(path) => ftkv::logging::init(Some(path), "info")?,
         None => ftkv::logging::init(None, "error")?,
     }
-    if !(args.timeout > 0.0 && args.timeout <= MAX_SECONDS) {
-        return Err(format!("bad timeout {} (seconds, at most {MAX_SECONDS})", args.timeout));
-    }
+    let timeout = seconds(args.timeout, "timeout")?;
     let coordinator = format!("{}:{}", args.host, args.port);
-    let timeout = Duration::from_secs_f64(args.timeout);
     if args.file.is_some() && !args.words.is_empty() {
         return Err("give either -f FILE or an operation, not both".into());
     }
@@ -176,16 +173,22 @@ struct BenchArgs {
 /// arithmetic).
 const MAX_SECONDS: f64 = 86_400.0;
 
+/// `secs` as a duration, if it is more than 0 and at most [`MAX_SECONDS`] (not NaN).
+fn seconds(secs: f64, what: &str) -> Result<Duration, String> {
+    if secs > 0.0 && secs <= MAX_SECONDS {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("bad {what} {secs} (seconds, at most {MAX_SECONDS})"))
+    }
+}
+
 fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outcome, String> {
     let args = BenchArgs::try_parse_from(
         std::iter::once("client bench").chain(rest.iter().map(String::as_str)),
     )
     .unwrap_or_else(|e| e.exit());
     let duration = match args.duration {
-        Some(secs) if secs > 0.0 && secs <= MAX_SECONDS => Some(Duration::from_secs_f64(secs)),
-        Some(secs) => {
-            return Err(format!("bad --duration {secs} (seconds, at most {MAX_SECONDS})"));
-        }
+        Some(secs) => Some(seconds(secs, "--duration")?),
         None => None,
     };
     let options = BenchOptions {

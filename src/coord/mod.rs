@@ -737,7 +737,7 @@ impl Cluster {
         let results = join_all(dumps).await;
         // Servers lost before the stop (not replaced yet) write no dumps either.
         let mut gone: Vec<u32> =
-            (0..self.links.len() as u32).filter(|&id| self.links[id as usize].is_none()).collect();
+            (0..).zip(&self.links).filter(|(_, link)| link.is_none()).map(|(id, _)| id).collect();
         let pending = sort_dumps(live.into_iter().zip(results).collect(), 1, &mut gone);
         let abandoned = retry_dumps(pending, give_up, &mut gone).await;
         let reaped = self.children.drain().filter(|((id, _), _)| !abandoned.contains(id)).map(
