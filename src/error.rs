@@ -19,6 +19,8 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(#[from] crate::routing::InvalidConfig),
     /// The coordinator replaced this server with a newer start of the same id.
     #[error("replaced by a newer server")]
     Replaced,

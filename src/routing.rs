@@ -92,19 +92,19 @@ impl ClusterConfig {
     }
 
     /// Checks the shape, so that the indexing above cannot panic on a malformed message.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let n = self.servers.len();
         if n < 3 {
-            return Err(format!("{n} servers, at least 3 needed"));
+            return Err(InvalidConfig::TooFewServers(n));
         }
         if self.serving.len() != n {
-            return Err(format!("{} serving entries for {n} servers", self.serving.len()));
+            return Err(InvalidConfig::ServingLength { entries: self.serving.len(), servers: n });
         }
-        if let Some(bad) = self.serving.iter().find(|&&s| s as usize >= n) {
-            return Err(format!("serving entry {bad} out of range"));
+        if let Some(&bad) = self.serving.iter().find(|&&s| s as usize >= n) {
+            return Err(InvalidConfig::ServingOutOfRange(bad));
         }
         if let Some((i, _)) = self.servers.iter().enumerate().find(|(i, s)| s.id as usize != *i) {
-            return Err(format!("server at index {i} has the wrong id"));
+            return Err(InvalidConfig::WrongId(i));
         }
         for server in &self.servers {
             let serving = self.serving[server.id as usize];
@@ -113,17 +113,36 @@ impl ClusterConfig {
                 Replica::Down | Replica::Joining => serving == secondary_of(server.id, n as u32),
             };
             if !allowed {
-                return Err(format!(
-                    "slot {} served by {serving} while {:?}",
-                    server.id, server.state
-                ));
+                return Err(InvalidConfig::WrongServer {
+                    slot: server.id,
+                    serving,
+                    state: server.state,
+                });
             }
         }
         if self.servers.iter().filter(|s| s.state != Replica::Up).count() > 1 {
-            return Err("more than one server not up".into());
+            return Err(InvalidConfig::TwoNotUp);
         }
         Ok(())
     }
+}
+
+/// Why a configuration cannot be used: a coordinator never builds one (its changes are
+/// checked), so a server or client that receives one refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    #[error("{0} servers, at least 3 needed")]
+    TooFewServers(usize),
+    #[error("{entries} serving entries for {servers} servers")]
+    ServingLength { entries: usize, servers: usize },
+    #[error("serving entry {0} out of range")]
+    ServingOutOfRange(u32),
+    #[error("server at index {0} has the wrong id")]
+    WrongId(usize),
+    #[error("slot {slot} served by {serving} while {state:?}")]
+    WrongServer { slot: u32, serving: u32, state: Replica },
+    #[error("more than one server not up")]
+    TwoNotUp,
 }
 
 #[cfg(test)]

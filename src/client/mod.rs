@@ -194,7 +194,7 @@ impl Client {
         loop {
             match self.ask_coordinator(&CoordRequest::GetConfig, deadline).await? {
                 CoordResponse::Config(Some(config)) => {
-                    config.validate().map_err(Error::Protocol)?;
+                    config.validate()?;
                     let config = Arc::new(config);
                     self.config = Some(config.clone());
                     return Ok(config);

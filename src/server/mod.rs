@@ -120,7 +120,7 @@ impl Server {
         // One change at a time: modes computed for one configuration must not be applied
         // after a newer one's (a change can wait for writes to settle).
         let _one_at_a_time = self.config_changes.lock().await;
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         if config.len() != self.servers {
             return Err(format!(
                 "{} servers in the configuration, {} expected",
