@@ -12,7 +12,7 @@ pub const MIN_SERVERS: usize = 3;
 pub const MAX_SERVERS: usize = 100;
 
 /// Where a server runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Host {
     /// `localhost` or a loopback address: started as a local child process.
     Local(String),
@@ -65,7 +65,7 @@ fn valid_host(host: &str) -> bool {
 }
 
 /// One line of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServerSpec {
     pub host: Host,
     /// 0 means any free port; the server reports the one it bound.

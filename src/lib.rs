@@ -21,5 +21,6 @@ pub mod logging;
 pub mod protocol;
 pub mod routing;
 pub mod server;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -91,6 +91,50 @@ impl ClusterConfig {
         &self.servers[serving as usize]
     }
 
+    /// Recovery step 0 (and a rollback to step 1): server `a` is down, its secondary serves
+    /// its keys from its secondary table.
+    pub fn take_over(&self, a: u32) -> Result<ClusterConfig, InvalidConfig> {
+        self.change(a, Replica::Down, None)
+    }
+
+    /// Recovery step 2: `addr` (a new start of server `a`) joins; the secondary keeps
+    /// serving a's keys while both neighbours fill it.
+    pub fn join(&self, a: u32, addr: ServerAddr) -> Result<ClusterConfig, InvalidConfig> {
+        if addr.id != a {
+            return Err(InvalidConfig::WrongId(a as usize));
+        }
+        self.change(a, Replica::Joining, Some(addr))
+    }
+
+    /// Recovery step 5: a's keys go back from its secondary to the filled new start.
+    pub fn hand_back(&self, a: u32) -> Result<ClusterConfig, InvalidConfig> {
+        self.change(a, Replica::Up, None)
+    }
+
+    /// The next configuration (epoch + 1) with server `a` in `state`, serving its own slot
+    /// when up and its secondary serving it otherwise; checked before it is returned.
+    fn change(
+        &self,
+        a: u32,
+        state: Replica,
+        addr: Option<ServerAddr>,
+    ) -> Result<ClusterConfig, InvalidConfig> {
+        if a >= self.len() {
+            return Err(InvalidConfig::ServingOutOfRange(a));
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        let server = &mut next.servers[a as usize];
+        if let Some(addr) = addr {
+            *server = addr;
+        }
+        server.state = state;
+        next.serving[a as usize] =
+            if state == Replica::Up { a } else { secondary_of(a, self.len()) };
+        next.validate()?;
+        Ok(next)
+    }
+
     /// Checks the shape, so that the indexing above cannot panic on a malformed message.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let n = self.servers.len();
@@ -202,5 +246,45 @@ mod tests {
         assert!(config.validate().is_err(), "two servers down");
         config.serving[1] = 9;
         assert!(config.validate().is_err());
+    }
+
+    fn three() -> ClusterConfig {
+        let servers = (0..3)
+            .map(|id| ServerAddr {
+                id,
+                host: "h".into(),
+                client_port: 1000 + id as u16,
+                servers_port: 2000 + id as u16,
+                incarnation: 0,
+                state: Replica::Up,
+            })
+            .collect();
+        ClusterConfig::new(1, servers)
+    }
+
+    #[test]
+    fn a_recovery_moves_a_slot_to_the_secondary_and_back() {
+        let config = three();
+        let down = config.take_over(2).unwrap();
+        assert_eq!((down.epoch, down.serving.clone()), (2, vec![0, 1, 0]));
+        assert_eq!(down.servers[2].state, Replica::Down);
+        let fresh = ServerAddr { incarnation: 1, client_port: 3002, ..config.servers[2].clone() };
+        let joining = down.join(2, fresh.clone()).unwrap();
+        assert_eq!(joining.epoch, 3);
+        assert_eq!(joining.serving, vec![0, 1, 0], "the secondary still serves");
+        assert_eq!(joining.servers[2], ServerAddr { state: Replica::Joining, ..fresh });
+        let back = joining.hand_back(2).unwrap();
+        assert_eq!((back.epoch, back.serving.clone()), (4, vec![0, 1, 2]));
+        assert_eq!(back.servers[2].incarnation, 1);
+        assert_eq!(back.take_over(2).unwrap().serving, vec![0, 1, 0], "a rollback");
+    }
+
+    #[test]
+    fn configuration_changes_are_checked() {
+        let down = three().take_over(0).unwrap();
+        assert_eq!(down.take_over(1), Err(InvalidConfig::TwoNotUp));
+        assert_eq!(down.take_over(3), Err(InvalidConfig::ServingOutOfRange(3)));
+        let other = down.servers[1].clone();
+        assert_eq!(down.join(0, other), Err(InvalidConfig::WrongId(0)));
     }
 }

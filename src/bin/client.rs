@@ -9,7 +9,7 @@ use ftkv::client::Client;
 use ftkv::client::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::line::parse_words;
 use ftkv::client::session::{Outcome, Session, end_by_sigpipe, status_json};
-use ftkv::coord::format_table;
+use ftkv::text::format_table;
 use tokio::runtime::Runtime;
 
 /// The ftkv client. Reads `P "key" "value"`, `G "key"` and `D "key"` lines from the

@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::config::Host;
-use crate::coord::topology::Member;
+use crate::coord::state::Member;
 use crate::error::{Error, Result};
 
 /// Options on every ssh call: never prompt, never hang on a dead host.

@@ -2,13 +2,12 @@
 //! listening ports (clients asking for the configuration, servers reporting).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::liveness::{Lease, Liveness};
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
 use crate::protocol::{
@@ -50,59 +49,21 @@ pub enum Event {
 
 /// State shared by the coordinator's port handlers and its main loop.
 pub struct Shared {
-    pub servers: u32,
     pub token: Vec<u8>,
-    /// Lease granted with each heartbeat answer.
-    pub lease: Duration,
+    pub liveness: Liveness,
     pub events: mpsc::UnboundedSender<Event>,
     pub view: watch::Sender<View>,
-    origin: Instant,
-    /// Per server id: the incarnation whose reports are accepted.
-    incarnations: Vec<AtomicU64>,
-    /// Per server id: time of the last heartbeat, microseconds since `origin`.
-    last_heartbeat: Vec<AtomicU64>,
 }
 
 impl Shared {
     pub fn new(
         servers: u32,
         token: Vec<u8>,
-        lease: Duration,
+        lease: Lease,
         events: mpsc::UnboundedSender<Event>,
         view: watch::Sender<View>,
     ) -> Self {
-        Shared {
-            servers,
-            token,
-            lease,
-            events,
-            view,
-            origin: Instant::now(),
-            incarnations: (0..servers).map(|_| AtomicU64::new(0)).collect(),
-            last_heartbeat: (0..servers).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Fences server `id`: from now on only `incarnation` gets answers (and leases).
-    /// Together with [`heartbeat`](Self::heartbeat) recording before checking, a reader of
-    /// [`last_heartbeat`](Self::last_heartbeat) after this call sees every heartbeat that
-    /// was answered with a lease by an older incarnation (both sides use SeqCst).
-    pub fn set_incarnation(&self, id: u32, incarnation: u64) {
-        self.incarnations[id as usize].store(incarnation, Ordering::SeqCst);
-    }
-
-    fn current(&self, id: u32, incarnation: u64) -> bool {
-        self.incarnations[id as usize].load(Ordering::SeqCst) == incarnation
-    }
-
-    fn heartbeat(&self, id: u32) {
-        let now = Instant::now().saturating_duration_since(self.origin).as_micros() as u64;
-        self.last_heartbeat[id as usize].store(now, Ordering::SeqCst);
-    }
-
-    /// Time of the last heartbeat from server `id`.
-    pub fn last_heartbeat(&self, id: u32) -> Instant {
-        self.origin + Duration::from_micros(self.last_heartbeat[id as usize].load(Ordering::SeqCst))
+        Shared { token, liveness: Liveness::new(servers, lease), events, view }
     }
 }
 
@@ -128,23 +89,24 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     let ReportRequest::Started { ports, pid, incarnation } = first else {
         return Err(Error::Protocol(format!("server {id} sent {first:?} before Started")));
     };
-    if !shared.current(id, incarnation) {
+    let liveness = &shared.liveness;
+    if !liveness.is_current(id, incarnation) {
         conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
         return Err(Error::Protocol(format!(
             "server {id} incarnation {incarnation} is not current"
         )));
     }
-    shared.heartbeat(id);
+    liveness.heartbeat(id);
     let _ = shared.events.send(Event::Started { id, incarnation, ports, pid });
     conn.send(&ReportResponse::Welcome).await?;
-    let lease_ms = shared.lease.as_millis() as u64;
+    let lease_ms = liveness.lease.granted.as_millis() as u64;
     let outcome = async {
         while let Some(request) = conn.recv::<ReportRequest>().await? {
             if matches!(request, ReportRequest::Heartbeat) {
-                // Recorded before the incarnation check: see `Shared::set_incarnation`.
-                shared.heartbeat(id);
+                // Recorded before the incarnation check: see `Liveness::fence`.
+                liveness.heartbeat(id);
             }
-            if !shared.current(id, incarnation) {
+            if !liveness.is_current(id, incarnation) {
                 conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
                 return Err(Error::Protocol("report from a replaced server".into()));
             }

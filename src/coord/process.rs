@@ -1,12 +1,18 @@
-//! Local server processes. Each is watched by a task that reports its exit at once: a
+//! Server processes. Each local one is watched by a task that reports its exit at once: a
 //! process known to be dead cannot serve, so its keys can move without waiting for its
 //! lease to run out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::future::join_all;
 use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::launcher::{Launcher, Started};
+use super::state::Member;
 
 /// A server process this coordinator started.
 pub struct Process {
@@ -49,5 +55,80 @@ impl Process {
         self.kill();
         let _ = self.watcher.await;
         false
+    }
+}
+
+/// The server processes this coordinator started, by (id, incarnation): local children,
+/// watched, and remote ones, known by their pid on their host.
+pub struct Processes {
+    pub launcher: Launcher,
+    local: HashMap<(u32, u64), Process>,
+    remote: HashMap<(u32, u64), u32>,
+}
+
+impl Processes {
+    pub fn new(launcher: Launcher) -> Self {
+        Processes { launcher, local: HashMap::new(), remote: HashMap::new() }
+    }
+
+    /// Keeps track of a server process we started. A local one is watched: `on_exit` gets
+    /// its exit status once it ended.
+    pub fn adopt(
+        &mut self,
+        id: u32,
+        incarnation: u64,
+        started: Started,
+        on_exit: impl FnOnce(String) + Send + 'static,
+    ) {
+        match started {
+            Started::Local(child) => {
+                info!(id, incarnation, pid = child.id(), "server spawned");
+                self.local.insert((id, incarnation), Process::watch(child, on_exit));
+            }
+            Started::Remote { pid } => {
+                self.remote.insert((id, incarnation), pid);
+            }
+        }
+    }
+
+    /// Kills start `incarnation` of `member`, best effort: a local one at once (its watcher
+    /// reaps it), a remote one over ssh in the background.
+    pub fn kill(&mut self, member: &Member, incarnation: u64) {
+        if let Some(process) = self.local.get_mut(&(member.id, incarnation)) {
+            info!(id = member.id, incarnation, pid = process.pid, "killing server process");
+            process.kill();
+        }
+        if let Some(pid) = self.remote.remove(&(member.id, incarnation)) {
+            let launcher = self.launcher.clone();
+            let member = member.clone();
+            tokio::spawn(async move { launcher.kill_remote(&member, incarnation, pid).await });
+        }
+    }
+
+    /// Kills every start of `member` older than `incarnation`.
+    pub fn kill_older(&mut self, member: &Member, incarnation: u64) {
+        let stale: Vec<u64> = self
+            .local
+            .keys()
+            .chain(self.remote.keys())
+            .filter(|&&(id, inc)| id == member.id && inc < incarnation)
+            .map(|&(_, inc)| inc)
+            .collect();
+        for inc in stale {
+            self.kill(member, inc);
+        }
+    }
+
+    /// Waits for the local processes to exit (killing any that do not within a second),
+    /// except those of the servers in `left_running`.
+    pub async fn reap(&mut self, left_running: &[u32]) {
+        let reaped = self.local.drain().filter(|((id, _), _)| !left_running.contains(id)).map(
+            |((id, _), process)| async move {
+                if !process.reap(Duration::from_secs(1)).await {
+                    warn!(id, "server did not exit; killed it");
+                }
+            },
+        );
+        join_all(reaped).await;
     }
 }

@@ -1,11 +1,16 @@
-//! What the coordinator knows about each server, and the views it publishes from that.
+//! The coordinator's state: what it knows about each server, the configuration, and the
+//! recovery in progress, as one plain value owned by its event loop. Everything else the
+//! coordinator holds (processes, links, tasks) can be found again from this value.
 
+use serde::{Deserialize, Serialize};
+
+use super::recovery::Recovery;
 use crate::config::ServerSpec;
 use crate::protocol::{BoundPorts, RecoveryStatus, ServerState, ServerStatus, StatusReport};
 use crate::routing::{ClusterConfig, Replica, ServerAddr};
 
 /// One server slot of the cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
     pub id: u32,
     pub spec: ServerSpec,
@@ -14,6 +19,7 @@ pub struct Member {
     pub ports: Option<BoundPorts>,
     pub pid: u32,
     /// Bumped for every server started in this slot; reports from older ones are refused.
+    /// Changed only through the coordinator's `fence`, which also fences the port handlers.
     pub incarnation: u64,
     /// The current incarnation reported `Started` and has not been lost since.
     pub live: bool,
@@ -46,15 +52,16 @@ impl Member {
 }
 
 /// The whole cluster as the coordinator sees it.
-#[derive(Debug, Clone)]
-pub struct Topology {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordState {
     pub members: Vec<Member>,
-    /// The published configuration; `None` until every server started.
+    /// The configuration decided last (published to clients once installed); `None` until
+    /// every server started.
     pub config: Option<ClusterConfig>,
-    pub recovery: Option<RecoveryStatus>,
+    pub recovery: Option<Recovery>,
 }
 
-impl Topology {
+impl CoordState {
     pub fn new(specs: &[ServerSpec]) -> Self {
         let members = specs
             .iter()
@@ -69,7 +76,7 @@ impl Topology {
                 live: false,
             })
             .collect();
-        Topology { members, config: None, recovery: None }
+        CoordState { members, config: None, recovery: None }
     }
 
     pub fn len(&self) -> u32 {
@@ -78,6 +85,11 @@ impl Topology {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// Ids of the servers whose current incarnation reported and was not lost since.
+    pub fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.members.iter().filter(|m| m.live).map(|m| m.id)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -105,27 +117,10 @@ impl Topology {
                     state: m.state,
                 })
                 .collect(),
-            recovery: self.recovery,
+            recovery: self
+                .recovery
+                .as_ref()
+                .map(|r| RecoveryStatus { server: r.failed, step: r.step.number() }),
         }
     }
-}
-
-/// The cluster table printed once all servers are up (and by `client status`).
-pub fn format_table(report: &StatusReport) -> String {
-    let mut out = format!(
-        "{:<4}{:<18}{:>8}{:>9}{:>8}{:>9}  {}\n",
-        "id", "host", "client", "servers", "coord", "pid", "state"
-    );
-    for s in &report.servers {
-        let state = match report.recovery {
-            Some(r) if r.server == s.id => format!("{} (step {})", s.state.as_str(), r.step),
-            _ => s.state.as_str().to_string(),
-        };
-        out.push_str(&format!(
-            "{:<4}{:<18}{:>8}{:>9}{:>8}{:>9}  {}\n",
-            s.id, s.host, s.client_port, s.servers_port, s.coord_port, s.pid, state
-        ));
-    }
-    out.push_str(&format!("epoch {}\n", report.epoch));
-    out
 }

@@ -1,0 +1,532 @@
+//! The coordinator's event loop. It owns the [`CoordState`] and never waits on a peer:
+//! every call to a server runs in a task of its own whose result comes back to the loop as
+//! an [`Internal`] message. What to do about a loss is decided by the recovery state
+//! machine; [`Cluster::perform`] only carries its actions out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::launcher::Started;
+use super::links::{ControlLink, Event, Shared};
+use super::process::Processes;
+use super::recovery::{Action, Deadlines, Input, Recovery, Step};
+use super::shutdown::{StopSignal, stop_servers};
+use super::state::CoordState;
+use crate::error::{Error, Result};
+use crate::protocol::{ControlRequest, ControlResponse, CopyStats, ServerState};
+use crate::routing::ClusterConfig;
+
+/// How long all servers may take to start and report.
+const STARTUP_LIMIT: Duration = Duration::from_secs(10);
+/// Deadline of one configuration install on one server.
+const INSTALL_LIMIT: Duration = Duration::from_secs(4);
+/// How often heartbeats and recovery deadlines are checked.
+const TICK: Duration = Duration::from_millis(10);
+/// A tick this late means the coordinator itself was not running (paused, starved of CPU).
+const STALL: Duration = Duration::from_millis(100);
+
+/// Results of work the main loop handed to tasks.
+pub enum Internal {
+    Recovery(Input),
+    Spawned {
+        id: u32,
+        incarnation: u64,
+        started: Started,
+    },
+    /// A local server process ended.
+    Exited {
+        id: u32,
+        incarnation: u64,
+        status: String,
+    },
+    LinkReady {
+        id: u32,
+        incarnation: u64,
+        link: ControlLink,
+    },
+}
+
+/// The running cluster: its state, and the processes, links and tasks that serve it.
+pub struct Cluster {
+    pub state: CoordState,
+    shared: Arc<Shared>,
+    processes: Processes,
+    /// Declared lost after this long without a heartbeat.
+    timeout: Duration,
+    /// Control links by server id; `None` while a server is lost or not reported yet.
+    links: Vec<Option<ControlLink>>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    /// Set when the service must shut down (two faults): the reason.
+    fatal: Option<String>,
+    /// The configuration install in progress, if any.
+    installing: Option<JoinHandle<()>>,
+    /// Snapshot sizes reported during the current recovery's copy (for its summary).
+    copied: CopyStats,
+    /// When the current recovery step began (each step's duration is logged).
+    step_began: Instant,
+    /// When the last tick ran (a late one reveals a stall of the coordinator itself).
+    last_tick: Instant,
+    /// Since when the coordinator has been running without a stall: silence before that
+    /// is no evidence against a server (see `on_tick`).
+    listening_since: Instant,
+}
+
+impl Cluster {
+    pub fn new(
+        state: CoordState,
+        shared: Arc<Shared>,
+        processes: Processes,
+        timeout: Duration,
+        internal_tx: mpsc::UnboundedSender<Internal>,
+    ) -> Self {
+        let links = state.members.iter().map(|_| None).collect();
+        Cluster {
+            state,
+            shared,
+            processes,
+            timeout,
+            links,
+            internal_tx,
+            fatal: None,
+            installing: None,
+            copied: CopyStats::default(),
+            step_began: Instant::now(),
+            last_tick: Instant::now(),
+            listening_since: Instant::now(),
+        }
+    }
+
+    fn publish(&mut self) {
+        self.shared.view.send_modify(|view| view.status = self.state.status());
+    }
+
+    /// Accepts only `incarnation` of server `id` from now on, in the state and at the ports
+    /// at once (the only place an incarnation changes); returns when the fenced incarnations
+    /// were last heard.
+    fn fence(&mut self, id: u32, incarnation: u64) -> Instant {
+        self.state.members[id as usize].incarnation = incarnation;
+        self.shared.liveness.fence(id, incarnation)
+    }
+
+    /// Spawns every server, waits for all to report, opens control links, and installs the
+    /// first configuration.
+    pub async fn start(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
+        let n = self.state.len();
+        for id in 0..n {
+            let started =
+                self.processes.launcher.spawn(&self.state.members[id as usize], n).await?;
+            self.adopt(id, 0, started);
+        }
+        self.await_reports(events, internal).await?;
+        for member in &self.state.members {
+            let link =
+                ControlLink::connect(member.id, &member.control_addr(), &self.shared.token).await?;
+            self.links[member.id as usize] = Some(link);
+        }
+        let config = self.state.initial_config();
+        let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
+        install(&config, &[links]).await.map_err(Error::Unavailable)?;
+        self.state.config = Some(config.clone());
+        for member in &mut self.state.members {
+            member.state = ServerState::Running;
+        }
+        self.shared.view.send_modify(|view| view.config = Some(config));
+        self.publish();
+        Ok(())
+    }
+
+    /// Waits until every server reported `Started`, within [`STARTUP_LIMIT`].
+    async fn await_reports(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        while self.state.members.iter().any(|m| !m.live) {
+            let event = tokio::select! {
+                event = events.recv() => event.ok_or(Error::Closed)?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let missing: Vec<u32> = self.state.members.iter().filter(|m| !m.live).map(|m| m.id).collect();
+                    return Err(Error::Unavailable(format!("servers {missing:?} did not start within {STARTUP_LIMIT:?}; see their logs")));
+                }
+                Some(Internal::Exited { id, status, .. }) = internal.recv() => {
+                    let log = self.processes.launcher.log_of(&self.state.members[id as usize]);
+                    return Err(Error::Unavailable(format!("server {id} exited during start-up ({status}); see {log}")));
+                }
+            };
+            match event {
+                Event::Started { id, ports, pid, .. } => {
+                    self.state.members[id as usize].started(ports, pid);
+                    info!(id, ?ports, pid, "server started");
+                }
+                Event::ReportLost { id, why, .. } => {
+                    return Err(Error::Unavailable(format!(
+                        "server {id} lost during start-up: {why}"
+                    )));
+                }
+                Event::Updated { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves until a stop signal or a fatal failure.
+    pub async fn serve(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        stop: &mut StopSignal,
+    ) -> Result<()> {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.last_tick = Instant::now();
+        loop {
+            tokio::select! {
+                why = &mut *stop => {
+                    info!(reason = %why, "shutting down");
+                    return Ok(());
+                }
+                Some(event) = events.recv() => self.on_event(event),
+                Some(message) = internal.recv() => self.on_internal(message),
+                _ = ticker.tick() => self.on_tick(),
+            }
+            if let Some(why) = self.fatal.take() {
+                return Err(Error::Unavailable(format!(
+                    "{why}; the service was shut down (survivors wrote their dumps)"
+                )));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started { id, incarnation, ports, pid } => {
+                let member = &mut self.state.members[id as usize];
+                if member.incarnation != incarnation {
+                    return;
+                }
+                member.started(ports, pid);
+                info!(id, incarnation, ?ports, pid, "replacement server started");
+                let addr = member.control_addr();
+                self.open_link(id, incarnation, addr);
+            }
+            Event::ReportLost { id, incarnation, why } => {
+                let member = &self.state.members[id as usize];
+                if member.incarnation == incarnation && member.live {
+                    self.lost(id, format!("report link lost ({why})"), false);
+                }
+            }
+            Event::Updated { id, into, epoch, copied } => {
+                info!(
+                    id,
+                    ?into,
+                    epoch,
+                    entries = copied.entries,
+                    bytes = copied.bytes,
+                    "copy to the new server caught up"
+                );
+                let copying = self.state.recovery.as_ref().map(|r| r.step);
+                if matches!(copying, Some(Step::Copy { .. })) {
+                    self.copied.entries += copied.entries;
+                    self.copied.bytes += copied.bytes;
+                }
+                self.feed(Input::Updated { into, epoch });
+            }
+        }
+    }
+
+    /// Opens the control link of a replacement that reported, in a task.
+    fn open_link(&self, id: u32, incarnation: u64, addr: String) {
+        let token = self.shared.token.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let message = match ControlLink::connect(id, &addr, &token).await {
+                Ok(link) => Internal::LinkReady { id, incarnation, link },
+                Err(e) => Internal::Recovery(Input::SpawnFailed {
+                    incarnation,
+                    why: format!("control link: {e}"),
+                }),
+            };
+            let _ = tx.send(message);
+        });
+    }
+
+    fn on_internal(&mut self, message: Internal) {
+        match message {
+            Internal::Recovery(input) => {
+                if let Input::Installed { epoch, .. } = input {
+                    self.publish_config(epoch);
+                }
+                self.feed(input);
+            }
+            Internal::Spawned { id, incarnation, started } => self.adopt(id, incarnation, started),
+            Internal::Exited { id, incarnation, status } => {
+                let member = &self.state.members[id as usize];
+                if member.incarnation == incarnation && member.live {
+                    self.lost(id, format!("process exited ({status})"), true);
+                } else {
+                    self.feed(Input::Exited { id, incarnation, status });
+                }
+            }
+            Internal::LinkReady { id, incarnation, link } => {
+                let member = &self.state.members[id as usize];
+                if member.incarnation == incarnation {
+                    let addr = member.addr();
+                    self.links[id as usize] = Some(link);
+                    self.feed(Input::Started { incarnation, addr });
+                }
+            }
+        }
+    }
+
+    /// Declares silent servers lost and drives recovery deadlines.
+    ///
+    /// Silence counts only while the coordinator was running. After a stall of its own
+    /// (paused, or starved of CPU), the heartbeats sent meanwhile are still unread in their
+    /// sockets: counting that gap declared every server lost at once, and so shut the whole
+    /// service down as two faults. Leases are unaffected: servers stop serving on their own
+    /// when theirs lapse, so counting later only ever moves keys later.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > STALL {
+            warn!(
+                stalled_ms = gap.as_millis() as u64,
+                "the coordinator was not running; heartbeat silence counts from now"
+            );
+            self.listening_since = now;
+        }
+        let liveness = &self.shared.liveness;
+        let silent: Vec<u32> = self
+            .state
+            .live()
+            .filter(|&id| {
+                let heard = liveness.last_heartbeat(id).max(self.listening_since);
+                now.saturating_duration_since(heard) > self.timeout
+            })
+            .collect();
+        for id in silent {
+            self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
+        }
+        if let (Some(recovery), Some(config)) = (&mut self.state.recovery, &self.state.config) {
+            let actions = recovery.tick(now, config);
+            self.perform(actions);
+        }
+    }
+
+    /// Server `id` (its current incarnation) is gone.
+    /// `exited`: the process is known to be gone (it cannot serve even with a lease).
+    fn lost(&mut self, id: u32, why: String, exited: bool) {
+        let member = &mut self.state.members[id as usize];
+        member.live = false;
+        self.links[id as usize] = None;
+        let incarnation = member.incarnation;
+        warn!(id, incarnation, reason = %why, "server lost");
+        if self.state.recovery.is_some() {
+            return self.feed(Input::Lost { id, incarnation });
+        }
+        member.state = ServerState::Failed;
+        // Fence first, then read the last heartbeat: no lease can be granted after this read.
+        let heard = self.fence(id, incarnation + 1);
+        let now = Instant::now();
+        let deadlines = Deadlines { lease: self.shared.liveness.lease, ..Deadlines::default() };
+        let heard = (!exited).then_some(heard);
+        let recovery = Recovery::new(id, incarnation + 1, heard, now, deadlines);
+        let lease_end = recovery.lease_end().unwrap_or(now);
+        info!(
+            id,
+            wait_ms = lease_end.saturating_duration_since(now).as_millis() as u64,
+            "recovery: step 0, waiting for the lease to expire"
+        );
+        self.copied = CopyStats::default();
+        self.step_began = now;
+        self.state.recovery = Some(recovery);
+        self.publish();
+        let config = self.state.config.as_ref().expect("configured before any loss");
+        let actions = self.state.recovery.as_mut().map(|r| r.tick(now, config));
+        self.perform(actions.unwrap_or_default());
+    }
+
+    fn feed(&mut self, input: Input) {
+        let (Some(recovery), Some(config)) = (&mut self.state.recovery, &self.state.config) else {
+            return;
+        };
+        let actions = recovery.step(input, Instant::now(), config);
+        self.perform(actions);
+    }
+
+    /// Carries out the recovery's actions.
+    fn perform(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let Some(a) = self.state.recovery.as_ref().map(|r| r.failed) else {
+            return;
+        };
+        for action in actions {
+            self.log_action(a, &action);
+            match action {
+                Action::Install { serial, config, stages, not_before } => {
+                    self.state.config = Some(config.clone());
+                    self.install_async(serial, config, stages, not_before);
+                }
+                Action::Spawn { incarnation } => self.spawn_replacement(a, incarnation),
+                Action::RollBack { kill, why } => {
+                    self.copied = CopyStats::default();
+                    warn!(server = a, %why, "recovery: rolling back to step 1");
+                    self.processes.kill(&self.state.members[a as usize], kill);
+                    self.links[a as usize] = None;
+                    self.state.members[a as usize].live = false;
+                }
+                Action::Fence { incarnation } => {
+                    let heard = self.fence(a, incarnation);
+                    self.feed(Input::Fenced { incarnation, heard });
+                }
+                Action::Shutdown { why } => self.fatal = Some(why),
+                Action::Finished { took, attempts } => {
+                    self.state.members[a as usize].state = ServerState::Running;
+                    info!(
+                        server = a,
+                        took_ms = took.as_millis() as u64,
+                        keys_copied = self.copied.entries,
+                        bytes_copied = self.copied.bytes,
+                        attempts,
+                        epoch = self.state.epoch(),
+                        "recovery complete: full redundancy restored"
+                    );
+                }
+            }
+        }
+        if self.state.recovery.as_ref().is_some_and(Recovery::is_done) {
+            self.state.recovery = None;
+        }
+        self.publish();
+    }
+
+    /// Logs an action with the duration of the step it ends.
+    fn log_action(&mut self, a: u32, action: &Action) {
+        let previous_step_ms = self.step_began.elapsed().as_millis() as u64;
+        self.step_began = Instant::now();
+        match action {
+            Action::Install { serial, config, stages, not_before } => {
+                let wait_ms =
+                    not_before.map(|at| at.saturating_duration_since(Instant::now()).as_millis());
+                info!(server = a, serial, epoch = config.epoch, serving = ?config.serving,
+                      ?stages, ?wait_ms, previous_step_ms, "recovery: install");
+            }
+            other => info!(server = a, action = ?other, previous_step_ms, "recovery"),
+        }
+    }
+
+    fn publish_config(&mut self, epoch: u64) {
+        if let Some(config) = self.state.config.clone().filter(|c| c.epoch == epoch) {
+            info!(epoch, serving = ?config.serving, "configuration published");
+            self.shared.view.send_modify(|view| view.config = Some(config));
+        }
+    }
+
+    /// Installs `config` on the servers of each stage in turn (a stage after the previous
+    /// one answered), in a task; the outcome comes back as a recovery input. Servers without
+    /// a link (lost) are left out. `not_before`: wait until then (a fenced server's lease)
+    /// before the first stage. An install still running from an earlier action is abandoned.
+    fn install_async(
+        &mut self,
+        serial: u64,
+        config: ClusterConfig,
+        stages: Vec<Vec<u32>>,
+        not_before: Option<Instant>,
+    ) {
+        let stages: Vec<Vec<ControlLink>> = stages
+            .iter()
+            .map(|ids| ids.iter().filter_map(|&id| self.links[id as usize].clone()).collect())
+            .collect();
+        let tx = self.internal_tx.clone();
+        if let Some(previous) = self.installing.take() {
+            previous.abort();
+        }
+        self.installing = Some(tokio::spawn(async move {
+            if let Some(at) = not_before {
+                tokio::time::sleep_until(at).await;
+            }
+            let input = match install(&config, &stages).await {
+                Ok(()) => Input::Installed { serial, epoch: config.epoch },
+                Err(why) => Input::InstallFailed { serial, why },
+            };
+            let _ = tx.send(Internal::Recovery(input));
+        }));
+    }
+
+    /// Recovery step 1: kill what is left of server `a` and start `incarnation` (already
+    /// fenced: only it will be accepted).
+    fn spawn_replacement(&mut self, a: u32, incarnation: u64) {
+        let member = &mut self.state.members[a as usize];
+        debug_assert_eq!(member.incarnation, incarnation, "fenced before it is spawned");
+        member.live = false;
+        member.pid = 0;
+        member.state = ServerState::Recovering;
+        let member = member.clone();
+        self.processes.kill_older(&member, incarnation);
+        let launcher = self.processes.launcher.clone();
+        let n = self.state.len();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let message = match launcher.spawn(&member, n).await {
+                Ok(started) => Internal::Spawned { id: a, incarnation, started },
+                Err(e) => {
+                    Internal::Recovery(Input::SpawnFailed { incarnation, why: e.to_string() })
+                }
+            };
+            let _ = tx.send(message);
+        });
+    }
+
+    /// Keeps track of a server process we started; a local one's exit comes back to the loop.
+    fn adopt(&mut self, id: u32, incarnation: u64, started: Started) {
+        let tx = self.internal_tx.clone();
+        self.processes.adopt(id, incarnation, started, move |status| {
+            let _ = tx.send(Internal::Exited { id, incarnation, status });
+        });
+    }
+
+    /// Stops every server in order, with dumps (see [`stop_servers`]).
+    pub async fn shutdown(&mut self) -> Result<()> {
+        if let Some(install) = self.installing.take() {
+            install.abort();
+        }
+        stop_servers(&self.links, &mut self.processes).await
+    }
+}
+
+/// Sends `config` to each stage's servers concurrently, stage after stage.
+async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<(), String> {
+    for stage in stages {
+        let calls = stage
+            .iter()
+            .map(|link| link.call(ControlRequest::SetConfig(config.clone()), INSTALL_LIMIT));
+        for (link, result) in stage.iter().zip(join_all(calls).await) {
+            match result {
+                Ok(ControlResponse::Done) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "server {} refused epoch {}: {other:?}",
+                        link.id(),
+                        config.epoch
+                    ));
+                }
+                Err(e) => return Err(format!("server {}: {e}", link.id())),
+            }
+        }
+    }
+    Ok(())
+}
