@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::protocol::{ClientRequestRef, ClientResponse, Hello, MAX_VALUE_LEN, Op, Refusal, Role};
+use crate::protocol::{ClientRequestRef, ClientResponse, MAX_VALUE_LEN, Op, Refusal};
 use crate::routing::{ClusterConfig, slot_of};
 
 /// Longest wait for one answer before its request counts as lost (and is retried).
@@ -379,9 +379,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// The server connection of a worker: the host and port it was opened to, and the connection.
-type Slot = Option<(String, u16, Connection)>;
-
 /// A request and its answer, with when the answer was read.
 type Answered = (Pending, Result<ClientResponse, String>, Instant);
 
@@ -391,9 +388,8 @@ struct Worker {
     /// Counts this worker's batches: batch `turn` draws its keys from slot `turn % n`.
     turn: u32,
     config: Arc<ClusterConfig>,
-    coordinator: Client,
-    /// Indexed by server id.
-    conns: Vec<Slot>,
+    /// Refreshes the configuration, and holds the connection to every server.
+    client: Client,
     /// Buffers kept from one batch to the next, so that a batch to one server allocates
     /// nothing: the requests, the same split by server id, and their answers.
     batch: Vec<Pending>,
@@ -403,30 +399,9 @@ struct Worker {
 
 impl Worker {
     async fn connect_all(&mut self) -> Result<(), Error> {
-        for id in 0..self.config.servers.len() {
-            self.ensure(id).await?;
+        for server in &self.config.servers {
+            self.client.servers().open(server).await?;
         }
-        Ok(())
-    }
-
-    /// The connection to server `id` of the current configuration, opened if needed.
-    async fn ensure(&mut self, id: usize) -> Result<(), Error> {
-        let server = &self.config.servers[id];
-        if self.conns.len() < self.config.servers.len() {
-            self.conns.resize_with(self.config.servers.len(), || None);
-        }
-        // Compared field by field: formatting the address for every batch cost more than
-        // the rest of the batch's bookkeeping.
-        if self.conns[id]
-            .as_ref()
-            .is_some_and(|(host, port, _)| *host == server.host && *port == server.client_port)
-        {
-            return Ok(());
-        }
-        self.conns[id] = None;
-        let conn =
-            Connection::connect(&server.client_addr(), &Hello::new(Role::Client, &[])).await?;
-        self.conns[id] = Some((server.host.clone(), server.client_port, conn));
         Ok(())
     }
 
@@ -474,7 +449,7 @@ impl Worker {
                     continue;
                 }
                 if let Err(e) = self.send(id, group, phase, &mut op).await {
-                    self.conns[id] = None;
+                    self.client.servers().forget(id as u32);
                     refresh = true;
                     for pending in group.drain(..) {
                         self.again(pending, phase, &e.to_string(), &mut stats, &mut retry);
@@ -485,19 +460,29 @@ impl Worker {
             let mut busy = groups.iter().enumerate().filter(|(_, group)| !group.is_empty());
             if let (Some((id, _)), None) = (busy.next(), busy.next()) {
                 // One server (the usual case: a batch's keys share a slot).
-                read_answers(&mut self.conns[id], &mut groups[id], &mut answers).await;
+                let conn = self.client.servers().get(id as u32);
+                if read_answers(conn, &mut groups[id], &mut answers).await {
+                    self.client.servers().forget(id as u32);
+                }
             } else {
                 let reads = self
-                    .conns
-                    .iter_mut()
+                    .client
+                    .servers()
+                    .each_mut()
                     .zip(groups.iter_mut())
-                    .filter(|(_, group)| !group.is_empty())
-                    .map(|(slot, group)| async move {
+                    .enumerate()
+                    .filter(|(_, (_, group))| !group.is_empty())
+                    .map(|(id, (conn, group))| async move {
                         let mut answers = Vec::with_capacity(group.len());
-                        read_answers(slot, group, &mut answers).await;
-                        answers
+                        let failed = read_answers(conn, group, &mut answers).await;
+                        (id as u32, failed, answers)
                     });
-                answers.extend(join_all(reads).await.into_iter().flatten());
+                for (id, failed, part) in join_all(reads).await {
+                    if failed {
+                        self.client.servers().forget(id);
+                    }
+                    answers.extend(part);
+                }
             }
             self.groups = groups;
             for (pending, answer, at) in answers.drain(..) {
@@ -527,7 +512,7 @@ impl Worker {
             if refresh {
                 tokio::time::sleep(RETRY_BACKOFF).await;
                 let deadline = Instant::now() + phase.timeout;
-                if let Ok(config) = self.coordinator.refresh_config(deadline).await {
+                if let Ok(config) = self.client.refresh_config(deadline).await {
                     self.config = config;
                 }
             }
@@ -542,9 +527,8 @@ impl Worker {
         phase: &Phase,
         op: &mut Op,
     ) -> Result<(), Error> {
-        self.ensure(id).await?;
+        let conn = self.client.servers().open(&self.config.servers[id]).await?;
         let epoch = self.config.epoch;
-        let (_, _, conn) = self.conns[id].as_mut().expect("just connected");
         for pending in group.iter() {
             match op {
                 Op::Put { key, value } => {
@@ -589,18 +573,22 @@ impl Worker {
 }
 
 /// Reads one answer per request of `group`, in order, within [`ANSWER_TIMEOUT`] for the
-/// group. After a failure the rest of the group gets the same error and the connection is
-/// dropped. The clock is read only when an answer had to be waited for: answers that came
-/// in one read arrived together.
-async fn read_answers(slot: &mut Slot, group: &mut Vec<Pending>, out: &mut Vec<Answered>) {
+/// group. After a failure the rest of the group gets the same error, and the answer is
+/// true: the caller drops the connection. The clock is read only when an answer had to be
+/// waited for: answers that came in one read arrived together.
+async fn read_answers(
+    mut conn: Option<&mut Connection>,
+    group: &mut Vec<Pending>,
+    out: &mut Vec<Answered>,
+) -> bool {
     let mut failed: Option<String> = None;
     let mut at = Instant::now();
     let deadline = at + ANSWER_TIMEOUT;
     for pending in group.drain(..) {
-        let answer = match (&failed, slot.as_mut()) {
+        let answer = match (&failed, conn.as_deref_mut()) {
             (Some(why), _) => Err(why.clone()),
             (None, None) => Err("not connected".to_string()),
-            (None, Some((_, _, conn))) => {
+            (None, Some(conn)) => {
                 let waited = !conn.reader.has_complete_frame();
                 let answer = match tokio::time::timeout_at(deadline, conn.reader.recv()).await {
                     Ok(Ok(Some(answer))) => Ok(answer),
@@ -619,9 +607,7 @@ async fn read_answers(slot: &mut Slot, group: &mut Vec<Pending>, out: &mut Vec<A
         };
         out.push((pending, answer, at));
     }
-    if failed.is_some() {
-        *slot = None;
-    }
+    failed.is_some()
 }
 
 enum Checked {
@@ -697,8 +683,7 @@ impl Bench {
                 rng: splitmix64(&mut seed),
                 turn: turn as u32,
                 config: config.clone(),
-                coordinator: Client::new(options.coordinator.clone(), options.timeout),
-                conns: Vec::new(),
+                client: Client::new(options.coordinator.clone(), options.timeout),
                 batch: Vec::new(),
                 groups: Vec::new(),
                 answers: Vec::new(),
