@@ -2,7 +2,6 @@
 //! the server that serves it, keeps one connection per server, and retries across
 //! configuration changes until a deadline.
 
-pub mod bench;
 pub(crate) mod conns;
 pub mod line;
 pub mod session;
