@@ -61,8 +61,9 @@ impl ServerConns {
 
     /// Closes the idle connection to server `id` if its peer closed it or sent something
     /// unasked, so that a request whose answer would be lost is never sent into it. Costs a
-    /// system call: the client does it before each operation, the load generator (whose
-    /// answers are checked and retried anyway) does not.
+    /// system call: the client does it before each operation; the load generator does not
+    /// (it would be one more per batch on the measured path, and the bench retries a request
+    /// whose answer was lost, which the client may not do with a write).
     pub(crate) fn forget_if_unusable(&mut self, id: u32) {
         if self.get(id).is_some_and(|conn| conn.reader.unusable_when_idle()) {
             self.forget(id);
