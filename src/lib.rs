@@ -11,6 +11,7 @@
 //!
 //! The wire format lives in [`protocol`] and [`connection`]; key placement in [`routing`].
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ftkv::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::Client;
-use ftkv::client::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::line::parse_words;
 use ftkv::client::session::{Outcome, Session, end_by_sigpipe, status_json};
 use ftkv::text::format_table;

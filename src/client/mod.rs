@@ -2,17 +2,17 @@
 //! the server that serves it, keeps one connection per server, and retries across
 //! configuration changes until a deadline.
 
-pub mod bench;
+pub(crate) mod conns;
 pub mod line;
 pub mod session;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::client::conns::ServerConns;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::protocol::{
@@ -74,9 +74,7 @@ pub struct Client {
     timeout: Duration,
     config: Option<Arc<ClusterConfig>>,
     coord_conn: Option<Connection>,
-    /// Open connections by server id, with the address each was opened to (a new start of
-    /// a server may have a new address).
-    servers: HashMap<u32, (String, u16, Connection)>,
+    servers: ServerConns,
 }
 
 impl Client {
@@ -87,7 +85,7 @@ impl Client {
             timeout,
             config: None,
             coord_conn: None,
-            servers: HashMap::new(),
+            servers: ServerConns::default(),
         }
     }
 
@@ -152,16 +150,8 @@ impl Client {
     async fn attempt(&mut self, op: &Op, deadline: Instant) -> Result<ClientResponse, Attempt> {
         let config = self.config(deadline).await.map_err(Attempt::NotSent)?;
         let server = config.server_for(op.key());
-        let open = self.servers.get(&server.id);
-        if !open.is_some_and(|(host, port, conn)| {
-            *host == server.host && *port == server.client_port && !conn.reader.unusable_when_idle()
-        }) {
-            let conn = Connection::connect(&server.client_addr(), &Hello::new(Role::Client, &[]))
-                .await
-                .map_err(Attempt::NotSent)?;
-            self.servers.insert(server.id, (server.host.clone(), server.client_port, conn));
-        }
-        let (_, _, conn) = self.servers.get_mut(&server.id).expect("opened above");
+        self.servers.forget_if_unusable(server.id);
+        let conn = self.servers.open(server).await.map_err(Attempt::NotSent)?;
         let request = ClientRequestRef { epoch: config.epoch, op };
         // A server that stopped reading (paused) must not hold a large request past the
         // operation's deadline; part of it may be out, so its outcome is unknown. (Only the
@@ -181,9 +171,14 @@ impl Client {
         };
         if answer.is_err() {
             // A connection that failed (or may still deliver a late answer) is not reused.
-            self.servers.remove(&server.id);
+            self.servers.forget(server.id);
         }
         answer
+    }
+
+    /// This client's connections to the servers, for the load generator's workers.
+    pub(crate) fn servers(&mut self) -> &mut ServerConns {
+        &mut self.servers
     }
 
     /// The cached configuration, or a fresh one from the coordinator.
