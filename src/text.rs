@@ -1,7 +1,42 @@
-//! Text shown to people, shared by the programs: the cluster table of `coord` and
+//! Text shared by the programs: the escaping of keys and values (the REPL's answers, and
+//! dump files, which the client's line parser reads back with
+//! [`unescape`](crate::client::line::unescape)), and the cluster table of `coord` and
 //! `client status`.
 
 use crate::protocol::StatusReport;
+
+/// Lowercase hex digits used by [`escape`].
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Escapes bytes as printable ASCII text.
+///
+/// Printable ASCII (`0x20..=0x7e`) is kept as is, except `"` becomes `\"`
+/// and `\` becomes `\\`. Newline and tab become `\n` and `\t`. Every other
+/// byte becomes `\xNN` with two lowercase hex digits. The inverse is
+/// [`unescape`](crate::client::line::unescape).
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                out.push_str("\\x");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            }
+        }
+    }
+    out
+}
+
+/// Escapes bytes with [`escape`] and wraps them in double quotes.
+pub fn quote(bytes: &[u8]) -> String {
+    format!("\"{}\"", escape(bytes))
+}
 
 /// The cluster table printed once all servers are up (and by `client status`).
 pub fn format_table(report: &StatusReport) -> String {

@@ -2,12 +2,13 @@
 //! and every message type, the client's line parser, the config file parser.
 //! Runs briefly in CI; for a longer run: `PROPTEST_CASES=200000 cargo nextest run --test fuzz`.
 
-use ftkv::client::line::{parse_line, parse_words, quote, unescape};
+use ftkv::client::line::{parse_line, parse_words, unescape};
 use ftkv::connection::{Connection, decode, encode};
 use ftkv::protocol::{
     ClientRequest, ClientResponse, ControlRequest, ControlResponse, CoordRequest, CoordResponse,
     Hello, Op, ReplAck, ReplMessage, ReportRequest, ReportResponse,
 };
+use ftkv::text::quote;
 use proptest::prelude::*;
 
 /// Decodes `bytes` as every message type; none may panic.

@@ -1,17 +1,17 @@
-//! Text form of keys, values and client operations.
+//! Reading the text form of keys, values and client operations.
 //!
 //! Keys and values are arbitrary bytes, but they have to be shown to users
-//! and written into dump files as text. This module defines one escaping
-//! scheme for both purposes that is round-trippable: `unescape(escape(b))`
-//! always gives back exactly `b`, so anything the client prints or a dump
-//! contains can be typed or read back in without loss.
+//! and written into dump files as text, escaped by [`escape`](crate::text::escape) (in
+//! [`crate::text`], which the server uses too). The scheme is round-trippable:
+//! `unescape(escape(b))` always gives back exactly `b`, so anything the client
+//! prints or a dump contains can be typed or read back in without loss.
 //!
-//! It also parses the operation lines of the interactive client
-//! (`P "key" "value"`, `G "key"`, `D "key"`) and the already split words of
-//! the one-shot mode.
+//! This module parses it back, and the operation lines of the interactive
+//! client (`P "key" "value"`, `G "key"`, `D "key"`) and the already split
+//! words of the one-shot mode.
 
-/// Lowercase hex digits used by [`escape`].
-const HEX: &[u8; 16] = b"0123456789abcdef";
+#[cfg(test)]
+use crate::text::{escape, quote};
 
 /// Why an operation line or an escaped string could not be parsed.
 ///
@@ -95,36 +95,6 @@ pub enum Parsed {
     Empty,
     /// An operation to run.
     Command(Command),
-}
-
-/// Escapes bytes as printable ASCII text.
-///
-/// Printable ASCII (`0x20..=0x7e`) is kept as is, except `"` becomes `\"`
-/// and `\` becomes `\\`. Newline and tab become `\n` and `\t`. Every other
-/// byte becomes `\xNN` with two lowercase hex digits. The inverse is
-/// [`unescape`].
-pub fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => {
-                out.push_str("\\x");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0x0f)]));
-            }
-        }
-    }
-    out
-}
-
-/// Escapes bytes with [`escape`] and wraps them in double quotes.
-pub fn quote(bytes: &[u8]) -> String {
-    format!("\"{}\"", escape(bytes))
 }
 
 /// Turns the inside of a quoted string back into bytes.

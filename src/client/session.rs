@@ -3,9 +3,10 @@
 
 use std::io::Write;
 
-use crate::client::line::{Command, Parsed, parse_line, quote};
+use crate::client::line::{Command, Parsed, parse_line};
 use crate::client::{Client, OpError};
 use crate::protocol::StatusReport;
+use crate::text::quote;
 
 /// Exit status: 0 all succeeded, 1 only `Key not found` failures, 2 any other failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

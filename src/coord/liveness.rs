@@ -60,6 +60,11 @@ impl Liveness {
         }
     }
 
+    /// How many servers the cluster has (ids are below it).
+    pub fn servers(&self) -> u32 {
+        self.incarnations.len() as u32
+    }
+
     /// Fences server `id`: from now on only `incarnation` gets answers (and leases). Returns
     /// the last heartbeat, read after the fence: together with [`heartbeat`](Self::heartbeat)
     /// recording before it checks, this read sees every heartbeat that an older incarnation

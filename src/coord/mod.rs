@@ -2,7 +2,7 @@
 //! failures, runs recoveries, and shuts the service down in order.
 //!
 //! - this file: options and wiring (ports, token, tasks);
-//! - [`cluster`]: the event loop, owner of the [`CoordState`] (`state`);
+//! - `cluster`: the event loop, owner of the [`CoordState`] (`state`);
 //! - `recovery`: the recovery state machine, no I/O inside;
 //! - `liveness`: heartbeats, leases, fencing; `links`: the ports and control links;
 //! - `process` and `launcher`: server processes, local and over ssh;
@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,6 +73,45 @@ pub struct CoordOptions {
     pub advertise_host: Option<String>,
 }
 
+/// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
+fn new_token() -> Result<String> {
+    let mut token = [0u8; 32];
+    getrandom::fill(&mut token).map_err(|e| Error::Unavailable(format!("no randomness: {e}")))?;
+    Ok(token.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Serves the clients port (configuration and status) and the servers port (reports and
+/// heartbeats) until `cancel`.
+fn serve_ports(
+    clients: TcpListener,
+    reports: TcpListener,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let s = shared.clone();
+    listener::serve(
+        clients,
+        "clients",
+        MAX_CLIENT_CONNECTIONS,
+        Gate::clients(),
+        tracker,
+        cancel.clone(),
+        move |conn: Connection, _| links::serve_client(s.clone(), conn),
+    );
+    let s = shared.clone();
+    let n = shared.liveness.servers();
+    listener::serve(
+        reports,
+        "servers",
+        MAX_SERVER_CONNECTIONS,
+        Gate::new(move |role| matches!(role, Role::Server { id, .. } if id < n), &shared.token),
+        tracker,
+        cancel.clone(),
+        move |conn: Connection, role| links::serve_report(s.clone(), conn, role),
+    );
+}
+
 /// Binds both ports, starts the cluster, serves until asked to stop, then shuts down.
 pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
@@ -83,38 +123,16 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         clients.local_addr()?.port()
     );
 
-    let mut token = [0u8; 32];
-    getrandom::fill(&mut token).map_err(|e| Error::Unavailable(format!("no randomness: {e}")))?;
-    let token_hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let token_hex = new_token()?;
     let n = opts.specs.len() as u32;
     let state = CoordState::new(&opts.specs);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (view_tx, _) = watch::channel(View { config: None, status: state.status() });
     let lease = Lease::for_timeout(opts.timeout);
     let shared = Arc::new(Shared::new(n, token_hex.as_bytes().to_vec(), lease, events_tx, view_tx));
-
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let s = shared.clone();
-    listener::serve(
-        clients,
-        "clients",
-        MAX_CLIENT_CONNECTIONS,
-        Gate::clients(),
-        &tracker,
-        cancel.clone(),
-        move |conn: Connection, _| links::serve_client(s.clone(), conn),
-    );
-    let s = shared.clone();
-    listener::serve(
-        reports,
-        "servers",
-        MAX_SERVER_CONNECTIONS,
-        Gate::new(move |role| matches!(role, Role::Server { id, .. } if id < n), &shared.token),
-        &tracker,
-        cancel.clone(),
-        move |conn: Connection, role| links::serve_report(s.clone(), conn, role),
-    );
+    serve_ports(clients, reports, &shared, &tracker, &cancel);
 
     let launcher = Launcher {
         server_bin: opts.server_bin.clone(),

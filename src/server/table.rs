@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::client::line::quote;
 use crate::protocol::Op;
+use crate::text::quote;
 
 /// What applying a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
