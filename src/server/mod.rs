@@ -1,11 +1,13 @@
 //! A storage server: a primary and a secondary table, the replication streams, and three
 //! listening ports (clients, servers, coordinator control).
 
+mod batching;
 mod clients;
 mod control;
 mod lease;
 mod replication;
 mod table;
+mod window;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
