@@ -5,6 +5,7 @@ mod batching;
 mod clients;
 mod control;
 mod lease;
+mod outstanding;
 mod replication;
 mod table;
 mod window;

@@ -22,7 +22,6 @@
 //! other copy: it stays pending until acknowledged or until the mode becomes `Local`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -36,6 +35,7 @@ use crate::protocol::{
     CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
 };
 use crate::server::batching::Pacer;
+use crate::server::outstanding::Outstanding;
 use crate::server::table::{Applied, Table};
 use crate::server::window::{Entry, Window, op_size};
 
@@ -122,7 +122,7 @@ impl From<Pending> for Entry {
 pub struct Replicator {
     tx: mpsc::Sender<Pending>,
     mode: Arc<watch::Sender<Mode>>,
-    outstanding: Arc<AtomicUsize>,
+    outstanding: Arc<Outstanding>,
     budget: Arc<Semaphore>,
 }
 
@@ -138,7 +138,7 @@ impl Replicator {
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_OPS);
         let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
-        let outstanding = Arc::new(AtomicUsize::new(0));
+        let outstanding = Arc::new(Outstanding::default());
         let task = Task {
             role: Role::Server { id: me.0, incarnation: me.1 },
             token,
@@ -185,19 +185,12 @@ impl Replicator {
 
     /// Writes submitted and not yet answered.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::SeqCst)
+        self.outstanding.get()
     }
 
     /// Waits (up to `limit`) until every submitted write was answered.
     pub async fn settle(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.outstanding() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+        self.outstanding.settle(limit).await
     }
 }
 
@@ -205,7 +198,7 @@ impl Replicator {
 pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Pending>,
     budget: OwnedSemaphorePermit,
-    outstanding: &'a AtomicUsize,
+    outstanding: &'a Outstanding,
 }
 
 impl Slot<'_> {
@@ -213,7 +206,7 @@ impl Slot<'_> {
     /// degraded mode). It is dropped without firing if the server shuts down first.
     pub fn submit(self, op: Op) -> oneshot::Receiver<Applied> {
         let (done, rx) = oneshot::channel();
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        self.outstanding.add();
         self.permit.send(Pending { op, done, budget: self.budget });
         rx
     }
@@ -232,7 +225,7 @@ struct Task {
     /// Size of the last snapshot queued.
     snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
-    outstanding: Arc<AtomicUsize>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl Task {
@@ -437,11 +430,11 @@ impl Task {
 
 /// Applies a write the other copy acknowledged (or any write, in degraded mode) and answers
 /// its client; a snapshot entry is in the table already.
-fn complete(table: &Table, outstanding: &AtomicUsize, entry: Entry) {
+fn complete(table: &Table, outstanding: &Outstanding, entry: Entry) {
     if let Some(done) = entry.done {
         let applied = table.apply(entry.op);
         let _ = done.send(applied);
-        outstanding.fetch_sub(1, Ordering::SeqCst);
+        outstanding.answered();
     }
 }
 
