@@ -35,6 +35,7 @@ use crate::protocol::{
     CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
 };
 use crate::server::batching::Pacer;
+use crate::server::errors::StreamRefused;
 use crate::server::outstanding::Outstanding;
 use crate::server::table::{Applied, Table};
 use crate::server::window::{Entry, Window, op_size};
@@ -448,7 +449,7 @@ fn refused(why: String) -> Error {
 pub async fn receive_stream(
     reader: &mut ConnReader,
     writer: &mut ConnWriter,
-    apply: impl Fn(Vec<Op>) -> Result<(), String>,
+    apply: impl Fn(Vec<Op>) -> Result<(), StreamRefused>,
 ) -> Result<()> {
     let mut expected = 1u64;
     while let Some(message) = reader.recv::<ReplMessage>().await? {
@@ -463,6 +464,7 @@ pub async fn receive_stream(
         }
         let last = first_seq + ops.len() as u64 - 1;
         if let Err(why) = apply(ops) {
+            let why = why.to_string();
             writer.send(&ReplAck::Refused(why.clone())).await?;
             return Err(Error::Protocol(why));
         }
