@@ -129,7 +129,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
         return Err(Error::Protocol(format!("server {id} sent {first:?} before Started")));
     };
     if !shared.current(id, incarnation) {
-        conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
+        conn.send(&ReportResponse::Replaced).await?;
         return Err(Error::Protocol(format!(
             "server {id} incarnation {incarnation} is not current"
         )));
@@ -145,7 +145,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
                 shared.heartbeat(id);
             }
             if !shared.current(id, incarnation) {
-                conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
+                conn.send(&ReportResponse::Replaced).await?;
                 return Err(Error::Protocol("report from a replaced server".into()));
             }
             match request {

@@ -135,7 +135,7 @@ pub async fn report_to_coordinator(
 fn expect_welcome(response: ReportResponse) -> Result<()> {
     match response {
         ReportResponse::Welcome => Ok(()),
-        ReportResponse::Refused(why) if why.contains("replaced") => Err(Error::Replaced),
+        ReportResponse::Replaced => Err(Error::Replaced),
         other => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
     }
 }
