@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -295,7 +296,8 @@ impl Connection {
                 hello.role
             )));
         }
-        if !constant_time_eq(&hello.token, token) {
+        // Constant time: a peer must not learn from the answer's timing how much it got right.
+        if !bool::from(hello.token.ct_eq(token)) {
             return Err(Error::Protocol("wrong cluster token".into()));
         }
         Ok(hello.role)
@@ -327,14 +329,6 @@ impl Connection {
     pub fn split(self) -> (ConnReader, ConnWriter) {
         (self.reader, self.writer)
     }
-}
-
-/// Compares secrets without leaking where they differ through timing.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -596,12 +590,5 @@ mod tests {
             stream: 9,
         };
         assert_eq!(encode(&open).unwrap(), encode(&open_ref).unwrap());
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -143,15 +143,8 @@ impl Pending {
 }
 
 /// Raises this process's open-file limit to its hard limit, so that connection limits (not
-/// the descriptor limit) decide how many peers are served.
+/// the descriptor limit) decide how many peers are served. If it cannot, the limit stays as
+/// it was: accepts then fail sooner, and back off.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::routing::ClusterConfig;
 
-/// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the messages below. 2: [`ReportResponse::Replaced`]
+/// (a server of version 1 would take it for a lost coordinator and write stale dumps).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -305,10 +306,10 @@ pub enum ReportRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReportResponse {
     /// The server may serve clients for `lease_ms` from the moment it sent the heartbeat.
-    Lease {
-        lease_ms: u64,
-    },
+    Lease { lease_ms: u64 },
     /// Started (or Updated) acknowledged.
     Welcome,
-    Refused(String),
+    /// A newer start of this server id took its place: it must exit without writing dumps
+    /// (they would overwrite the newer data).
+    Replaced,
 }

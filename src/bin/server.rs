@@ -8,6 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,27 +69,28 @@ struct Args {
 }
 
 /// Forks; the parent prints the child's pid and exits, the child leaves the session and
-/// drops the terminal and the ssh channel (standard streams to /dev/null).
+/// drops the terminal and the ssh channel (standard streams to /dev/null). Not the
+/// `daemonize` crate: it forks twice and changes directory, so the pid printed (which the
+/// coordinator records) would not be the server's and relative paths would move.
 fn daemonize() -> Result<(), String> {
+    use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid};
     // SAFETY: called while the process has a single thread (no runtime, no logger yet), so
     // the child may run arbitrary code after fork.
-    unsafe {
-        match libc::fork() {
-            -1 => Err(format!("fork failed: {}", std::io::Error::last_os_error())),
-            0 => {
-                libc::setsid();
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 {
-                    for fd in 0..3 {
-                        libc::dup2(null, fd);
-                    }
+    match unsafe { fork() }.map_err(|e| format!("fork failed: {e}"))? {
+        ForkResult::Parent { child } => {
+            println!("ftkv-server pid {child}");
+            std::process::exit(0);
+        }
+        ForkResult::Child => {
+            let _ = setsid();
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                let _ = (dup2_stdin(&null), dup2_stdout(&null), dup2_stderr(&null));
+                if null.as_raw_fd() <= 2 {
+                    // A standard stream was closed, so /dev/null took its number: keep it.
+                    let _ = null.into_raw_fd();
                 }
-                Ok(())
             }
-            child => {
-                println!("ftkv-server pid {child}");
-                std::process::exit(0);
-            }
+            Ok(())
         }
     }
 }

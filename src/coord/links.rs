@@ -91,7 +91,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     };
     let liveness = &shared.liveness;
     if !liveness.is_current(id, incarnation) {
-        conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
+        conn.send(&ReportResponse::Replaced).await?;
         return Err(Error::Protocol(format!(
             "server {id} incarnation {incarnation} is not current"
         )));
@@ -107,7 +107,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
                 liveness.heartbeat(id);
             }
             if !liveness.is_current(id, incarnation) {
-                conn.send(&ReportResponse::Refused("replaced by a newer server".into())).await?;
+                conn.send(&ReportResponse::Replaced).await?;
                 return Err(Error::Protocol("report from a replaced server".into()));
             }
             match request {

@@ -33,7 +33,7 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
                 Ok(()) => ControlResponse::Done,
                 Err(why) => {
                     warn!(%why, "configuration refused");
-                    ControlResponse::Failed(why)
+                    ControlResponse::Failed(why.to_string())
                 }
             },
             ControlRequest::Drain => {
@@ -71,6 +71,7 @@ pub async fn serve_stream(server: Arc<Server>, mut conn: Connection, role: Role)
     };
     let opened = server.open_stream(from, into, target_incarnation, stream);
     if let Err(why) = opened {
+        let why = why.to_string();
         conn.send(&ReplAck::Refused(why.clone())).await?;
         return Err(Error::Protocol(why));
     }
@@ -134,7 +135,7 @@ pub async fn report_to_coordinator(
 fn expect_welcome(response: ReportResponse) -> Result<()> {
     match response {
         ReportResponse::Welcome => Ok(()),
-        ReportResponse::Refused(why) if why.contains("replaced") => Err(Error::Replaced),
+        ReportResponse::Replaced => Err(Error::Replaced),
         other => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
     }
 }

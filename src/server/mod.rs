@@ -1,11 +1,15 @@
 //! A storage server: a primary and a secondary table, the replication streams, and three
 //! listening ports (clients, servers, coordinator control).
 
+mod batching;
 mod clients;
 mod control;
+mod errors;
 mod lease;
+mod outstanding;
 mod replication;
 mod table;
+mod window;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::listener::{self, Gate};
 use crate::protocol::{Op, Refusal, Role, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
+use errors::{ConfigRefused, StreamRefused};
 
 pub use lease::Lease;
 pub use replication::{CaughtUp, Mode, Replicator, Target};
@@ -116,30 +122,23 @@ impl Server {
 
     /// Installs a newer configuration and sets both replicators' modes from it. A slot
     /// handed away (recovery step 5) is released only once its writes in flight settled.
-    async fn set_config(&self, config: ClusterConfig) -> Result<(), String> {
+    async fn set_config(&self, config: ClusterConfig) -> Result<(), ConfigRefused> {
         // One change at a time: modes computed for one configuration must not be applied
         // after a newer one's (a change can wait for writes to settle).
         let _one_at_a_time = self.config_changes.lock().await;
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         if config.len() != self.servers {
-            return Err(format!(
-                "{} servers in the configuration, {} expected",
-                config.len(),
-                self.servers
-            ));
+            return Err(ConfigRefused::WrongSize { got: config.len(), expected: self.servers });
         }
         let me = &config.servers[self.id as usize];
         if me.incarnation != self.incarnation {
-            return Err(format!(
-                "configuration names incarnation {} of server {}",
-                me.incarnation, self.id
-            ));
+            return Err(ConfigRefused::OtherIncarnation { id: self.id, named: me.incarnation });
         }
         let (own, adopted) = self.modes(&config);
         {
             let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
             if let Some(current) = current.as_ref().filter(|c| c.epoch > config.epoch) {
-                return Err(format!("epoch {} is older than {}", config.epoch, current.epoch));
+                return Err(ConfigRefused::Older { epoch: config.epoch, current: current.epoch });
             }
             info!(epoch = config.epoch, serving = ?config.serving, "configuration installed");
             *current = Some(config);
@@ -148,7 +147,7 @@ impl Server {
             && matches!(self.adopted.mode(), Mode::Stream(_))
             && !self.adopted.settle(SETTLE_LIMIT).await
         {
-            return Err("writes to the handed-back slot did not settle".into());
+            return Err(ConfigRefused::NotSettled);
         }
         self.own.set_mode(own);
         self.adopted.set_mode(adopted);
@@ -275,34 +274,28 @@ impl Server {
         config: &Option<ClusterConfig>,
         from: (u32, u64),
         into: TableKind,
-    ) -> Result<&Table, String> {
-        let config = config.as_ref().ok_or("not configured yet")?;
+    ) -> Result<&Table, StreamRefused> {
+        let config = config.as_ref().ok_or(StreamRefused::NotConfigured)?;
         let (id, incarnation) = from;
-        let sender = config.servers.get(id as usize).ok_or("unknown server")?;
+        let sender = config.servers.get(id as usize).ok_or(StreamRefused::UnknownServer)?;
         if sender.incarnation != incarnation {
-            return Err(format!("server {id} incarnation {incarnation} was replaced"));
+            return Err(StreamRefused::SenderReplaced { id, incarnation });
         }
         match into {
             TableKind::Secondary if id == primary_of(self.id, self.servers) => {
                 if config.serving[id as usize] != id {
-                    return Err(format!(
-                        "server {id} does not serve its keys in epoch {}",
-                        config.epoch
-                    ));
+                    return Err(StreamRefused::SenderNotServing { id, epoch: config.epoch });
                 }
                 Ok(&self.secondary)
             }
             TableKind::Primary if id == secondary_of(self.id, self.servers) => {
                 let me = &config.servers[self.id as usize];
                 if me.state != Replica::Joining || config.serving[self.id as usize] != id {
-                    return Err(format!(
-                        "not being filled by server {id} in epoch {}",
-                        config.epoch
-                    ));
+                    return Err(StreamRefused::NotBeingFilled { id, epoch: config.epoch });
                 }
                 Ok(&self.primary)
             }
-            _ => Err(format!("server {id} may not stream into my {into:?} table")),
+            _ => Err(StreamRefused::WrongTable { id, into }),
         }
     }
 
@@ -315,18 +308,16 @@ impl Server {
         into: TableKind,
         target_incarnation: u64,
         stream: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamRefused> {
         if target_incarnation != self.incarnation {
-            return Err(format!(
-                "stream meant for incarnation {target_incarnation}, this is {}",
-                self.incarnation
-            ));
+            let this = self.incarnation;
+            return Err(StreamRefused::OtherIncarnation { meant: target_incarnation, this });
         }
         self.stream_table(&self.config(), from, into)?;
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let newest = streams.entry((from.0, into)).or_insert((from.1, stream));
         if (from.1, stream) < *newest {
-            return Err(format!("stream {stream} from server {} superseded", from.0));
+            return Err(StreamRefused::Superseded { stream, id: from.0 });
         }
         *newest = (from.1, stream);
         Ok(())
@@ -340,12 +331,12 @@ impl Server {
         into: TableKind,
         stream: u64,
         ops: Vec<Op>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamRefused> {
         let config = self.config();
         let table = self.stream_table(&config, from, into)?;
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if streams.get(&(from.0, into)) != Some(&(from.1, stream)) {
-            return Err(format!("stream {stream} from server {} superseded", from.0));
+            return Err(StreamRefused::Superseded { stream, id: from.0 });
         }
         table.apply_all(ops);
         Ok(())
@@ -423,6 +414,46 @@ const MAX_CLIENT_CONNECTIONS: usize = 4096;
 const MAX_PEER_CONNECTIONS: usize = 64;
 const MAX_CONTROL_CONNECTIONS: usize = 16;
 
+/// Serves the three ports until `cancel`: clients, peers' replication streams, and the
+/// coordinator's control link.
+fn serve_ports(
+    server: &Arc<Server>,
+    [clients, peers, control]: [TcpListener; 3],
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let s = server.clone();
+    listener::serve(
+        clients,
+        "clients",
+        MAX_CLIENT_CONNECTIONS,
+        Gate::clients(),
+        tracker,
+        cancel.clone(),
+        move |conn, _| clients::serve(s.clone(), conn),
+    );
+    let s = server.clone();
+    listener::serve(
+        peers,
+        "servers",
+        MAX_PEER_CONNECTIONS,
+        Gate::new(|role| matches!(role, Role::Server { .. }), &server.token),
+        tracker,
+        cancel.clone(),
+        move |conn, role| control::serve_stream(s.clone(), conn, role),
+    );
+    let s = server.clone();
+    listener::serve(
+        control,
+        "control",
+        MAX_CONTROL_CONNECTIONS,
+        Gate::new(|role| role == Role::Coordinator, &server.token),
+        tracker,
+        cancel.clone(),
+        move |conn, _| control::serve_control(s.clone(), conn),
+    );
+}
+
 /// Runs a server until the coordinator shuts it down or disappears.
 pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     listener::raise_fd_limit();
@@ -437,36 +468,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     let cancel = CancellationToken::new();
     let server = Arc::new(Server::new(&opts, token, cancel.clone()));
     let tracker = TaskTracker::new();
-    let s = server.clone();
-    listener::serve(
-        clients,
-        "clients",
-        MAX_CLIENT_CONNECTIONS,
-        Gate::clients(),
-        &tracker,
-        cancel.clone(),
-        move |conn, _| clients::serve(s.clone(), conn),
-    );
-    let s = server.clone();
-    listener::serve(
-        peers,
-        "servers",
-        MAX_PEER_CONNECTIONS,
-        Gate::new(|role| matches!(role, Role::Server { .. }), &server.token),
-        &tracker,
-        cancel.clone(),
-        move |conn, role| control::serve_stream(s.clone(), conn, role),
-    );
-    let s = server.clone();
-    listener::serve(
-        control,
-        "control",
-        MAX_CONTROL_CONNECTIONS,
-        Gate::new(|role| role == Role::Coordinator, &server.token),
-        &tracker,
-        cancel.clone(),
-        move |conn, _| control::serve_control(s.clone(), conn),
-    );
+    serve_ports(&server, [clients, peers, control], &tracker, &cancel);
     info!(id = opts.id, incarnation = opts.incarnation, ?ports, "listening");
 
     let outcome = tokio::select! {
@@ -540,35 +542,49 @@ mod tests {
     async fn only_the_newest_stream_from_the_primary_may_write() {
         let server = server().await;
         let primary = (0, 0);
+        let superseded = |r| matches!(r, Err(StreamRefused::Superseded { .. }));
         server.open_stream(primary, TableKind::Secondary, 0, 2).unwrap();
-        assert!(server.open_stream(primary, TableKind::Secondary, 0, 1).is_err(), "older stream");
-        assert!(server.apply_replicated(primary, TableKind::Secondary, 1, put()).is_err());
+        assert!(superseded(server.open_stream(primary, TableKind::Secondary, 0, 1)), "older");
+        assert!(superseded(server.apply_replicated(primary, TableKind::Secondary, 1, put())));
         server.apply_replicated(primary, TableKind::Secondary, 2, put()).unwrap();
         server.secondary.with_value(b"k", |v| assert_eq!(v, Some(&b"v"[..])));
         server.open_stream(primary, TableKind::Secondary, 0, 3).unwrap();
-        assert!(
-            server.apply_replicated(primary, TableKind::Secondary, 2, put()).is_err(),
-            "superseded"
-        );
+        assert!(superseded(server.apply_replicated(primary, TableKind::Secondary, 2, put())));
     }
 
     #[tokio::test]
     async fn streams_from_the_wrong_sender_or_for_another_start_are_refused() {
         let server = server().await;
-        assert!(
-            server.open_stream((0, 0), TableKind::Secondary, 7, 1).is_err(),
-            "meant for incarnation 7"
-        );
-        assert!(
-            server.open_stream((0, 1), TableKind::Secondary, 0, 1).is_err(),
-            "a replaced sender"
-        );
-        assert!(server.open_stream((2, 0), TableKind::Secondary, 0, 1).is_err(), "not my primary");
-        assert!(
-            server.open_stream((2, 0), TableKind::Primary, 0, 1).is_err(),
-            "I am not being filled"
-        );
+        let open = |from, into, meant| server.open_stream(from, into, meant, 1).unwrap_err();
+        use StreamRefused::*;
+        let meant_for_7 = open((0, 0), TableKind::Secondary, 7);
+        assert!(matches!(meant_for_7, OtherIncarnation { meant: 7, this: 0 }));
+        let replaced = open((0, 1), TableKind::Secondary, 0);
+        assert!(matches!(replaced, SenderReplaced { id: 0, incarnation: 1 }));
+        let not_my_primary = open((2, 0), TableKind::Secondary, 0);
+        assert!(matches!(not_my_primary, WrongTable { id: 2, into: TableKind::Secondary }));
+        assert!(matches!(open((2, 0), TableKind::Primary, 0), NotBeingFilled { id: 2, epoch: 1 }));
         assert!(server.secondary.is_empty() && server.primary.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_configuration_for_another_cluster_or_start_or_an_older_one_is_refused() {
+        let server = server().await;
+        let config = server.config().clone().unwrap();
+        let mut other_start = config.clone();
+        other_start.epoch = 2;
+        other_start.servers[1].incarnation = 4;
+        let refused = server.set_config(other_start).await;
+        assert!(matches!(refused, Err(ConfigRefused::OtherIncarnation { id: 1, named: 4 })));
+        let mut older = config.clone();
+        older.epoch = 0;
+        let refused = server.set_config(older).await;
+        assert!(matches!(refused, Err(ConfigRefused::Older { epoch: 0, current: 1 })));
+        let mut invalid = config;
+        invalid.serving.pop();
+        let refused = server.set_config(invalid).await;
+        assert!(matches!(refused, Err(ConfigRefused::Invalid(_))), "{refused:?}");
+        assert_eq!(server.config().as_ref().unwrap().epoch, 1);
     }
 
     #[tokio::test]
@@ -580,7 +596,8 @@ mod tests {
         config.servers[0].state = Replica::Down;
         config.serving[0] = 1;
         server.set_config(config).await.unwrap();
-        assert!(server.apply_replicated((0, 0), TableKind::Secondary, 1, put()).is_err());
+        let refused = server.apply_replicated((0, 0), TableKind::Secondary, 1, put());
+        assert!(matches!(refused, Err(StreamRefused::SenderNotServing { id: 0, epoch: 2 })));
         assert!(server.secondary.is_empty());
         let refused = server.write(put().remove(0), 1).await;
         assert!(refused.is_err(), "no lease yet: nothing is accepted");

@@ -21,9 +21,7 @@
 //! no de-duplication. A write is never reported as failed while it may have reached the
 //! other copy: it stays pending until acknowledged or until the mode becomes `Local`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -36,14 +34,12 @@ use crate::error::{Error, Result};
 use crate::protocol::{
     CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
 };
+use crate::server::batching::Pacer;
+use crate::server::errors::StreamRefused;
+use crate::server::outstanding::Outstanding;
 use crate::server::table::{Applied, Table};
+use crate::server::window::{Entry, Window, op_size};
 
-/// Largest batch payload we aim for (a single larger write still goes alone).
-const BATCH_BYTES: usize = 1 << 20;
-/// Most entries in one batch.
-const BATCH_OPS: usize = 4096;
-/// Most entries sent and not yet acknowledged.
-const WINDOW_OPS: usize = 64 * 1024;
 /// Most writes accepted and not yet answered (bounds memory; submitters wait beyond it).
 const QUEUE_OPS: usize = 16 * 1024;
 /// Most bytes of writes accepted and not yet answered: with 16 MiB values, a count alone
@@ -52,10 +48,6 @@ const QUEUE_BYTES: usize = 256 << 20;
 /// No acknowledgement for this long while entries are in flight: the link is stuck.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest a small batch is held back for more writes to join (see [`BatchSizer`]). tokio's
-/// timer ticks in milliseconds, so this is the shortest hold it can time (a hold ends 1 to
-/// 2 ms after it began).
-const HOLD_LIMIT: Duration = Duration::from_millis(1);
 
 /// Where a slot's writes are copied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +112,6 @@ struct Pending {
     budget: OwnedSemaphorePermit,
 }
 
-/// One entry of the stream: a client write, or a snapshot entry (already in the table).
-struct Entry {
-    op: Op,
-    done: Option<oneshot::Sender<Applied>>,
-    _budget: Option<OwnedSemaphorePermit>,
-}
-
 impl From<Pending> for Entry {
     fn from(Pending { op, done, budget }: Pending) -> Self {
         Entry { op, done: Some(done), _budget: Some(budget) }
@@ -138,7 +123,7 @@ impl From<Pending> for Entry {
 pub struct Replicator {
     tx: mpsc::Sender<Pending>,
     mode: Arc<watch::Sender<Mode>>,
-    outstanding: Arc<AtomicUsize>,
+    outstanding: Arc<Outstanding>,
     budget: Arc<Semaphore>,
 }
 
@@ -154,16 +139,14 @@ impl Replicator {
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_OPS);
         let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
-        let outstanding = Arc::new(AtomicUsize::new(0));
+        let outstanding = Arc::new(Outstanding::default());
         let task = Task {
             role: Role::Server { id: me.0, incarnation: me.1 },
             token,
             table,
             rx,
             mode: mode_rx,
-            unacked: VecDeque::new(),
-            snapshot_left: 0,
-            report_pending: false,
+            window: Window::default(),
             streams: 0,
             snapshot_stats: CopyStats::default(),
             caught_up,
@@ -203,19 +186,12 @@ impl Replicator {
 
     /// Writes submitted and not yet answered.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::SeqCst)
+        self.outstanding.get()
     }
 
     /// Waits (up to `limit`) until every submitted write was answered.
     pub async fn settle(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.outstanding() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        true
+        self.outstanding.settle(limit).await
     }
 }
 
@@ -223,7 +199,7 @@ impl Replicator {
 pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Pending>,
     budget: OwnedSemaphorePermit,
-    outstanding: &'a AtomicUsize,
+    outstanding: &'a Outstanding,
 }
 
 impl Slot<'_> {
@@ -231,7 +207,7 @@ impl Slot<'_> {
     /// degraded mode). It is dropped without firing if the server shuts down first.
     pub fn submit(self, op: Op) -> oneshot::Receiver<Applied> {
         let (done, rx) = oneshot::channel();
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        self.outstanding.add();
         self.permit.send(Pending { op, done, budget: self.budget });
         rx
     }
@@ -243,18 +219,14 @@ struct Task {
     table: Arc<Table>,
     rx: mpsc::Receiver<Pending>,
     mode: watch::Receiver<Mode>,
-    /// Entries not yet acknowledged by the current target, in order.
-    unacked: VecDeque<Entry>,
-    /// Snapshot entries among `unacked`.
-    snapshot_left: usize,
-    /// A snapshot was queued and its acknowledgement not reported yet (also when empty).
-    report_pending: bool,
+    /// Entries not yet acknowledged by the current target.
+    window: Window,
     /// Counts connections, so the receiver can refuse all but the newest stream.
     streams: u64,
     /// Size of the last snapshot queued.
     snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
-    outstanding: Arc<AtomicUsize>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl Task {
@@ -296,28 +268,17 @@ impl Task {
         }
     }
 
-    fn complete(&mut self, entry: Entry) {
-        if let Some(done) = entry.done {
-            let applied = self.table.apply(entry.op);
-            let _ = done.send(applied);
-            self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        } else {
-            self.snapshot_left -= 1;
-        }
-    }
-
     /// Degraded mode: apply everything pending, then every new write, locally.
     async fn apply_locally(&mut self) -> Result<()> {
-        self.report_pending = false;
-        while let Some(entry) = self.unacked.pop_front() {
-            self.complete(entry);
+        for entry in self.window.take_all() {
+            complete(&self.table, &self.outstanding, entry);
         }
         loop {
             tokio::select! {
                 changed = self.mode.changed() => return changed.map_err(|_| Error::Closed),
                 pending = self.rx.recv() => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
-                    self.complete(pending.into());
+                    complete(&self.table, &self.outstanding, pending.into());
                 }
             }
         }
@@ -331,19 +292,12 @@ impl Task {
         let bytes = snapshot.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         self.snapshot_stats = CopyStats { entries: snapshot.len() as u64, bytes };
         info!(entries = snapshot.len(), bytes, "snapshot queued for the new copy");
-        self.snapshot_left += snapshot.len();
-        self.report_pending = true;
-        for (key, value) in snapshot.into_iter().rev() {
-            self.unacked.push_front(Entry {
-                op: Op::Put { key, value },
-                done: None,
-                _budget: None,
-            });
-        }
+        let ops = snapshot.into_iter().map(|(key, value)| Op::Put { key, value });
+        self.window.prepend_snapshot(ops);
     }
 
-    /// Streams to `target` until the link fails or the mode changes.
-    async fn stream_to(&mut self, target: &Target) -> Result<()> {
+    /// Opens a stream to `target`: nothing is sent before the receiver accepted it.
+    async fn open(&mut self, target: &Target) -> Result<(ConnReader, ConnWriter)> {
         let hello = Hello::new(self.role, &self.token);
         let mut conn = Connection::connect(&target.addr, &hello).await?;
         self.streams += 1;
@@ -353,54 +307,33 @@ impl Task {
             target_incarnation: target.incarnation,
             stream: self.streams,
         };
-        // Nothing is sent before the receiver accepted the stream.
         match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
             ReplAck::Opened => {}
-            ReplAck::Refused(why) => return Err(Error::Protocol(format!("stream refused: {why}"))),
+            ReplAck::Refused(why) => return Err(refused(why)),
             ReplAck::Applied { .. } => {
                 return Err(Error::Protocol("acknowledgement before Opened".into()));
             }
         }
-        info!(to = %target.addr, into = ?target.into, queued = self.unacked.len(), "replication stream open");
-        let (mut reader, mut writer) = conn.split();
-        let mut base = 1u64; // sequence number of unacked[0] on this connection
-        let mut sent = 0usize; // unacked[..sent] went out on this connection
+        let queued = self.window.len();
+        info!(to = %target.addr, into = ?target.into, queued, "replication stream open");
+        Ok(conn.split())
+    }
+
+    /// Streams to `target` until the link fails or the mode changes.
+    async fn stream_to(&mut self, target: &Target) -> Result<()> {
+        let (mut reader, mut writer) = self.open(target).await?;
+        self.window.rewind();
         // Armed while entries are in flight: no acknowledgement by then means a stuck link.
         // One timer, moved on progress, rather than a new one on every turn of the loop.
         let ack_deadline = tokio::time::sleep(ACK_TIMEOUT);
         tokio::pin!(ack_deadline);
-        let mut sizer = BatchSizer::default();
-        // Armed while writes wait for a fuller batch (`Hold::On`).
-        let hold_deadline = tokio::time::sleep(HOLD_LIMIT);
-        tokio::pin!(hold_deadline);
-        let mut hold = Hold::Off;
+        let mut pacer = Pacer::new();
         loop {
-            if self.report_pending && self.snapshot_left == 0 {
-                self.report_pending = false;
-                let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
-                let copied = self.snapshot_stats;
-                let _ = self.caught_up.send(CaughtUp { into: target.into, epoch, copied });
-                info!(to = %target.addr, "snapshot acknowledged: copy caught up");
+            if self.window.caught_up() {
+                self.report_caught_up(target);
             }
-            // Group commit: while a batch is in flight, new writes gather into the next one
-            // (unless a full batch is ready), so under load one acknowledgement covers many
-            // writes. When the link is free, a batch goes out once the sizer deems it big
-            // enough or the hold ran out; an idle stream sends a lone write at once.
-            let waiting = self.unacked.len() - sent;
-            let can_send = if waiting == 0 || sent >= WINDOW_OPS {
-                false
-            } else if sent > 0 {
-                self.full_batch_waiting(sent)
-            } else if hold == Hold::RanOut || sizer.big_enough(waiting, || self.bytes_waiting(0)) {
-                true
-            } else {
-                if hold == Hold::Off {
-                    hold = Hold::On;
-                    hold_deadline.as_mut().reset(Instant::now() + HOLD_LIMIT);
-                }
-                false
-            };
-            let room = self.unacked.len() < QUEUE_OPS + self.snapshot_left;
+            let can_send = pacer.ready(&self.window);
+            let room = self.window.client_writes() < QUEUE_OPS;
             tokio::select! {
                 biased;
                 changed = self.mode.changed() => {
@@ -410,27 +343,11 @@ impl Task {
                     }
                 }
                 ack = reader.recv::<ReplAck>() => {
-                    let acked = match ack? {
-                        Some(ReplAck::Applied { seq }) => seq,
-                        Some(ReplAck::Refused(why)) => return Err(Error::Protocol(format!("stream refused: {why}"))),
-                        Some(ReplAck::Opened) => return Err(Error::Protocol("second Opened".into())),
-                        None => return Err(Error::Closed),
-                    };
-                    if acked < base || acked >= base + sent as u64 {
-                        return Err(Error::Protocol(format!("acknowledgement {acked} out of range")));
-                    }
-                    let count = (acked - base + 1) as usize;
-                    sizer.acked(self.unacked.len() - self.snapshot_left);
-                    for _ in 0..count {
-                        let entry = self.unacked.pop_front().expect("acknowledged entries are queued");
-                        self.complete(entry);
-                    }
-                    base += count as u64;
-                    sent -= count;
+                    self.on_ack(ack?, &mut pacer)?;
                     ack_deadline.as_mut().reset(Instant::now() + ACK_TIMEOUT);
                 }
                 _ = async {}, if can_send => {
-                    if sent == 0 {
+                    if self.window.in_flight() == 0 {
                         ack_deadline.as_mut().reset(Instant::now() + ACK_TIMEOUT);
                     }
                     // Let the runtime poll its sockets once first: writes that arrived
@@ -441,148 +358,89 @@ impl Task {
                         continue; // the mode is handled first, as before any send
                     }
                     self.take_queued();
-                    let count = self.queue_batch(base + sent as u64, sent, &mut writer)?;
-                    // A peer that stopped reading must not hold this task: the send is
-                    // bounded, and a new mode interrupts it.
-                    tokio::select! {
-                        result = tokio::time::timeout(ACK_TIMEOUT, writer.flush()) => {
-                            result.map_err(|_| Error::Timeout("sending a replication batch"))??;
-                        }
-                        changed = self.mode.changed() => {
-                            changed.map_err(|_| Error::Closed)?;
-                            return Ok(());
-                        }
-                    }
-                    sent += count;
-                    if hold == Hold::RanOut {
-                        sizer.held_too_long(count);
-                    }
-                    hold = Hold::Off;
+                    let Some(count) = self.send_batch(&mut writer).await? else { return Ok(()) };
+                    pacer.sent(count);
                 }
                 pending = self.rx.recv(), if room => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
-                    self.unacked.push_back(pending.into());
+                    self.window.push(pending.into());
                     self.take_queued();
                 }
-                _ = &mut hold_deadline, if hold == Hold::On => hold = Hold::RanOut,
-                _ = &mut ack_deadline, if sent > 0 => {
+                _ = pacer.hold_runs_out(), if pacer.holding() => {}
+                _ = &mut ack_deadline, if self.window.in_flight() > 0 => {
                     return Err(Error::Timeout("waiting for a replication acknowledgement"));
                 }
             }
         }
     }
 
-    /// Bytes of the entries from index `from` on.
-    fn bytes_waiting(&self, from: usize) -> usize {
-        self.unacked.range(from..).map(|entry| op_size(&entry.op)).sum()
+    /// Recovery steps 3 and 4: the snapshot for this stream is fully acknowledged.
+    fn report_caught_up(&self, target: &Target) {
+        let epoch = self.mode.borrow().target_epoch().unwrap_or(target.epoch);
+        let copied = self.snapshot_stats;
+        let _ = self.caught_up.send(CaughtUp { into: target.into, epoch, copied });
+        info!(to = %target.addr, "snapshot acknowledged: copy caught up");
     }
 
-    /// Whether the entries from index `from` on fill a whole batch, by count or by bytes.
-    fn full_batch_waiting(&self, from: usize) -> bool {
-        let mut bytes = 0;
-        self.unacked.range(from..).take(BATCH_OPS).enumerate().any(|(i, entry)| {
-            bytes += op_size(&entry.op);
-            bytes >= BATCH_BYTES || i + 1 == BATCH_OPS
-        })
+    /// Answers the writes the other copy acknowledged; anything but an acknowledgement of
+    /// writes in flight ends the stream.
+    fn on_ack(&mut self, ack: Option<ReplAck>, pacer: &mut Pacer) -> Result<()> {
+        let seq = match ack {
+            Some(ReplAck::Applied { seq }) => seq,
+            Some(ReplAck::Refused(why)) => return Err(refused(why)),
+            Some(ReplAck::Opened) => return Err(Error::Protocol("second Opened".into())),
+            None => return Err(Error::Closed),
+        };
+        let outstanding = self.window.client_writes();
+        let acked = self.window.on_ack(seq).map_err(|e| Error::Protocol(e.to_string()))?;
+        for entry in acked {
+            complete(&self.table, &self.outstanding, entry);
+        }
+        pacer.acked(outstanding);
+        Ok(())
+    }
+
+    /// Sends the next batch: returns how many writes went, or `None` if the mode changed
+    /// meanwhile. A peer that stopped reading must not hold this task: the send is bounded,
+    /// and a new mode interrupts it.
+    async fn send_batch(&mut self, writer: &mut ConnWriter) -> Result<Option<usize>> {
+        let (first_seq, ops) = self.window.next_batch();
+        let count = ops.len();
+        debug!(first_seq, count, "batch");
+        writer.queue(&ReplMessageRef::Batch { first_seq, ops })?;
+        tokio::select! {
+            result = tokio::time::timeout(ACK_TIMEOUT, writer.flush()) => {
+                result.map_err(|_| Error::Timeout("sending a replication batch"))??;
+                Ok(Some(count))
+            }
+            changed = self.mode.changed() => {
+                changed.map_err(|_| Error::Closed)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Moves the writes already submitted into the stream, as far as there is room.
     fn take_queued(&mut self) {
-        while self.unacked.len() < QUEUE_OPS + self.snapshot_left {
+        while self.window.client_writes() < QUEUE_OPS {
             let Ok(pending) = self.rx.try_recv() else { break };
-            self.unacked.push_back(pending.into());
+            self.window.push(pending.into());
         }
     }
+}
 
-    /// Queues on `writer` the entries from index `from` on, as many as fit one batch;
-    /// returns how many.
-    fn queue_batch(&self, first_seq: u64, from: usize, writer: &mut ConnWriter) -> Result<usize> {
-        let mut bytes = 0;
-        let mut ops: Vec<&Op> = Vec::new();
-        for entry in self.unacked.range(from..) {
-            if !ops.is_empty()
-                && (bytes + op_size(&entry.op) > BATCH_BYTES || ops.len() >= BATCH_OPS)
-            {
-                break;
-            }
-            bytes += op_size(&entry.op);
-            ops.push(&entry.op);
-        }
-        let count = ops.len();
-        debug!(first_seq, count, "batch");
-        writer.queue(&ReplMessageRef::Batch { first_seq, ops })?;
-        Ok(count)
+/// Applies a write the other copy acknowledged (or any write, in degraded mode) and answers
+/// its client; a snapshot entry is in the table already.
+fn complete(table: &Table, outstanding: &Outstanding, entry: Entry) {
+    if let Some(done) = entry.done {
+        let applied = table.apply(entry.op);
+        let _ = done.send(applied);
+        outstanding.answered();
     }
 }
 
-/// Decides when a free link's waiting writes make a batch worth sending. Under load from many
-/// clients, an acknowledgement answers a batch's writers at once and they send their next
-/// writes within moments; sending as soon as the link frees up splits those into small
-/// batches, each one a message and a wake-up of both servers. So when many writes are
-/// usually outstanding on this stream, a batch waits until half of them or [`HOLD_BYTES`]
-/// have gathered (for [`HOLD_LIMIT`] at most). With few writers the next write is too far off
-/// for a wait to pay: a lone client's writes are not held (after a drop in load, a few holds
-/// that run out first). The numbers and the 1-2 ms hold limit are tuned for many clients per
-/// server; they only change when a batch leaves, never its content or order.
-///
-/// Measured (3 servers, 2 cores, puts of 16 bytes): at 50 clients batches of 8 writes became
-/// 19, half the context switches, servers' CPU time per put 14.0-19.8 -> 12.5-14.0 us; at 10
-/// clients holding for 2 writes cost 7% (hence [`HOLD_FROM`]).
-#[derive(Default)]
-struct BatchSizer {
-    /// Moving average of the client writes outstanding (in flight or waiting).
-    writers: f64,
-}
-
-/// Whether the writes waiting on a free link are being held for more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    Off,
-    On,
-    /// The hold's time ran out: the writes go now.
-    RanOut,
-}
-
-/// A batch of this many bytes is never held: copying it costs more than the message it would
-/// save (measured at 50 clients: 1 KiB puts 64,000/s when held by count alone, 68,000 never
-/// held, 70,000 with this bound; 16-byte puts unchanged at 89,000).
-const HOLD_BYTES: usize = 4096;
-
-/// Holding starts when half the usual outstanding writes is at least this many.
-const HOLD_FROM: usize = 6;
-/// A batch is never held for more: the message it saves is already shared by this many writes.
-const HOLD_AT_MOST: usize = 16;
-
-impl BatchSizer {
-    /// Writes worth a batch (at least one).
-    fn threshold(&self) -> usize {
-        let half = (self.writers / 2.0).round() as usize;
-        if half < HOLD_FROM { 1 } else { half.min(HOLD_AT_MOST) }
-    }
-
-    /// Whether `count` waiting writes of `bytes()` bytes make a batch worth sending.
-    fn big_enough(&self, count: usize, bytes: impl FnOnce() -> usize) -> bool {
-        count >= self.threshold() || bytes() >= HOLD_BYTES
-    }
-
-    /// An acknowledgement came while `outstanding` client writes were in flight or waiting.
-    fn acked(&mut self, outstanding: usize) {
-        // Bounded, so that a burst is forgotten as fast as any other sample.
-        let sample = outstanding.min(4 * HOLD_AT_MOST) as f64;
-        self.writers += (sample - self.writers) / 16.0;
-    }
-
-    /// A hold ran out with only `count` writes: the load dropped.
-    fn held_too_long(&mut self, count: usize) {
-        self.writers = (self.writers + count as f64) / 2.0;
-    }
-}
-
-fn op_size(op: &Op) -> usize {
-    match op {
-        Op::Put { key, value } => key.len() + value.len(),
-        Op::Get { key } | Op::Del { key } => key.len(),
-    }
+fn refused(why: String) -> Error {
+    Error::Protocol(format!("stream refused: {why}"))
 }
 
 /// The receiving side: applies a stream of batches and acknowledges them. `apply` checks,
@@ -591,7 +449,7 @@ fn op_size(op: &Op) -> usize {
 pub async fn receive_stream(
     reader: &mut ConnReader,
     writer: &mut ConnWriter,
-    apply: impl Fn(Vec<Op>) -> Result<(), String>,
+    apply: impl Fn(Vec<Op>) -> Result<(), StreamRefused>,
 ) -> Result<()> {
     let mut expected = 1u64;
     while let Some(message) = reader.recv::<ReplMessage>().await? {
@@ -606,6 +464,7 @@ pub async fn receive_stream(
         }
         let last = first_seq + ops.len() as u64 - 1;
         if let Err(why) = apply(ops) {
+            let why = why.to_string();
             writer.send(&ReplAck::Refused(why.clone())).await?;
             return Err(Error::Protocol(why));
         }
@@ -618,47 +477,7 @@ pub async fn receive_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn few_writers_are_never_held() {
-        let mut sizer = BatchSizer::default();
-        for outstanding in [1, 3, 10, 1, 5] {
-            for _ in 0..100 {
-                sizer.acked(outstanding);
-                assert_eq!(sizer.threshold(), 1, "{outstanding} outstanding");
-            }
-        }
-    }
-
-    #[test]
-    fn many_writers_gather_half_of_them_up_to_a_cap() {
-        let mut sizer = BatchSizer::default();
-        for _ in 0..200 {
-            sizer.acked(20);
-        }
-        assert_eq!(sizer.threshold(), 10);
-        assert!(!sizer.big_enough(9, || 9 * 20));
-        assert!(sizer.big_enough(10, || 10 * 20));
-        assert!(sizer.big_enough(4, || 4 * 1024), "4 KiB is never held");
-        for _ in 0..200 {
-            sizer.acked(1_000_000);
-        }
-        assert_eq!(sizer.threshold(), HOLD_AT_MOST);
-    }
-
-    #[test]
-    fn a_few_holds_that_ran_out_stop_the_holding() {
-        let mut sizer = BatchSizer::default();
-        for _ in 0..200 {
-            sizer.acked(1_000_000);
-        }
-        let mut holds = 0;
-        while sizer.threshold() > 1 {
-            sizer.held_too_long(1);
-            holds += 1;
-        }
-        assert!(holds <= 4, "{holds} holds of {HOLD_LIMIT:?} before a lone write goes at once");
-    }
+    use crate::server::batching::HOLD_LIMIT;
 
     /// A stand-in for the other copy: accepts one stream and records every key it applies.
     async fn copy_recording_keys() -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
