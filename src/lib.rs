@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod coord;
 pub mod error;
+pub mod lines;
 pub mod listener;
 pub mod logging;
 pub mod protocol;

@@ -19,6 +19,7 @@ use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::shutdown::{StopSignal, stop_servers};
 use super::state::CoordState;
 use crate::error::{Error, Result};
+use crate::lines;
 use crate::protocol::{ControlRequest, ControlResponse, CopyStats, ServerState};
 use crate::routing::ClusterConfig;
 
@@ -193,7 +194,7 @@ impl Cluster {
         loop {
             tokio::select! {
                 why = &mut *stop => {
-                    info!(reason = %why, "shutting down");
+                    info!(reason = %why, "{}", lines::SHUTTING_DOWN);
                     return Ok(());
                 }
                 Some(event) = events.recv() => self.on_event(event),
@@ -301,10 +302,7 @@ impl Cluster {
         let gap = now.saturating_duration_since(self.last_tick);
         self.last_tick = now;
         if gap > STALL {
-            warn!(
-                stalled_ms = gap.as_millis() as u64,
-                "the coordinator was not running; heartbeat silence counts from now"
-            );
+            warn!(stalled_ms = gap.as_millis() as u64, "{}", lines::STALLED);
             self.listening_since = now;
         }
         let liveness = &self.shared.liveness;
@@ -384,7 +382,7 @@ impl Cluster {
                 Action::Spawn { incarnation } => self.spawn_replacement(a, incarnation),
                 Action::RollBack { kill, why } => {
                     self.copied = CopyStats::default();
-                    warn!(server = a, %why, "recovery: rolling back to step 1");
+                    warn!(server = a, %why, "{}", lines::ROLLING_BACK);
                     self.processes.kill(&self.state.members[a as usize], kill);
                     self.links[a as usize] = None;
                     self.state.members[a as usize].live = false;
@@ -403,7 +401,8 @@ impl Cluster {
                         bytes_copied = self.copied.bytes,
                         attempts,
                         epoch = self.state.epoch(),
-                        "recovery complete: full redundancy restored"
+                        "{}",
+                        lines::RECOVERED
                     );
                 }
             }

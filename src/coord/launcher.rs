@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::config::Host;
 use crate::coord::state::Member;
 use crate::error::{Error, Result};
+use crate::lines;
 
 /// Options on every ssh call: never prompt, never hang on a dead host.
 const SSH_DEFAULTS: [&str; 6] =
@@ -223,7 +224,7 @@ impl Launcher {
         match tokio::time::timeout(SSH_LIMIT, run).await {
             Ok(Ok(status)) => info!(id = member.id, %destination, pid, %status, "kill over ssh"),
             Ok(Err(e)) => {
-                warn!(id = member.id, %destination, pid, error = %e, "kill over ssh failed")
+                warn!(id = member.id, %destination, pid, error = %e, "{}", lines::SSH_KILL_FAILED)
             }
             Err(_) => warn!(id = member.id, %destination, pid, "kill over ssh timed out"),
         }

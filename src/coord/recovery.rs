@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::liveness::Lease;
+use crate::lines;
 use crate::protocol::TableKind;
 use crate::routing::{ClusterConfig, InvalidConfig, ServerAddr, secondary_of};
 
@@ -336,8 +337,9 @@ impl Recovery {
                 Step::TakeOver | Step::Backoff { .. } => {
                     // Every live server must take part: one that cannot is a second fault.
                     self.shutdown(format!(
-                        "a server could not take part in the recovery of server {} (two faults): {why}",
-                        self.failed
+                        "a server could not take part in the recovery of server {} ({}): {why}",
+                        self.failed,
+                        lines::TWO_FAULTS
                     ))
                 }
                 _ => self.roll_back(format!("configuration not installed: {why}"), now),
@@ -375,8 +377,9 @@ impl Recovery {
     fn on_lost(&mut self, id: u32, incarnation: u64, now: Instant) -> Vec<Action> {
         if id != self.failed {
             return self.shutdown(format!(
-                "server {id} lost while server {} was being recovered: two faults",
-                self.failed
+                "server {id} lost while server {} was being recovered: {}",
+                self.failed,
+                lines::TWO_FAULTS
             ));
         }
         let current = incarnation == self.incarnation;
@@ -786,7 +789,7 @@ mod tests {
             }
             let actions = run.step(Input::Lost { id: A + 1, incarnation: 0 }, ms(t, 700));
             assert!(
-                matches!(&actions[..], [Action::Shutdown { why }] if why.contains("two faults")),
+                matches!(&actions[..], [Action::Shutdown { why }] if why.contains(lines::TWO_FAULTS)),
                 "{actions:?}"
             );
             assert!(run.r.is_done());

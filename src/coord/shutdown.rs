@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use super::links::ControlLink;
 use super::process::Processes;
 use crate::error::{Error, Result};
+use crate::lines;
 use crate::protocol::{ControlRequest, ControlResponse};
 
 /// Deadline of the drain phase of a shutdown (writes in flight settle).
@@ -169,7 +170,7 @@ async fn retry_dumps(
         };
         let results = tokio::select! {
             why = &mut give_up => {
-                error!(%why, servers = ?ids(&pending), "gave up waiting for dumps");
+                error!(%why, servers = ?ids(&pending), "{}", lines::GAVE_UP_ON_DUMPS);
                 return ids(&pending);
             }
             results = ask_again => results,

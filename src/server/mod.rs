@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
+use crate::lines;
 use crate::listener::{self, Gate};
 use crate::protocol::{Op, Refusal, Role, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
@@ -358,14 +359,14 @@ impl Server {
             .and_then(|primary| Ok((primary, self.secondary.dump(&self.dump_path("secondary"))?)));
         match &written {
             Ok((primary, secondary)) => {
-                info!(primary, secondary, dir = %self.dump_dir.display(), "dumps written");
+                info!(primary, secondary, dir = %self.dump_dir.display(), "{}", lines::DUMPS_WRITTEN);
             }
             Err(e) => {
                 // Retried every second: the log (maybe on the same full disk) gets the 1st,
                 // 2nd, 4th, 8th... failure.
                 *failures += 1;
                 if failures.is_power_of_two() {
-                    error!(error = %e, failures = *failures, "cannot write dumps; keeping the data");
+                    error!(error = %e, failures = *failures, "{}", lines::CANNOT_WRITE_DUMPS);
                 }
             }
         }
@@ -483,7 +484,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
         } else {
             // The coordinator is gone: stop serving, keep what we hold.
             let reason = outcome.as_ref().err().map(ToString::to_string).unwrap_or_default();
-            warn!(%reason, "lost the coordinator; writing dumps and exiting");
+            warn!(%reason, "{}", lines::LOST_COORDINATOR);
             server.dump_until_written().await;
         }
         cancel.cancel();
@@ -493,7 +494,8 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     match outcome {
         // Never joined (the coordinator refused or could not be reached): a failed start.
         Err(e) if server.config().is_none() => Err(Error::Unavailable(format!(
-            "never joined the cluster of the coordinator at {}: {e}",
+            "{} of the coordinator at {}: {e}",
+            lines::NEVER_JOINED,
             opts.coordinator
         ))),
         _ => Ok(()),

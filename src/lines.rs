@@ -1,0 +1,26 @@
+//! Lines the programs log or print that someone waits for: tests, and operators grepping a
+//! log. One spelling each, shared, so that rewording a message cannot silently break a
+//! test that looks for it.
+
+/// coord: a recovery step failed; a+ is killed and a new one started after a backoff.
+pub const ROLLING_BACK: &str = "recovery: rolling back to step 1";
+/// coord: a recovery ended with both copies of every key again.
+pub const RECOVERED: &str = "recovery complete: full redundancy restored";
+/// coord: part of the reason for a shutdown forced by a second server lost.
+pub const TWO_FAULTS: &str = "two faults";
+/// coord: a stop signal or the end of standard input started an orderly shutdown.
+pub const SHUTTING_DOWN: &str = "shutting down";
+/// coord: it was paused or starved itself, so silence before now is no evidence.
+pub const STALLED: &str = "the coordinator was not running; heartbeat silence counts from now";
+/// coord: a second signal gave up on servers that could not write their dumps.
+pub const GAVE_UP_ON_DUMPS: &str = "gave up waiting for dumps";
+/// coord: killing a remote server over ssh did not work (it may be cut off).
+pub const SSH_KILL_FAILED: &str = "kill over ssh failed";
+/// server: both dump files are written.
+pub const DUMPS_WRITTEN: &str = "dumps written";
+/// server: a dump could not be written; the data stays in memory and it tries again.
+pub const CANNOT_WRITE_DUMPS: &str = "cannot write dumps; keeping the data";
+/// server: its coordinator is gone.
+pub const LOST_COORDINATOR: &str = "lost the coordinator; writing dumps and exiting";
+/// server (standard error, exit 1): it never got a configuration.
+pub const NEVER_JOINED: &str = "never joined the cluster";
