@@ -12,8 +12,8 @@ use ftkv::connection::Connection;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, wait_until};
-use support::history::{Event, Outcome, check_all};
-use support::load::{Load, final_reads, unavailability};
+use support::history::Outcome;
+use support::load::{Checked, Load, stop_and_check, unavailability};
 
 const N: u32 = 3;
 /// Heartbeat timeout used by these tests (`coord -t`).
@@ -38,19 +38,6 @@ fn assert_dumps_match(cluster: &Cluster, finals: &HashMap<Vec<u8>, Option<Vec<u8
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
-}
-
-/// Stops `load`, reads every key's final value and checks each key's history for
-/// linearizability. Returns the events, the keys and their final values.
-async fn stop_and_check(
-    cluster: &Cluster,
-    load: Load,
-) -> (Vec<Event>, Vec<Vec<u8>>, HashMap<Vec<u8>, Option<Vec<u8>>>) {
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
-    (events, keys, finals)
 }
 
 /// A count from the environment variable `name`, or `default`.
@@ -91,10 +78,8 @@ async fn kill_each_server_in_turn_under_load() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let completed = load.completed.load(std::sync::atomic::Ordering::Relaxed);
-    let (recorder, keys) = load.stop().await;
-    let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    let events = recorder.events();
-    let checked = check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let Checked { events, keys, finals, checked } =
+        stop_and_check(cluster.coord_addr(), load).await;
     for (victim, at) in &kills {
         let victim_keys: Vec<Vec<u8>> =
             keys.iter().filter(|k| slot_of(k, N) == *victim).cloned().collect();
@@ -131,7 +116,7 @@ async fn paused_server_is_replaced_without_stale_reads() {
     kill(pid, "CONT");
     tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(15)));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (events, keys, finals) = stop_and_check(&cluster, load).await;
+    let Checked { events, keys, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     let victim_keys: Vec<Vec<u8>> =
         keys.iter().filter(|k| slot_of(k, N) == victim).cloned().collect();
     let gap = unavailability(&events, &victim_keys, at).unwrap();
@@ -179,9 +164,7 @@ async fn replacement_killed_during_copy_rolls_back() {
     let final_pid = status["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
     assert!(final_pid != old_pid && Some(final_pid) != killed, "a third server took over");
     assert!(cluster.coord_log().contains("rolling back to step 1"), "{}", cluster.coord_log());
-    let (recorder, keys) = load.stop().await;
-    let mut finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-    check_all(&recorder.events()).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    let Checked { mut finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     for key in &big_keys {
         assert_eq!(client.get(key).await.unwrap().as_ref(), Some(&value));
         finals.insert(key.clone(), Some(value.clone()));
@@ -344,7 +327,7 @@ async fn writes_in_flight_at_a_kill_are_not_applied_twice() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         (_, epoch) = kill_and_await_replacement(&cluster, victim, epoch);
     }
-    let (events, _, finals) = stop_and_check(&cluster, load).await;
+    let Checked { events, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     let unknown = events.iter().filter(|e| e.outcome == Outcome::Unknown).count();
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
@@ -383,7 +366,7 @@ async fn a_paused_coordinator_blames_no_server() {
     kill(cluster.coord.id(), "CONT");
     let resumed = Instant::now();
     tokio::time::sleep(TIMEOUT * 2).await;
-    let (events, keys, finals) = stop_and_check(&cluster, load).await;
+    let Checked { events, keys, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     let after = cluster.status();
     assert_eq!(after["epoch"], before["epoch"], "no configuration change: {after}");
     for id in 0..N as usize {
@@ -426,7 +409,7 @@ async fn pauses_around_the_timeout_on_a_hot_key_stay_linearizable() {
             replaced += 1;
         }
     }
-    let (events, _, finals) = stop_and_check(&cluster, load).await;
+    let Checked { events, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
     println!("pauses: {cycles}; replacements: {replaced}; operations: {}", events.len());

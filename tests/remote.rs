@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
-use support::history::{Event, Op as HistOp, Outcome, check_all};
-use support::load::{Load, final_reads};
+use support::history::{Event, Op as HistOp, Outcome};
+use support::load::{Checked, Load, stop_and_check};
 use support::netns::{Hosts, addr, run_in};
 
 const N: u32 = 3;
@@ -109,9 +109,7 @@ fn fault_under_load(
                 "respawned on its host"
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let (recorder, keys) = load.stop().await;
-            let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-            check_all(&recorder.events()).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+            let Checked { finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
             (cluster, hosts, finals)
         });
         let (mut cluster, hosts, finals) = cluster;
@@ -215,7 +213,7 @@ fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
     let pids = pids_now(&cluster);
     let coordinator = cluster.coord_addr();
     let clients_ns = hosts.ns(CLIENTS_HOST);
-    let (events, keys, finals, (cut_at, cut_until), healed_at, hosts) =
+    let (Checked { events, keys, finals, .. }, (cut_at, cut_until), healed_at, hosts) =
         run_in(&clients_ns, move || {
             let runtime = load_runtime();
             runtime.block_on(async move {
@@ -230,12 +228,10 @@ fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
                 hosts.heal_between(owner_host);
                 let healed_at = Instant::now();
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let (recorder, keys) = load.stop().await;
-                let finals = final_reads(coordinator, &recorder, &keys).await;
-                (recorder.events(), keys, finals, (cut_at, cut_until), healed_at, hosts)
+                let checked = stop_and_check(coordinator, load).await;
+                (checked, (cut_at, cut_until), healed_at, hosts)
             })
         });
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
     let settled = cut_at + Duration::from_millis(200);
     let during = |e: &&Event| e.ret > settled && e.ret < cut_until;
     // Sent while the link was cut (one sent before may have been copied before).

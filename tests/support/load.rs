@@ -2,13 +2,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ftkv::client::{Client, OpError};
 
-use super::history::{Event, Op, Outcome, Recorder};
+use super::history::{Event, Op, Outcome, Recorder, check_all};
 
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -87,15 +88,36 @@ impl Load {
     }
 }
 
+/// The end of a fault test's load (see [`stop_and_check`]).
+pub struct Checked {
+    /// Every operation, the final reads included.
+    pub events: Vec<Event>,
+    pub keys: Vec<Vec<u8>>,
+    /// Each key's final value.
+    pub finals: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// How many keys' histories were checked.
+    pub checked: usize,
+}
+
+/// Stops `load`, reads every key's final value through `coordinator` and checks each key's
+/// history for linearizability (panics naming the key if one is not).
+pub async fn stop_and_check(coordinator: String, load: Load) -> Checked {
+    let (recorder, keys) = load.stop().await;
+    let finals = final_reads(coordinator, &recorder, &keys).await;
+    let events = recorder.events();
+    let checked = check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    Checked { events, keys, finals, checked }
+}
+
 /// Reads every key once more (recorded, so the checker also verifies the final state) and
 /// returns the final values.
 pub async fn final_reads(
     coordinator: String,
     recorder: &Recorder,
     keys: &[Vec<u8>],
-) -> std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> {
+) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
     let mut client = Client::new(coordinator, Duration::from_secs(10));
-    let mut values = std::collections::HashMap::new();
+    let mut values = HashMap::new();
     for key in keys {
         let invoke = Instant::now();
         let value = client.get(key).await.expect("final read");
