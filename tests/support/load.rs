@@ -78,6 +78,34 @@ impl Load {
         Load { stop, tasks, recorder, keys: key_list, completed }
     }
 
+    /// Waits until every client has had an answer (the load is under way); panics after 10 s.
+    pub async fn under_way(&self) {
+        let clients = self.tasks.len();
+        let every_client = |events: &[Event]| {
+            (0..clients).all(|c| events.iter().any(|e| e.client == c && answered(e)))
+        };
+        let mut waited = Duration::ZERO;
+        while !self.recorder.scan(every_client) {
+            assert!(waited < Duration::from_secs(10), "the load got no answers in 10 s");
+            tokio::time::sleep(POLL).await;
+            waited += POLL;
+        }
+    }
+
+    /// Waits until an operation recorded so far satisfies `cond`, for `limit` at most;
+    /// returns whether one did.
+    pub async fn wait_for(&self, limit: Duration, cond: impl Fn(&Event) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        // Newest first: the events waited for are recent.
+        while !self.recorder.scan(|events| events.iter().rev().any(&cond)) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        true
+    }
+
     /// Stops the clients and waits for their last operations.
     pub async fn stop(self) -> (Arc<Recorder>, Vec<Vec<u8>>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -86,6 +114,14 @@ impl Load {
         }
         (self.recorder, self.keys)
     }
+}
+
+/// How often [`Load::under_way`] and [`Load::wait_for`] look at the history.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Whether `event` got an answer: a write acknowledged or a value read.
+pub fn answered(event: &Event) -> bool {
+    matches!(event.outcome, Outcome::Ok | Outcome::Value(_))
 }
 
 /// The end of a fault test's load (see [`stop_and_check`]).
@@ -141,7 +177,7 @@ pub fn unavailability(events: &[Event], keys: &[Vec<u8>], since: Instant) -> Opt
     events
         .iter()
         .filter(|e| e.invoke >= since && keys.contains(&e.key))
-        .filter(|e| matches!(e.outcome, Outcome::Ok | Outcome::Value(_)))
+        .filter(|e| answered(e))
         .map(|e| e.ret - since)
         .min()
 }
