@@ -12,8 +12,9 @@ use ftkv::connection::Connection;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, wait_until};
-use support::history::{Event, Outcome};
-use support::load::{Checked, Load, answered, stop_and_check, unavailability};
+use support::history::{Event, Op as HistOp, Outcome, check_key};
+use support::load::{Checked, Load, answered, stop_and_check, unavailability, write_outcome};
+use support::sockets;
 
 const N: u32 = 3;
 /// Heartbeat timeout used by these tests (`coord -t`).
@@ -290,40 +291,78 @@ fn recovery_of_an_empty_cluster_completes() {
 
 /// An orderly shutdown while one server is paused with a write to it in flight: the
 /// healthy servers still write their dumps, and every acknowledged write is in one. The
-/// coordinator exits 1 and names the server without dumps (it exited 0).
+/// coordinator exits 1 and names the server without dumps (it exited 0). The write in flight
+/// ends stored or of unknown outcome, and the dump agrees with its history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_a_paused_server_keeps_acknowledged_writes() {
     let mut cluster = Cluster::start_with(N as usize, &["-t", "30"]);
     let mut client = cluster.client();
     let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("k{i}").into_bytes()).collect();
+    let began = Instant::now();
     for key in &keys {
         client.put(key, b"v0").await.unwrap();
     }
+    let stored = Instant::now();
     let owner = slot_of(&keys[0], N);
     let paused = secondary_of(owner, N);
+    let status = cluster.status();
+    let paused_port = status["servers"][paused as usize]["servers_port"].as_u64().unwrap() as u16;
     kill(cluster.pids[paused as usize], "STOP");
+    // In flight: the owner has sent the write on to its paused copy, which has not read it.
+    let unread = || sockets::established(paused_port).iter().any(|q| q.recv > 0);
+    assert!(!unread(), "the paused copy had read everything before the write");
     let mut stuck = Client::new(cluster.coord_addr(), Duration::from_secs(30));
     let first = keys[0].clone();
-    let pending = tokio::spawn(async move { stuck.put(&first, b"v1").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let invoked = Instant::now();
+    let pending = tokio::spawn(async move {
+        let result = stuck.put(&first, b"v1").await;
+        (result, Instant::now())
+    });
+    let sent_on = tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), unread));
+    assert!(sent_on, "the write never reached the paused copy");
     kill(cluster.coord.id(), "TERM");
     let exit = tokio::task::block_in_place(|| cluster.wait_coord(Duration::from_secs(15)));
     assert_eq!(exit.expect("the coordinator exits").code(), Some(1));
     let named = format!("server(s) [{paused}] did not answer the shutdown and wrote no dumps");
     assert!(cluster.coord_log().contains(&named), "{}", cluster.coord_log());
-    pending.abort();
-    for key in &keys {
+    let copy = |key: &[u8]| {
         let o = slot_of(key, N);
         let s = secondary_of(o, N);
-        let copy =
+        let dump =
             if o != paused { cluster.dump(o, "primary") } else { cluster.dump(s, "secondary") };
+        dump.get(key).cloned()
+    };
+    for key in &keys[1..] {
         assert_eq!(
-            copy.get(key).map(Vec::as_slice),
+            copy(key).as_deref(),
             Some(&b"v0"[..]),
             "key {:?}",
             String::from_utf8_lossy(key)
         );
     }
+    let ended = tokio::time::timeout(Duration::from_secs(35), pending).await;
+    let (result, returned) = ended.expect("the write in flight ends").unwrap();
+    let outcome = write_outcome(&result);
+    assert!(
+        matches!(outcome, Outcome::Ok | Outcome::Unknown),
+        "a write sent on to the copy ends stored or unknown: {result:?}"
+    );
+    // The dump read as the key's last operation: nothing can change it any more.
+    let read = Instant::now();
+    let event = |client, op, invoke, ret, outcome| Event {
+        client,
+        key: keys[0].clone(),
+        op,
+        invoke,
+        ret,
+        outcome,
+    };
+    let history = [
+        event(0, HistOp::Put(b"v0".to_vec()), began, stored, Outcome::Ok),
+        event(1, HistOp::Put(b"v1".to_vec()), invoked, returned, outcome),
+        event(2, HistOp::Get, read, read, Outcome::Value(copy(&keys[0]))),
+    ];
+    check_key(&history).unwrap_or_else(|e| panic!("the dump disagrees with the history: {e}"));
 }
 
 /// One key written and read by 8 clients at once while its owner is killed again and again.

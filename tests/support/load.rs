@@ -20,7 +20,7 @@ pub struct Load {
 }
 
 /// The outcome of a write as the history checker sees it.
-fn write_outcome<T>(result: &Result<T, OpError>) -> Outcome {
+pub fn write_outcome<T>(result: &Result<T, OpError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok,
         Err(OpError::Unknown(_)) => Outcome::Unknown,
