@@ -192,10 +192,11 @@ fn help_is_long_only_and_h_is_host() {
 }
 
 /// On a terminal: a `> ` prompt, and history (arrow up recalls the last line). The terminal
-/// is a real pty made by `script`.
+/// is a real pty made by `script`. Each line is typed once the REPL has answered the last one
+/// and prompted again (typed ahead, keys reach the terminal before the line editor).
 #[test]
 fn repl_on_a_terminal_has_a_prompt_and_history() {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let cluster = Cluster::start(3);
     let command = format!("{CLIENT} -h 127.0.0.1 -p {}", cluster.clients_port);
     let mut script = Command::new("script")
@@ -205,14 +206,51 @@ fn repl_on_a_terminal_has_a_prompt_and_history() {
         .spawn()
         .expect("script(1) from util-linux");
     let mut input = script.stdin.take().unwrap();
-    for keys in ["P \"a\" \"1\"\r", "G \"a\"\r", "\x1b[A\r", "\x04"] {
+    let mut output = script.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = output.read(&mut chunk) {
+            if tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    // Waits until `text` appears on the screen after byte `from`; returns where it ends.
+    let mut wait_for = |from: usize, text: &str| -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(at) = screen[from..].windows(text.len()).position(|w| w == text.as_bytes())
+            {
+                return from + at + text.len();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => screen.extend(chunk),
+                Err(_) => {
+                    panic!("no {text:?} on the screen: {:?}", String::from_utf8_lossy(&screen))
+                }
+            }
+        }
+    };
+    let mut at = wait_for(0, "> ");
+    for (keys, answer) in [
+        ("P \"a\" \"1\"\r", "value[\"a\"] <- \"1\""),
+        ("G \"a\"\r", "value[\"a\"] == \"1\""),
+        ("\x1b[A\r", "value[\"a\"] == \"1\""),
+    ] {
         input.write_all(keys.as_bytes()).unwrap();
         input.flush().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        at = wait_for(at, answer);
+        at = wait_for(at, "> ");
     }
+    input.write_all(b"\x04").unwrap();
     drop(input);
-    let out = script.wait_with_output().unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let status = script.wait().unwrap();
+    reader.join().unwrap();
+    screen.extend(rx.try_iter().flatten());
+    let screen = String::from_utf8_lossy(&screen);
     assert!(screen.contains("> "), "prompt: {screen:?}");
     assert!(screen.contains("value[\"a\"] <- \"1\""), "{screen:?}");
     assert_eq!(
@@ -220,7 +258,7 @@ fn repl_on_a_terminal_has_a_prompt_and_history() {
         2,
         "history recalled the GET: {screen:?}"
     );
-    assert!(out.status.success());
+    assert!(status.success());
 }
 
 /// A cluster token left in the coordinator's environment is not this cluster's: the servers

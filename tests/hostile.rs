@@ -13,7 +13,8 @@ use ftkv::protocol::{
     ControlRequest, Hello, Op, PROTOCOL_VERSION, ReplMessage, ReportRequest, Role, TableKind,
 };
 use ftkv::routing::{primary_of, slot_of};
-use support::cluster::{Cluster, alive};
+use support::cluster::{Cluster, alive, wait_until};
+use support::sockets;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -222,7 +223,23 @@ async fn forged_control_messages_without_the_token_change_nothing() {
         );
         send_and_close(cluster.servers_port, &bytes).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every forged hello refused and logged: three on each server's control port, three more
+    // on the owner's servers port, three on the coordinator's servers port.
+    let refusals = |log: &str| {
+        let log = std::fs::read_to_string(cluster.path(log)).unwrap_or_default();
+        log.lines().filter(|l| l.contains("wrong cluster token")).count()
+    };
+    let expected = |id: u32| if id == owner { 6 } else { 3 };
+    let all_refused = || {
+        refusals("coord.log") >= 3
+            && (0..3).all(|id| refusals(&format!("server_{id}.log")) >= expected(id))
+    };
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(5), all_refused)),
+        "refusals logged: coordinator {}, servers {:?}",
+        refusals("coord.log"),
+        (0..3).map(|id| refusals(&format!("server_{id}.log"))).collect::<Vec<_>>()
+    );
     check.assert_healthy(&cluster, "forged control messages").await;
     let log = std::fs::read_to_string(cluster.path(&format!("server_{owner}.log"))).unwrap();
     assert!(
@@ -256,10 +273,20 @@ async fn a_client_that_never_reads_cannot_grow_a_server() {
     }
     // 2000 answers of 1 MiB would be 2 GiB; the writer may send only what the socket takes.
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let ours = stream.local_addr().unwrap().port();
     let writer = tokio::spawn(async move {
         let _ = stream.write_all(&bytes).await;
         stream
     });
+    // The server's answers back up: the socket holds all it takes and the server has to wait.
+    let backed_up = || {
+        sockets::established(port).iter().any(|q| q.remote_port == ours && q.send > 0)
+            && sockets::established(ours).iter().any(|q| q.remote_port == port && q.recv > 0)
+    };
+    let waiting = tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), backed_up));
+    assert!(waiting, "the server's answers never backed up");
+    // Showing that something does not happen: a server that went on reading and buffering
+    // answers would grow by a good part of the 2 GiB meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
     check.assert_healthy(&cluster, "2000 unread answers of 1 MiB").await;
     writer.abort();

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
-use support::history::{Event, Op as HistOp, Outcome, check_all};
-use support::load::{Load, final_reads};
+use support::history::{Event, Op as HistOp};
+use support::load::{Checked, Load, answered, stop_and_check};
 use support::netns::{Hosts, addr, run_in};
 
 const N: u32 = 3;
@@ -94,9 +94,10 @@ fn fault_under_load(
         let runtime = load_runtime();
         let cluster = runtime.block_on(async move {
             let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            load.under_way().await;
             let old_pid = tokio::task::block_in_place(|| cluster.pid_of(victim));
             fault(&cluster, &hosts, old_pid);
+            // The fault lasts `hold` (the point of the test).
             tokio::time::sleep(hold).await;
             heal(&cluster, &hosts);
             let now =
@@ -108,10 +109,12 @@ fn fault_under_load(
                 hosts.ns(victim as usize + 1),
                 "respawned on its host"
             );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (recorder, keys) = load.stop().await;
-            let finals = final_reads(cluster.coord_addr(), &recorder, &keys).await;
-            check_all(&recorder.events()).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+            let recovered = Instant::now();
+            let on_new_server =
+                |e: &Event| e.invoke >= recovered && answered(e) && slot_of(&e.key, N) == victim;
+            let served = load.wait_for(Duration::from_secs(10), on_new_server).await;
+            assert!(served, "the new server serves its keys");
+            let Checked { finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
             (cluster, hosts, finals)
         });
         let (mut cluster, hosts, finals) = cluster;
@@ -215,27 +218,34 @@ fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
     let pids = pids_now(&cluster);
     let coordinator = cluster.coord_addr();
     let clients_ns = hosts.ns(CLIENTS_HOST);
-    let (events, keys, finals, (cut_at, cut_until), healed_at, hosts) =
+    let is_write = |e: &&Event| !matches!(e.op, HistOp::Get);
+    let (Checked { events, keys, finals, .. }, (cut_at, cut_until), healed_at, hosts) =
         run_in(&clients_ns, move || {
             let runtime = load_runtime();
             runtime.block_on(async move {
                 let load = Load::start(coordinator.clone(), 8, 30, Duration::from_secs(10));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                load.under_way().await;
                 // The windows are taken after the rules are in place and before they are lifted:
                 // under load, starting `nft` can take a good part of a second.
                 hosts.cut_between(owner_host, copy_host);
                 let cut_at = Instant::now();
+                // The cut lasts 5 s (the point of the test).
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let cut_until = Instant::now();
                 hosts.heal_between(owner_host);
                 let healed_at = Instant::now();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let (recorder, keys) = load.stop().await;
-                let finals = final_reads(coordinator, &recorder, &keys).await;
-                (recorder.events(), keys, finals, (cut_at, cut_until), healed_at, hosts)
+                let acknowledged = |e: &Event| {
+                    e.invoke >= healed_at
+                        && slot_of(&e.key, N) == cut_slot
+                        && is_write(&e)
+                        && answered(e)
+                };
+                let back = load.wait_for(Duration::from_secs(10), acknowledged).await;
+                assert!(back, "writes to the cut slot are acknowledged again after healing");
+                let checked = stop_and_check(coordinator, load).await;
+                (checked, (cut_at, cut_until), healed_at, hosts)
             })
         });
-    check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
     let settled = cut_at + Duration::from_millis(200);
     let during = |e: &&Event| e.ret > settled && e.ret < cut_until;
     // Sent while the link was cut (one sent before may have been copied before).
@@ -243,8 +253,7 @@ fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
     let cut_keys: Vec<Vec<u8>> =
         keys.iter().filter(|k| slot_of(k, N) == cut_slot).cloned().collect();
     let on_cut = |e: &&Event| cut_keys.contains(&e.key);
-    let is_write = |e: &&Event| !matches!(e.op, HistOp::Get);
-    let ok = |e: &&Event| matches!(e.outcome, Outcome::Ok | Outcome::Value(_));
+    let ok = |e: &&Event| answered(e);
     let stored = events.iter().filter(sent_during).filter(on_cut).filter(is_write).find(ok);
     assert!(
         stored.is_none(),

@@ -10,6 +10,7 @@ use ftkv::client::OpError;
 use ftkv::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
+use support::sockets;
 
 /// 5,000 PUTs from 8 concurrent clients, read back; overwrites and deletes; then each value
 /// is on exactly its owner (primary table) and the next server (secondary table).
@@ -228,6 +229,8 @@ fn giving_up_on_dumps_leaves_the_servers_retrying_on_their_own() {
     kill(cluster.coord.id(), "TERM");
     let status = cluster.wait_coord(Duration::from_secs(5)).expect("gives up on SIGTERM");
     assert!(!status.success());
+    // Showing that something does not happen: the servers do not exit, through at least one
+    // retry of their dumps (every second).
     std::thread::sleep(Duration::from_millis(1500));
     assert!(cluster.pids.iter().all(|&pid| alive(pid)), "still holding the data");
     unblock_and_check_dumps(&dumps);
@@ -262,9 +265,16 @@ fn a_retrying_server_does_not_overwrite_a_newer_dump() {
         log.is_ok_and(|log| log.contains("cannot write dumps"))
     };
     assert!(wait_until(Duration::from_secs(5), || (0..3).all(retrying)));
-    // File times come from a clock that can lag by a tick: let the newer dumps be clearly
-    // newer, then have them appear all at once.
-    std::thread::sleep(Duration::from_millis(100));
+    // File times come from a clock that can lag by a tick: wait until a file written now is
+    // dated after every server began retrying (the newer dumps must be newer), then have them
+    // appear all at once.
+    let retrying_since = std::time::SystemTime::now();
+    let probe = cluster.path("probe");
+    let dated_after = || {
+        std::fs::write(&probe, "").unwrap();
+        std::fs::metadata(&probe).and_then(|m| m.modified()).is_ok_and(|t| t > retrying_since)
+    };
+    assert!(wait_until(Duration::from_secs(1), dated_after), "file times stand still");
     let newer = cluster.path("newer");
     std::fs::create_dir(&newer).unwrap();
     for name in
@@ -308,11 +318,19 @@ async fn write_invisible_until_secondary_has_it() {
     let owner = slot_of(&key, 3);
     let mut reader = cluster.client();
     reader.put(&key, b"old").await.unwrap();
-    let secondary_pid = cluster.pids[secondary_of(owner, 3) as usize];
+    let secondary = secondary_of(owner, 3) as usize;
+    let secondary_pid = cluster.pids[secondary];
+    let port = cluster.status()["servers"][secondary]["servers_port"].as_u64().unwrap() as u16;
     support::cluster::kill(secondary_pid, "STOP");
+    // The primary has sent the write on to its paused secondary, which has not read it.
+    let unread = || sockets::established(port).iter().any(|q| q.recv > 0);
+    assert!(!unread(), "the paused secondary had read everything before the write");
     let mut writer = cluster.client();
     let k = key.clone();
     let pending = tokio::spawn(async move { writer.put(&k, b"new").await });
+    let sent_on = tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), unread));
+    assert!(sent_on, "the write never reached the paused secondary");
+    // Showing that something does not happen: no acknowledgement comes meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished(), "acknowledged while the secondary is paused");
     assert_eq!(reader.get(&key).await.unwrap().as_deref(), Some(&b"old"[..]));

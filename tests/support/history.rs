@@ -164,6 +164,11 @@ impl Recorder {
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
+
+    /// Runs `f` on the events recorded so far, in recording order, without copying them.
+    pub fn scan<R>(&self, f: impl FnOnce(&[Event]) -> R) -> R {
+        f(&self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
 }
 
 /// Checks one key's history against the register model (initial value

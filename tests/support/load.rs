@@ -2,13 +2,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ftkv::client::{Client, OpError};
 
-use super::history::{Event, Op, Outcome, Recorder};
+use super::history::{Event, Op, Outcome, Recorder, check_all};
 
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -19,7 +20,7 @@ pub struct Load {
 }
 
 /// The outcome of a write as the history checker sees it.
-fn write_outcome<T>(result: &Result<T, OpError>) -> Outcome {
+pub fn write_outcome<T>(result: &Result<T, OpError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok,
         Err(OpError::Unknown(_)) => Outcome::Unknown,
@@ -77,6 +78,34 @@ impl Load {
         Load { stop, tasks, recorder, keys: key_list, completed }
     }
 
+    /// Waits until every client has had an answer (the load is under way); panics after 10 s.
+    pub async fn under_way(&self) {
+        let clients = self.tasks.len();
+        let every_client = |events: &[Event]| {
+            (0..clients).all(|c| events.iter().any(|e| e.client == c && answered(e)))
+        };
+        let mut waited = Duration::ZERO;
+        while !self.recorder.scan(every_client) {
+            assert!(waited < Duration::from_secs(10), "the load got no answers in 10 s");
+            tokio::time::sleep(POLL).await;
+            waited += POLL;
+        }
+    }
+
+    /// Waits until an operation recorded so far satisfies `cond`, for `limit` at most;
+    /// returns whether one did.
+    pub async fn wait_for(&self, limit: Duration, cond: impl Fn(&Event) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        // Newest first: the events waited for are recent.
+        while !self.recorder.scan(|events| events.iter().rev().any(&cond)) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        true
+    }
+
     /// Stops the clients and waits for their last operations.
     pub async fn stop(self) -> (Arc<Recorder>, Vec<Vec<u8>>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -87,15 +116,44 @@ impl Load {
     }
 }
 
+/// How often [`Load::under_way`] and [`Load::wait_for`] look at the history.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Whether `event` got an answer: a write acknowledged or a value read.
+pub fn answered(event: &Event) -> bool {
+    matches!(event.outcome, Outcome::Ok | Outcome::Value(_))
+}
+
+/// The end of a fault test's load (see [`stop_and_check`]).
+pub struct Checked {
+    /// Every operation, the final reads included.
+    pub events: Vec<Event>,
+    pub keys: Vec<Vec<u8>>,
+    /// Each key's final value.
+    pub finals: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// How many keys' histories were checked.
+    pub checked: usize,
+}
+
+/// Stops `load`, reads every key's final value through `coordinator` and checks each key's
+/// history for linearizability (panics naming the key if one is not).
+pub async fn stop_and_check(coordinator: String, load: Load) -> Checked {
+    let (recorder, keys) = load.stop().await;
+    let finals = final_reads(coordinator, &recorder, &keys).await;
+    let events = recorder.events();
+    let checked = check_all(&events).unwrap_or_else(|e| panic!("not linearizable: {e}"));
+    Checked { events, keys, finals, checked }
+}
+
 /// Reads every key once more (recorded, so the checker also verifies the final state) and
 /// returns the final values.
 pub async fn final_reads(
     coordinator: String,
     recorder: &Recorder,
     keys: &[Vec<u8>],
-) -> std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> {
+) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
     let mut client = Client::new(coordinator, Duration::from_secs(10));
-    let mut values = std::collections::HashMap::new();
+    let mut values = HashMap::new();
     for key in keys {
         let invoke = Instant::now();
         let value = client.get(key).await.expect("final read");
@@ -119,7 +177,7 @@ pub fn unavailability(events: &[Event], keys: &[Vec<u8>], since: Instant) -> Opt
     events
         .iter()
         .filter(|e| e.invoke >= since && keys.contains(&e.key))
-        .filter(|e| matches!(e.outcome, Outcome::Ok | Outcome::Value(_)))
+        .filter(|e| answered(e))
         .map(|e| e.ret - since)
         .min()
 }
