@@ -298,7 +298,7 @@ impl Connection {
         }
         // Constant time: a peer must not learn from the answer's timing how much it got right.
         if !bool::from(hello.token.ct_eq(token)) {
-            return Err(Error::Protocol("wrong cluster token".into()));
+            return Err(Error::Protocol(crate::lines::WRONG_TOKEN.into()));
         }
         Ok(hello.role)
     }

@@ -14,8 +14,8 @@ pub const SHUTTING_DOWN: &str = "shutting down";
 pub const STALLED: &str = "the coordinator was not running; heartbeat silence counts from now";
 /// coord: a second signal gave up on servers that could not write their dumps.
 pub const GAVE_UP_ON_DUMPS: &str = "gave up waiting for dumps";
-/// coord: killing a remote server over ssh did not work (it may be cut off).
-pub const SSH_KILL_FAILED: &str = "kill over ssh failed";
+/// coord: starting or killing a remote server over ssh did not work (it may be cut off).
+pub const SSH_FAILED: &str = "over ssh failed";
 /// server: both dump files are written.
 pub const DUMPS_WRITTEN: &str = "dumps written";
 /// server: a dump could not be written; the data stays in memory and it tries again.
@@ -24,3 +24,5 @@ pub const CANNOT_WRITE_DUMPS: &str = "cannot write dumps; keeping the data";
 pub const LOST_COORDINATOR: &str = "lost the coordinator; writing dumps and exiting";
 /// server (standard error, exit 1): it never got a configuration.
 pub const NEVER_JOINED: &str = "never joined the cluster";
+/// every port (its log): a hello with the wrong cluster token was refused.
+pub const WRONG_TOKEN: &str = "wrong cluster token";

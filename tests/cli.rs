@@ -4,6 +4,7 @@ mod support;
 
 use std::process::Command;
 
+use ftkv::lines;
 use support::cluster::{CLIENT, COORD, Cluster, SERVER};
 
 #[test]
@@ -312,7 +313,7 @@ fn a_server_that_never_joins_fails_and_leaves_earlier_dumps_alone() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("never joined the cluster"), "{err}");
+    assert!(err.contains(lines::NEVER_JOINED), "{err}");
     for dump in &dumps {
         assert_eq!(std::fs::read_to_string(dump).unwrap(), "P \"k\" \"v\"\n");
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ftkv::client::{Client, OpError};
 use ftkv::connection::Connection;
+use ftkv::lines;
 use ftkv::protocol::{ClientRequest, ClientResponse, Hello, Op, Refusal, Role};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, wait_until};
@@ -180,13 +181,14 @@ async fn replacement_killed_during_copy_rolls_back() {
     let status = tokio::task::block_in_place(|| cluster.wait_recovered(1, Duration::from_secs(20)));
     let final_pid = status["servers"][victim as usize]["pid"].as_u64().unwrap() as u32;
     assert!(final_pid != old_pid && Some(final_pid) != killed, "a third server took over");
-    assert!(cluster.coord_log().contains("rolling back to step 1"), "{}", cluster.coord_log());
+    assert!(cluster.coord_log().contains(lines::ROLLING_BACK), "{}", cluster.coord_log());
     let Checked { mut finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     for key in &big_keys {
         assert_eq!(client.get(key).await.unwrap().as_ref(), Some(&value));
         finals.insert(key.clone(), Some(value.clone()));
     }
-    assert!(cluster.ctrl_d().success());
+    // 400 MB of dumps from a debug build on a loaded machine took over 10 s.
+    assert!(cluster.ctrl_d_within(Duration::from_secs(60)).success());
     assert_dumps_match(&cluster, &finals);
 }
 
@@ -214,7 +216,7 @@ fn second_failure_during_recovery_shuts_down_in_order() {
     assert!(status.success());
     let exit = cluster.wait_coord(Duration::from_secs(10)).expect("coordinator exits");
     assert_eq!(exit.code(), Some(1));
-    assert!(cluster.coord_log().contains("two faults"), "{}", cluster.coord_log());
+    assert!(cluster.coord_log().contains(lines::TWO_FAULTS), "{}", cluster.coord_log());
     assert!(wait_until(Duration::from_secs(2), || !alive(pids[p as usize])), "survivor exited");
     let primary = cluster.dump(p, "primary");
     let secondary = cluster.dump(p, "secondary");
@@ -434,7 +436,7 @@ async fn a_paused_coordinator_blames_no_server() {
     }
     let gap = unavailability(&events, &keys, resumed).expect("served again after the pause");
     assert!(gap <= Duration::from_millis(500), "served again {gap:?} after the resume");
-    assert!(cluster.coord_log().contains("the coordinator was not running"));
+    assert!(cluster.coord_log().contains(lines::STALLED));
     assert!(cluster.ctrl_d().success());
     assert_dumps_match(&cluster, &finals);
     println!("served again {gap:?} after the coordinator resumed");

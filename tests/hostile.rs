@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ftkv::client::Client;
 use ftkv::connection::encode;
+use ftkv::lines;
 use ftkv::protocol::{
     ControlRequest, Hello, Op, PROTOCOL_VERSION, ReplMessage, ReportRequest, Role, TableKind,
 };
@@ -227,7 +228,7 @@ async fn forged_control_messages_without_the_token_change_nothing() {
     // on the owner's servers port, three on the coordinator's servers port.
     let refusals = |log: &str| {
         let log = std::fs::read_to_string(cluster.path(log)).unwrap_or_default();
-        log.lines().filter(|l| l.contains("wrong cluster token")).count()
+        log.lines().filter(|l| l.contains(lines::WRONG_TOKEN)).count()
     };
     let expected = |id: u32| if id == owner { 6 } else { 3 };
     let all_refused = || {
@@ -243,7 +244,7 @@ async fn forged_control_messages_without_the_token_change_nothing() {
     check.assert_healthy(&cluster, "forged control messages").await;
     let log = std::fs::read_to_string(cluster.path(&format!("server_{owner}.log"))).unwrap();
     assert!(
-        log.contains("wrong cluster token") && log.contains("127.0.0.1:"),
+        log.contains(lines::WRONG_TOKEN) && log.contains("127.0.0.1:"),
         "refusals are logged with the peer"
     );
 

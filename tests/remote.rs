@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ftkv::lines;
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
 use support::history::{Event, Op as HistOp};
@@ -77,7 +78,7 @@ fn servers_started_over_ssh_serve_and_dump_on_their_hosts() {
         .collect();
     assert_remote_dumps(&hosts, &finals);
     let log = std::fs::read_to_string(hosts.remote_dir().join("server_0.log")).unwrap();
-    assert!(log.contains("dumps written"), "the remote log says where the dumps went");
+    assert!(log.contains(lines::DUMPS_WRITTEN), "the remote log says where the dumps went");
 }
 
 /// Runs load from the clients' host while `fault` hits server `victim`, waits `hold`,
@@ -159,13 +160,13 @@ fn a_partitioned_host_is_fenced_and_replaced_after_healing() {
             let s = tokio::task::block_in_place(|| cluster.status());
             assert_eq!(s["recovery"]["server"], victim, "{s}");
             assert!(
-                cluster.coord_log().contains("over ssh failed")
+                cluster.coord_log().contains(lines::SSH_FAILED)
                     || cluster.coord_log().contains("timed out")
             );
             hosts.heal(victim as usize + 1);
         },
     );
-    assert!(cluster.coord_log().contains("rolling back to step 1"));
+    assert!(cluster.coord_log().contains(lines::ROLLING_BACK));
     println!("partition test took {:?}", began.elapsed());
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ftkv::client::OpError;
+use ftkv::lines;
 use ftkv::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use ftkv::routing::{secondary_of, slot_of};
 use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
@@ -245,11 +246,13 @@ fn a_second_sigterm_during_the_shutdown_round_gives_up() {
     let (mut cluster, _) = cluster_with_dumps_blocked();
     kill(cluster.pids[0], "STOP");
     kill(cluster.coord.id(), "TERM");
-    assert!(wait_until(Duration::from_secs(5), || cluster.coord_log().contains("shutting down")));
+    assert!(wait_until(Duration::from_secs(5), || cluster
+        .coord_log()
+        .contains(lines::SHUTTING_DOWN)));
     kill(cluster.coord.id(), "TERM");
     let status = cluster.wait_coord(Duration::from_secs(10)).expect("gave up after the round");
     assert!(!status.success());
-    assert!(cluster.coord_log().contains("gave up waiting for dumps"));
+    assert!(cluster.coord_log().contains(lines::GAVE_UP_ON_DUMPS));
 }
 
 /// A server that lost its coordinator retries dumps it cannot write; but dump files that
@@ -262,7 +265,7 @@ fn a_retrying_server_does_not_overwrite_a_newer_dump() {
     cluster.wait_coord(Duration::from_secs(5)).expect("coordinator killed");
     let retrying = |id: u32| {
         let log = std::fs::read_to_string(cluster.path(&format!("server_{id}.log")));
-        log.is_ok_and(|log| log.contains("cannot write dumps"))
+        log.is_ok_and(|log| log.contains(lines::CANNOT_WRITE_DUMPS))
     };
     assert!(wait_until(Duration::from_secs(5), || (0..3).all(retrying)));
     // File times come from a clock that can lag by a tick: wait until a file written now is

@@ -194,8 +194,9 @@ impl Launcher {
                 Ok(pid)
             }
             _ => Err(Error::Unavailable(format!(
-                "starting server {} on {destination} over ssh failed ({status}): {}",
+                "starting server {} on {destination} {} ({status}): {}",
                 member.id,
+                lines::SSH_FAILED,
                 err.trim()
             ))),
         }
@@ -224,7 +225,7 @@ impl Launcher {
         match tokio::time::timeout(SSH_LIMIT, run).await {
             Ok(Ok(status)) => info!(id = member.id, %destination, pid, %status, "kill over ssh"),
             Ok(Err(e)) => {
-                warn!(id = member.id, %destination, pid, error = %e, "{}", lines::SSH_KILL_FAILED)
+                warn!(id = member.id, %destination, pid, error = %e, "kill {}", lines::SSH_FAILED)
             }
             Err(_) => warn!(id = member.id, %destination, pid, "kill over ssh timed out"),
         }

@@ -153,8 +153,13 @@ impl Cluster {
 
     /// Closes the coordinator's standard input (ctrl+d) and waits for it to exit.
     pub fn ctrl_d(&mut self) -> ExitStatus {
+        self.ctrl_d_within(Duration::from_secs(10))
+    }
+
+    /// [`ctrl_d`](Self::ctrl_d) for a cluster whose dumps take long to write.
+    pub fn ctrl_d_within(&mut self, limit: Duration) -> ExitStatus {
         self.close_stdin();
-        self.wait_coord(Duration::from_secs(10)).expect("coordinator did not exit after ctrl+d")
+        self.wait_coord(limit).expect("coordinator did not exit after ctrl+d")
     }
 
     /// End of the coordinator's standard input (ctrl+d), without waiting for it to exit.
