@@ -8,6 +8,10 @@ pub const ROLLING_BACK: &str = "recovery: rolling back to step 1";
 pub const RECOVERED: &str = "recovery complete: full redundancy restored";
 /// coord: part of the reason for a shutdown forced by a second server lost.
 pub const TWO_FAULTS: &str = "two faults";
+/// coord: the state file could not be written (the coordinator goes on without it).
+pub const STATE_NOT_SAVED: &str = "cannot write the coordinator state";
+/// coord: a restarted coordinator took the running servers back.
+pub const TOOK_BACK: &str = "took the running cluster back";
 /// coord: a stop signal or the end of standard input started an orderly shutdown.
 pub const SHUTTING_DOWN: &str = "shutting down";
 /// coord: it was paused or starved itself, so silence before now is no evidence.

@@ -293,8 +293,9 @@ pub struct BoundPorts {
 /// Server -> coordinator, on the coordinator's servers port (one long-lived connection).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReportRequest {
-    /// Sent once, right after the hello.
-    Started { ports: BoundPorts, pid: u32, incarnation: u64 },
+    /// Sent right after the hello (again after each reconnect); `epoch`: the newest
+    /// configuration the server holds (0: none).
+    Started { ports: BoundPorts, pid: u32, incarnation: u64, epoch: u64 },
     /// Sent periodically; answered with a lease.
     Heartbeat,
     /// Recovery steps 3 and 4: the snapshot streamed `into` the new server's table for

@@ -55,6 +55,11 @@ struct Args {
     /// on the route to each host).
     #[arg(long)]
     advertise_host: Option<String>,
+    /// Where the coordinator keeps its state (coord.state, mode 0600: it holds the cluster
+    /// token) and its lock. A coordinator started again on the same state after it died
+    /// takes the running servers back.
+    #[arg(long, default_value = ".")]
+    state_dir: PathBuf,
 }
 
 fn main() {
@@ -114,6 +119,7 @@ fn start(args: Args) -> Result<(), String> {
         remote_server_bin,
         remote_dir: args.remote_dir,
         advertise_host: args.advertise_host,
+        state_dir: absolute(args.state_dir)?,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
@@ -18,6 +18,7 @@ use super::process::Processes;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::shutdown::{StopSignal, stop_servers};
 use super::state::CoordState;
+use super::store::Store;
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::protocol::{ControlRequest, ControlResponse, CopyStats, ServerState};
@@ -56,6 +57,9 @@ pub enum Internal {
 /// The running cluster: its state, and the processes, links and tasks that serve it.
 pub struct Cluster {
     pub state: CoordState,
+    store: Store,
+    /// What the state file holds now (nothing is written twice).
+    saved: Vec<u8>,
     shared: Arc<Shared>,
     processes: Processes,
     /// Declared lost after this long without a heartbeat.
@@ -81,14 +85,20 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(
         state: CoordState,
+        store: Store,
         shared: Arc<Shared>,
         processes: Processes,
         timeout: Duration,
         internal_tx: mpsc::UnboundedSender<Internal>,
     ) -> Self {
         let links = state.members.iter().map(|_| None).collect();
+        for member in &state.members {
+            shared.liveness.fence(member.id, member.incarnation);
+        }
         Cluster {
             state,
+            store,
+            saved: Vec::new(),
             shared,
             processes,
             timeout,
@@ -103,6 +113,22 @@ impl Cluster {
         }
     }
 
+    /// Writes the state down, if it changed since the last write. Called before anything it
+    /// records is sent to a server or published to clients, so that a restarted coordinator
+    /// never knows less than the cluster. A write that fails is logged and the coordinator
+    /// goes on (a full disk must not take the service down); a restart from the older file
+    /// then sees servers at a newer epoch and refuses to take them back.
+    fn persist(&mut self) {
+        let bytes = Store::encode(&self.state);
+        if bytes == self.saved {
+            return;
+        }
+        match self.store.save(&bytes) {
+            Ok(()) => self.saved = bytes,
+            Err(e) => error!(error = %e, "{}", lines::STATE_NOT_SAVED),
+        }
+    }
+
     fn publish(&mut self) {
         self.shared.view.send_modify(|view| view.status = self.state.status());
     }
@@ -113,6 +139,20 @@ impl Cluster {
     fn fence(&mut self, id: u32, incarnation: u64) -> Instant {
         self.state.members[id as usize].incarnation = incarnation;
         self.shared.liveness.fence(id, incarnation)
+    }
+
+    /// Starts the cluster, or takes back the one a coordinator that died left running.
+    pub async fn start_or_readopt(
+        &mut self,
+        adopting: bool,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
+        if adopting {
+            self.readopt(events, internal).await
+        } else {
+            self.start(events, internal).await
+        }
     }
 
     /// Spawns every server, waits for all to report, opens control links, and installs the
@@ -135,15 +175,118 @@ impl Cluster {
             self.links[member.id as usize] = Some(link);
         }
         let config = self.state.initial_config();
+        self.install_first(config).await
+    }
+
+    /// Installs the cluster's first configuration (after a start, or a restart of the
+    /// coordinator) on every server with a link, and publishes it.
+    async fn install_first(&mut self, config: ClusterConfig) -> Result<()> {
+        self.state.config = Some(config.clone());
+        for id in (0..self.state.len()).filter(|&id| self.links[id as usize].is_some()) {
+            self.state.members[id as usize].state = ServerState::Running;
+        }
+        self.persist();
         let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
         install(&config, &[links]).await.map_err(Error::Unavailable)?;
-        self.state.config = Some(config.clone());
-        for member in &mut self.state.members {
-            member.state = ServerState::Running;
-        }
         self.shared.view.send_modify(|view| view.config = Some(config));
         self.publish();
         Ok(())
+    }
+
+    /// Takes back the servers of a coordinator that died: waits up to the heartbeat timeout
+    /// for each to report again (with the incarnation the state names: no other is
+    /// accepted), opens control links, and installs the state's configuration at a new
+    /// epoch. Nothing is spawned or copied. One server that did not come back is lost (a
+    /// single fault, recovered as usual); two are a double fault. A recovery that was under
+    /// way is resumed from a safe point ([`Recovery::restart`]).
+    pub async fn readopt(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
+        let recovering = self.state.recovery.as_ref().map(|r| r.failed);
+        for member in &mut self.state.members {
+            member.live = false;
+        }
+        let expected = self.state.len() - u32::from(recovering.is_some());
+        let newest = self.await_rejoin(events, internal, recovering).await?;
+        let missing: Vec<u32> = (0..self.state.len())
+            .filter(|&id| Some(id) != recovering && !self.state.members[id as usize].live)
+            .collect();
+        let config = self.state.config.clone().expect("only a configured cluster is taken back");
+        if newest > config.epoch {
+            return Err(Error::Unavailable(format!(
+                "the state in {} is older than the cluster (epoch {} < {newest}): it cannot be \
+                 taken back safely",
+                self.store.path().display(),
+                config.epoch
+            )));
+        }
+        if missing.len() + usize::from(recovering.is_some()) > 1 {
+            return Err(Error::Unavailable(format!(
+                "servers {missing:?} did not come back after the coordinator restarted ({}; \
+                 {expected} expected); move {} away to start a new cluster",
+                lines::TWO_FAULTS,
+                self.store.path().display()
+            )));
+        }
+        for &id in self.live_ids().iter() {
+            let member = &self.state.members[id as usize];
+            let link = ControlLink::connect(id, &member.control_addr(), &self.shared.token).await?;
+            self.links[id as usize] = Some(link);
+        }
+        let epoch = config.epoch + 1;
+        self.install_first(ClusterConfig { epoch, ..config }).await?;
+        info!(epoch, servers = self.live_ids().len(), "{}", lines::TOOK_BACK);
+        if let Some(&id) = missing.first() {
+            self.lost(id, "it did not come back after the coordinator restarted".into(), false);
+        }
+        self.restart_recovery();
+        Ok(())
+    }
+
+    /// Waits until every server but `recovering` reported again, or the heartbeat timeout;
+    /// returns the newest configuration epoch they reported.
+    async fn await_rejoin(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+        recovering: Option<u32>,
+    ) -> Result<u64> {
+        let deadline = Instant::now() + self.timeout;
+        let mut newest = 0;
+        let waiting =
+            |state: &CoordState| state.members.iter().any(|m| !m.live && Some(m.id) != recovering);
+        while waiting(&self.state) {
+            let event = tokio::select! {
+                event = events.recv() => event.ok_or(Error::Closed)?,
+                _ = tokio::time::sleep_until(deadline) => break,
+                // Nothing was spawned by this coordinator: no exits to hear of.
+                Some(_) = internal.recv() => continue,
+            };
+            if let Event::Started { id, ports, pid, epoch, .. } = event {
+                self.state.members[id as usize].started(ports, pid);
+                newest = newest.max(epoch);
+                info!(id, ?ports, pid, epoch, "server re-attached");
+            }
+        }
+        Ok(newest)
+    }
+
+    fn live_ids(&self) -> Vec<u32> {
+        self.state.live().collect()
+    }
+
+    /// Resumes a recovery that was under way when the previous coordinator died.
+    fn restart_recovery(&mut self) {
+        let Some(recovery) = &mut self.state.recovery else {
+            return;
+        };
+        let actions = recovery.restart(Instant::now());
+        self.copied = CopyStats::default();
+        self.step_began = Instant::now();
+        self.perform(actions);
+        self.publish();
     }
 
     /// Waits until every server reported `Started`, within [`STARTUP_LIMIT`].
@@ -211,7 +354,7 @@ impl Cluster {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Started { id, incarnation, ports, pid } => {
+            Event::Started { id, incarnation, ports, pid, .. } => {
                 let member = &mut self.state.members[id as usize];
                 if member.incarnation != incarnation {
                     return;
@@ -350,6 +493,7 @@ impl Cluster {
         self.copied = CopyStats::default();
         self.step_began = now;
         self.state.recovery = Some(recovery);
+        self.persist();
         self.publish();
         let config = self.state.config.as_ref().expect("configured before any loss");
         let actions = self.state.recovery.as_mut().map(|r| r.tick(now, config));
@@ -377,9 +521,13 @@ impl Cluster {
             match action {
                 Action::Install { serial, config, stages, not_before } => {
                     self.state.config = Some(config.clone());
+                    self.persist();
                     self.install_async(serial, config, stages, not_before);
                 }
-                Action::Spawn { incarnation } => self.spawn_replacement(a, incarnation),
+                Action::Spawn { incarnation } => {
+                    self.persist();
+                    self.spawn_replacement(a, incarnation);
+                }
                 Action::RollBack { kill, why } => {
                     self.copied = CopyStats::default();
                     warn!(server = a, %why, "{}", lines::ROLLING_BACK);
@@ -410,6 +558,7 @@ impl Cluster {
         if self.state.recovery.as_ref().is_some_and(Recovery::is_done) {
             self.state.recovery = None;
         }
+        self.persist();
         self.publish();
     }
 
@@ -503,7 +652,13 @@ impl Cluster {
         if let Some(install) = self.installing.take() {
             install.abort();
         }
-        stop_servers(&self.links, &mut self.processes).await
+        let (stopped, left_running) = stop_servers(&self.links, &mut self.processes).await;
+        if left_running.is_empty() {
+            // Every server exited: nothing is left to take back.
+            self.state.running = false;
+            self.persist();
+        }
+        stopped
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Event {
         incarnation: u64,
         ports: BoundPorts,
         pid: u32,
+        /// The newest configuration the server holds (0: none).
+        epoch: u64,
     },
     ReportLost {
         id: u32,
@@ -86,7 +88,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     let Role::Server { id, .. } = role else { unreachable!("checked by the gate") };
     let first: ReportRequest =
         conn.reader.recv_within(FRAME_DEADLINE, "waiting for Started").await?;
-    let ReportRequest::Started { ports, pid, incarnation } = first else {
+    let ReportRequest::Started { ports, pid, incarnation, epoch } = first else {
         return Err(Error::Protocol(format!("server {id} sent {first:?} before Started")));
     };
     let liveness = &shared.liveness;
@@ -97,7 +99,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
         )));
     }
     liveness.heartbeat(id);
-    let _ = shared.events.send(Event::Started { id, incarnation, ports, pid });
+    let _ = shared.events.send(Event::Started { id, incarnation, ports, pid, epoch });
     conn.send(&ReportResponse::Welcome).await?;
     let lease_ms = liveness.lease.granted.as_millis() as u64;
     let outcome = async {

@@ -6,7 +6,9 @@
 //! - `recovery`: the recovery state machine, no I/O inside;
 //! - `liveness`: heartbeats, leases, fencing; `links`: the ports and control links;
 //! - `process` and `launcher`: server processes, local and over ssh;
-//! - `shutdown`: stopping in order with dumps.
+//! - `shutdown`: stopping in order with dumps;
+//! - `store`: the state file and its lock, from which a restarted coordinator takes the
+//!   running servers back.
 
 mod cluster;
 mod launcher;
@@ -16,6 +18,7 @@ mod process;
 pub mod recovery;
 mod shutdown;
 mod state;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use liveness::Lease;
 use process::Processes;
 use shutdown::stop_signal;
 pub use state::{CoordState, Member};
+use store::Store;
 
 /// Most connections served at once on the clients port and on the servers port.
 const MAX_CLIENT_CONNECTIONS: usize = 1024;
@@ -71,6 +75,8 @@ pub struct CoordOptions {
     /// Address remote servers use to reach the coordinator (default: the source address on
     /// the route to each host).
     pub advertise_host: Option<String>,
+    /// Where the coordinator keeps its state (`coord.state`) and its lock.
+    pub state_dir: PathBuf,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -112,47 +118,58 @@ fn serve_ports(
     );
 }
 
-/// Binds both ports, starts the cluster, serves until asked to stop, then shuts down.
+/// Binds both ports, starts the cluster (or takes back the one a coordinator that died left
+/// running), serves until asked to stop, then shuts down.
 pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
-    let clients = listener::bind("0.0.0.0", opts.clients_port, "clients").await?;
-    let reports = listener::bind("0.0.0.0", opts.servers_port, "servers").await?;
-    let servers_port = reports.local_addr()?.port();
+    let store = Store::lock(&opts.state_dir)?;
+    let previous = match store.load()? {
+        Some(state) if state.running && state.config.is_some() => Some(state),
+        // Stopped in order, or died before the first configuration (its servers never
+        // joined, so they exit on their own): start anew.
+        _ => None,
+    };
+    let adopting = previous.is_some();
+    let mut state = match previous {
+        Some(state) => {
+            same_cluster(&state, &opts.specs, &store)?;
+            state
+        }
+        None => CoordState {
+            clients_port: opts.clients_port,
+            servers_port: opts.servers_port,
+            ..CoordState::new(&opts.specs, new_token()?)
+        },
+    };
+    let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
+    let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
+    state.clients_port = clients.local_addr()?.port();
+    state.servers_port = reports.local_addr()?.port();
     println!(
-        "ftkv coordinator: clients port {}, servers port {servers_port}",
-        clients.local_addr()?.port()
+        "ftkv coordinator: clients port {}, servers port {}",
+        state.clients_port, state.servers_port
     );
+    if adopting {
+        println!("taking back the running cluster of {}", store.path().display());
+    }
 
-    let token_hex = new_token()?;
     let n = opts.specs.len() as u32;
-    let state = CoordState::new(&opts.specs);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (view_tx, _) = watch::channel(View { config: None, status: state.status() });
     let lease = Lease::for_timeout(opts.timeout);
-    let shared = Arc::new(Shared::new(n, token_hex.as_bytes().to_vec(), lease, events_tx, view_tx));
+    let token = state.token_hex.as_bytes().to_vec();
+    let shared = Arc::new(Shared::new(n, token, lease, events_tx, view_tx));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     serve_ports(clients, reports, &shared, &tracker, &cancel);
 
-    let launcher = Launcher {
-        server_bin: opts.server_bin.clone(),
-        servers_port,
-        log_dir: opts.log_dir.clone(),
-        dump_dir: opts.dump_dir.clone(),
-        heartbeat: opts.heartbeat,
-        token_hex,
-        ssh_args: opts.ssh_args.clone(),
-        remote_server_bin: opts.remote_server_bin.clone(),
-        remote_dir: opts.remote_dir.clone(),
-        advertise_host: opts.advertise_host.clone(),
-    };
+    let processes = Processes::new(launcher(&opts, &state));
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
-    let processes = Processes::new(launcher);
-    let mut cluster = Cluster::new(state, shared, processes, opts.timeout, internal_tx);
+    let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
     let mut stop = stop_signal(opts.watch_stdin);
 
     let started = tokio::select! {
-        started = cluster.start(&mut events, &mut internal) => started,
+        started = cluster.start_or_readopt(adopting, &mut events, &mut internal) => started,
         why = &mut stop => Err(Error::Unavailable(format!("{why} during start-up"))),
     };
     let outcome = match started {
@@ -170,4 +187,35 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// How to start this cluster's servers.
+fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
+    Launcher {
+        server_bin: opts.server_bin.clone(),
+        servers_port: state.servers_port,
+        log_dir: opts.log_dir.clone(),
+        dump_dir: opts.dump_dir.clone(),
+        heartbeat: opts.heartbeat,
+        token_hex: state.token_hex.clone(),
+        ssh_args: opts.ssh_args.clone(),
+        remote_server_bin: opts.remote_server_bin.clone(),
+        remote_dir: opts.remote_dir.clone(),
+        advertise_host: opts.advertise_host.clone(),
+    }
+}
+
+/// A restarted coordinator takes back only the cluster its configuration file describes.
+fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Result<()> {
+    let running: Vec<&ServerSpec> = state.members.iter().map(|m| &m.spec).collect();
+    if running.iter().copied().eq(specs.iter()) {
+        return Ok(());
+    }
+    Err(Error::Unavailable(format!(
+        "{} holds a running cluster of {} servers that the configuration file ({} servers) \
+         does not describe; start with the same file, or stop that cluster first",
+        store.path().display(),
+        running.len(),
+        specs.len()
+    )))
 }

@@ -274,17 +274,42 @@ impl Recovery {
         (0..config.len()).filter(|&id| id != self.failed && Some(id) != except).collect()
     }
 
+    /// Back to step 1. From the hand-back, a+ may have been serving a's keys: b takes them
+    /// again only once a+'s lease is surely over.
     fn roll_back(&mut self, why: String, now: Instant) -> Vec<Action> {
+        let fence_wait = self.step == Step::HandBack;
+        self.roll_back_waiting(why, now, fence_wait)
+    }
+
+    fn roll_back_waiting(&mut self, why: String, now: Instant, fence_wait: bool) -> Vec<Action> {
         let kill = self.incarnation;
         self.incarnation += 1;
         self.attempts += 1;
         self.join_epoch = None;
         self.updates.clear();
-        self.fence_wait = self.step == Step::HandBack;
+        self.fence_wait = fence_wait;
         let wait = if self.fence_wait { self.deadlines.lease.wait() } else { Duration::ZERO };
         let step = Step::Backoff { fenced: false, installed: false };
         self.enter(step, now, wait + self.deadlines.take_over);
         vec![Action::RollBack { kill, why }, Action::Fence { incarnation: self.incarnation }]
+    }
+
+    /// The coordinator restarted (at `now`) in the middle of this recovery: what the dead one
+    /// had in flight is unknown, so nothing it did is trusted. Before the take-over was
+    /// installed for sure, the lease wait of step 0 starts again (a lease the dead
+    /// coordinator granted ends within one lease of the restart); after it, a+ is rolled back
+    /// and fenced, and b takes a's keys again once a+'s lease is surely over, whatever the
+    /// step was (a+ may have been serving them).
+    pub fn restart(&mut self, now: Instant) -> Vec<Action> {
+        match self.step {
+            Step::WaitLease | Step::TakeOver => {
+                self.step = Step::WaitLease;
+                self.deadline = self.deadlines.lease.surely_over(now);
+                Vec::new()
+            }
+            Step::Done => Vec::new(),
+            _ => self.roll_back_waiting("the coordinator restarted".into(), now, true),
+        }
     }
 
     fn backoff(&self) -> Duration {
@@ -803,6 +828,38 @@ mod tests {
         let t = to_copy(&mut run, t);
         run.step(Input::Lost { id: A, incarnation: 1 }, t);
         assert!(matches!(run.tick(ms(t, 5_000))[..], [Action::Shutdown { .. }]));
+    }
+
+    #[test]
+    fn a_restart_before_the_take_over_waits_a_whole_lease_again() {
+        let (mut run, t) = start();
+        run.tick(ms(t, 500));
+        assert_eq!(run.r.step, Step::TakeOver);
+        let restarted = ms(t, 700);
+        assert!(run.r.restart(restarted).is_empty());
+        assert_eq!(run.r.lease_end(), Some(ms(restarted, 550)));
+        assert!(run.tick(ms(restarted, 549)).is_empty());
+        assert_eq!(serials(&run.tick(ms(restarted, 550))), vec![2]);
+    }
+
+    #[test]
+    fn a_restart_after_the_take_over_rolls_back_and_waits_for_the_new_servers_lease() {
+        let (mut run, t) = start();
+        let t = to_copy(&mut run, t);
+        let restarted = ms(t, 100);
+        let actions = run.r.restart(restarted);
+        assert!(matches!(
+            &actions[..],
+            [Action::RollBack { kill: 1, .. }, Action::Fence { incarnation: 2 }]
+        ));
+        let install = run.step(Input::Fenced { incarnation: 2, heard: restarted }, restarted);
+        let [Action::Install { not_before, config, .. }] = &install[..] else {
+            panic!("{install:?}")
+        };
+        assert_eq!(*not_before, Some(ms(restarted, 550)), "a+ may hold a lease until then");
+        assert_eq!(config.serving[A as usize], B);
+        run.step(Input::Installed { serial: 3, epoch: config.epoch }, ms(restarted, 600));
+        assert_eq!(run.tick(ms(restarted, 800)), vec![Action::Spawn { incarnation: 2 }]);
     }
 
     #[test]

@@ -53,8 +53,12 @@ pub fn stop_signal(watch_stdin: bool) -> StopSignal {
 /// has each write its dumps and exit; finally reaps the processes, killing any that did not
 /// exit. A server that cannot write its dumps (a full disk) keeps its data and stays up: it
 /// is asked again until it succeeds, or until a second SIGINT or SIGTERM gives up on it,
-/// which leaves it running (it retries on its own) and is an error.
-pub async fn stop_servers(links: &[Option<ControlLink>], processes: &mut Processes) -> Result<()> {
+/// which leaves it running (it retries on its own) and is an error. Returns, with the
+/// outcome, the servers left running that way.
+pub async fn stop_servers(
+    links: &[Option<ControlLink>],
+    processes: &mut Processes,
+) -> (Result<()>, Vec<u32>) {
     let began = Instant::now();
     let give_up = stop_signal(false);
     let live: Vec<ControlLink> = links.iter().flatten().cloned().collect();
@@ -86,11 +90,11 @@ pub async fn stop_servers(links: &[Option<ControlLink>], processes: &mut Process
         ));
     }
     if problems.is_empty() {
-        return Ok(());
+        return (Ok(()), abandoned);
     }
     let problems = problems.join("; ");
     error!(%problems, "shutdown incomplete");
-    Err(Error::Unavailable(problems))
+    (Err(Error::Unavailable(problems)), abandoned)
 }
 
 /// Whether a server's dumps are written, still to be asked for, or beyond asking.

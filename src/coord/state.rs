@@ -51,9 +51,18 @@ impl Member {
     }
 }
 
-/// The whole cluster as the coordinator sees it.
+/// The whole cluster as the coordinator sees it: everything a restarted coordinator needs
+/// to take it back (see `store`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordState {
+    /// The cluster token, hex: servers and the coordinator authenticate each other with it.
+    pub token_hex: String,
+    /// The ports the coordinator bound: a restarted one binds the same, where the servers
+    /// look for it.
+    pub clients_port: u16,
+    pub servers_port: u16,
+    /// False once an orderly shutdown finished: nothing is left to take back.
+    pub running: bool,
     pub members: Vec<Member>,
     /// The configuration decided last (published to clients once installed); `None` until
     /// every server started.
@@ -62,7 +71,7 @@ pub struct CoordState {
 }
 
 impl CoordState {
-    pub fn new(specs: &[ServerSpec]) -> Self {
+    pub fn new(specs: &[ServerSpec], token_hex: String) -> Self {
         let members = specs
             .iter()
             .enumerate()
@@ -76,7 +85,15 @@ impl CoordState {
                 live: false,
             })
             .collect();
-        CoordState { members, config: None, recovery: None }
+        CoordState {
+            token_hex,
+            clients_port: 0,
+            servers_port: 0,
+            running: true,
+            members,
+            config: None,
+            recovery: None,
+        }
     }
 
     pub fn len(&self) -> u32 {

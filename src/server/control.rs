@@ -92,8 +92,9 @@ pub async fn report_to_coordinator(
     let hello =
         Hello::new(Role::Server { id: server.id, incarnation: server.incarnation }, &server.token);
     let mut conn = Connection::connect(&opts.coordinator, &hello).await?;
+    let epoch = server.config().as_ref().map_or(0, |c| c.epoch);
     let started =
-        ReportRequest::Started { ports, pid: process::id(), incarnation: opts.incarnation };
+        ReportRequest::Started { ports, pid: process::id(), incarnation: opts.incarnation, epoch };
     expect_welcome(
         conn.call(&started, Duration::from_secs(10), "waiting for the coordinator").await?,
     )?;
