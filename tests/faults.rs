@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ftkv::client::{Client, OpError};
@@ -20,22 +19,6 @@ use support::sockets;
 const N: u32 = 3;
 /// Heartbeat timeout used by these tests (`coord -t`).
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// After ctrl+d: every final value is on its owner's primary and the next server's secondary,
-/// and nothing else is anywhere.
-fn assert_dumps_match(cluster: &Cluster, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
-    let primaries: Vec<_> = (0..N).map(|id| cluster.dump(id, "primary")).collect();
-    let secondaries: Vec<_> = (0..N).map(|id| cluster.dump(id, "secondary")).collect();
-    for (key, value) in finals {
-        let owner = slot_of(key, N);
-        let copy = secondary_of(owner, N);
-        assert_eq!(primaries[owner as usize].get(key), value.as_ref(), "primary of {owner}");
-        assert_eq!(secondaries[copy as usize].get(key), value.as_ref(), "secondary on {copy}");
-    }
-    let present = finals.values().filter(|v| v.is_some()).count();
-    let total: usize = primaries.iter().chain(&secondaries).map(HashMap::len).sum();
-    assert_eq!(total, 2 * present, "exactly two copies of each live key");
-}
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
@@ -109,7 +92,7 @@ async fn kill_each_server_in_turn_under_load() {
         gaps.push(gap);
     }
     assert!(cluster.ctrl_d().success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
     println!(
         "kill cycles: {cycles}; operations: {completed}; keys checked: {checked}; \
          unavailability median {:?}, max {:?}",
@@ -142,7 +125,7 @@ async fn paused_server_is_replaced_without_stale_reads() {
     println!("paused server: its keys unavailable for {gap:?}");
     assert!(wait_until(Duration::from_secs(2), || !alive(pid)), "the paused server was killed");
     assert!(cluster.ctrl_d().success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
 }
 
 /// The replacement (a+) killed while b and p copy to it: the coordinator rolls back to
@@ -189,7 +172,7 @@ async fn replacement_killed_during_copy_rolls_back() {
     }
     // 400 MB of dumps from a debug build on a loaded machine took over 10 s.
     assert!(cluster.ctrl_d_within(Duration::from_secs(60)).success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
 }
 
 /// Two faults: the secondary of a failed server dies before recovery completes. The
@@ -389,7 +372,7 @@ async fn writes_in_flight_at_a_kill_are_not_applied_twice() {
     let Checked { events, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     let unknown = events.iter().filter(|e| e.outcome == Outcome::Unknown).count();
     assert!(cluster.ctrl_d().success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
     println!("kills: {cycles}; operations: {}; writes of unknown outcome: {unknown}", events.len());
 }
 
@@ -438,7 +421,7 @@ async fn a_paused_coordinator_blames_no_server() {
     assert!(gap <= Duration::from_millis(500), "served again {gap:?} after the resume");
     assert!(cluster.coord_log().contains(lines::STALLED));
     assert!(cluster.ctrl_d().success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
     println!("served again {gap:?} after the coordinator resumed");
 }
 
@@ -482,7 +465,7 @@ async fn pauses_around_the_timeout_on_a_hot_key_stay_linearizable() {
     }
     let Checked { events, finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
     assert!(cluster.ctrl_d().success());
-    assert_dumps_match(&cluster, &finals);
+    cluster.assert_dumps_match(&finals);
     println!("pauses: {cycles}; replacements: {replaced}; operations: {}", events.len());
 }
 

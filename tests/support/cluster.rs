@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ftkv::client::Client;
 use ftkv::client::line::{Command as Line, Parsed, parse_line};
+use ftkv::routing::{secondary_of, slot_of};
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_coord");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
@@ -21,6 +22,8 @@ pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coord: Child,
+    /// The process group of the first coordinator and every server (see `spawn_coord`).
+    pgid: u32,
     stdin: Option<ChildStdin>,
     pub clients_port: u16,
     pub servers_port: u16,
@@ -53,61 +56,70 @@ impl Cluster {
     pub fn launch(config: &str, prefix: &[String], extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.txt"), config).unwrap();
-        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
-        let mut coord = command(prefix, COORD)
-            .current_dir(dir.path())
-            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // A group of its own, with the local servers it starts (replacements too), so
-            // that dropping the cluster ends them all, and a test can signal the group as a
-            // terminal's ctrl+c does.
-            .process_group(0)
-            .spawn()
-            .expect("spawn coord");
-        let stdin = coord.stdin.take();
-        let stdout = coord.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (coord, stdin, stdout) =
+            spawn_coord(dir.path(), prefix, extra, 0).expect("spawn coord");
         let mut cluster = Cluster {
             dir,
+            pgid: coord.id(),
             coord,
             stdin,
             clients_port: 0,
             servers_port: 0,
-            stdout: rx,
+            stdout,
             pids: Vec::new(),
             coord_host: "127.0.0.1".into(),
             client_prefix: Vec::new(),
         };
+        cluster.await_ready();
+        cluster
+    }
+
+    /// Reads the coordinator's standard output until "cluster ready": its ports and the
+    /// servers' pids.
+    fn await_ready(&mut self) {
+        self.pids.clear();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = cluster
+            let line = self
                 .stdout
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("coordinator not ready; log:\n{}", cluster.coord_log()));
+                .unwrap_or_else(|_| panic!("coordinator not ready; log:\n{}", self.coord_log()));
             if let Some(rest) = line.strip_prefix("ftkv coordinator: clients port ") {
                 let (clients, servers) = rest.split_once(", servers port ").unwrap();
-                cluster.clients_port = clients.parse().unwrap();
-                cluster.servers_port = servers.parse().unwrap();
+                self.clients_port = clients.parse().unwrap();
+                self.servers_port = servers.parse().unwrap();
             } else if let Some(pid) = table_pid(&line) {
-                cluster.pids.push(pid);
+                self.pids.push(pid);
             } else if line.starts_with("cluster ready") {
                 break;
             }
         }
-        assert_eq!(cluster.pids.len(), n, "pids from the coordinator's table");
-        cluster
+        let config = std::fs::read_to_string(self.path("config.txt")).unwrap();
+        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
+        assert_eq!(self.pids.len(), n, "pids from the coordinator's table");
+    }
+
+    /// kill -9 of the coordinator alone: its servers go on.
+    pub fn kill_coord(&mut self) {
+        kill(self.coord.id(), "KILL");
+        let _ = self.coord.wait();
+    }
+
+    /// Starts a coordinator again in the cluster's directory (so on the state of the one
+    /// before), in the cluster's process group, and waits until it is ready.
+    /// If the group is gone (everything in it exited), the new coordinator leads a new one.
+    pub fn restart_coord(&mut self, extra: &[&str]) {
+        let (coord, stdin, stdout) = match spawn_coord(self.dir.path(), &[], extra, self.pgid) {
+            Ok(spawned) => spawned,
+            Err(_) => {
+                let spawned = spawn_coord(self.dir.path(), &[], extra, 0).expect("spawn coord");
+                self.pgid = spawned.0.id();
+                spawned
+            }
+        };
+        (self.coord, self.stdin, self.stdout) = (coord, stdin, stdout);
+        self.await_ready();
     }
 
     pub fn coord_addr(&self) -> String {
@@ -202,6 +214,23 @@ impl Cluster {
         last
     }
 
+    /// After ctrl+d: every final value is on its owner's primary and the next server's
+    /// secondary, and nothing else is anywhere.
+    pub fn assert_dumps_match(&self, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
+        let n = self.pids.len() as u32;
+        let primaries: Vec<_> = (0..n).map(|id| self.dump(id, "primary")).collect();
+        let secondaries: Vec<_> = (0..n).map(|id| self.dump(id, "secondary")).collect();
+        for (key, value) in finals {
+            let owner = slot_of(key, n);
+            let copy = secondary_of(owner, n);
+            assert_eq!(primaries[owner as usize].get(key), value.as_ref(), "primary of {owner}");
+            assert_eq!(secondaries[copy as usize].get(key), value.as_ref(), "secondary on {copy}");
+        }
+        let present = finals.values().filter(|v| v.is_some()).count();
+        let total: usize = primaries.iter().chain(&secondaries).map(HashMap::len).sum();
+        assert_eq!(total, 2 * present, "exactly two copies of each live key");
+    }
+
     /// Reads `server_<id>.<kind>` back into a map.
     pub fn dump(&self, id: u32, kind: &str) -> HashMap<Vec<u8>, Vec<u8>> {
         read_dump(&self.path(&format!("server_{id}.{kind}")))
@@ -215,7 +244,7 @@ impl Drop for Cluster {
         // Only while the coordinator is unreaped, so that its id cannot belong to anyone else.
         if let Ok(None) = self.coord.try_wait() {
             // SAFETY: kill(2) on a process group id; no memory is involved.
-            unsafe { libc::kill(-(self.coord.id() as i32), libc::SIGKILL) };
+            unsafe { libc::kill(-(self.pgid as i32), libc::SIGKILL) };
         }
         let _ = self.coord.wait();
         // Servers left running after their coordinator exited; a pid whose server was reaped
@@ -227,6 +256,41 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process
+/// group `pgid` (0: a new one of its own); returns it, its standard input, and its output
+/// lines.
+fn spawn_coord(
+    dir: &Path,
+    prefix: &[String],
+    extra: &[&str],
+    pgid: u32,
+) -> std::io::Result<(Child, Option<ChildStdin>, mpsc::Receiver<String>)> {
+    let mut coord = command(prefix, COORD)
+        .current_dir(dir)
+        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // A group of its own, with the local servers it starts (replacements too), so that
+        // dropping the cluster ends them all, and a test can signal the group as a
+        // terminal's ctrl+c does. A restarted coordinator joins the group of the first.
+        .process_group(pgid as i32)
+        .spawn()?;
+    let stdin = coord.stdin.take();
+    let stdout = coord.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((coord, stdin, rx))
 }
 
 /// `program` run behind `prefix` (e.g. `ip netns exec NS`), or directly.
