@@ -232,8 +232,13 @@ impl Cluster {
         }
         for &id in self.live_ids().iter() {
             let member = &self.state.members[id as usize];
+            self.processes.take_back(member);
             let link = ControlLink::connect(id, &member.control_addr(), &self.shared.token).await?;
             self.links[id as usize] = Some(link);
+        }
+        // A replacement under way when the coordinator died is rolled back: kill it too.
+        if let Some(a) = recovering.filter(|&a| self.state.members[a as usize].pid != 0) {
+            self.processes.take_back(&self.state.members[a as usize]);
         }
         let epoch = config.epoch + 1;
         self.install_first(ClusterConfig { epoch, ..config }).await?;

@@ -123,24 +123,7 @@ fn serve_ports(
 pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
     let store = Store::lock(&opts.state_dir)?;
-    let previous = match store.load()? {
-        Some(state) if state.running && state.config.is_some() => Some(state),
-        // Stopped in order, or died before the first configuration (its servers never
-        // joined, so they exit on their own): start anew.
-        _ => None,
-    };
-    let adopting = previous.is_some();
-    let mut state = match previous {
-        Some(state) => {
-            same_cluster(&state, &opts.specs, &store)?;
-            state
-        }
-        None => CoordState {
-            clients_port: opts.clients_port,
-            servers_port: opts.servers_port,
-            ..CoordState::new(&opts.specs, new_token()?)
-        },
-    };
+    let (mut state, adopting) = initial_state(&opts, &store)?;
     let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
     let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
     state.clients_port = clients.local_addr()?.port();
@@ -187,6 +170,26 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// The state a coordinator that died left running (true: to be taken back), or a new one.
+fn initial_state(opts: &CoordOptions, store: &Store) -> Result<(CoordState, bool)> {
+    match store.load()? {
+        Some(state) if state.running && state.config.is_some() => {
+            same_cluster(&state, &opts.specs, store)?;
+            Ok((state, true))
+        }
+        // Stopped in order, or died before the first configuration (its servers never
+        // joined, so they exit on their own): start anew.
+        _ => {
+            let state = CoordState {
+                clients_port: opts.clients_port,
+                servers_port: opts.servers_port,
+                ..CoordState::new(&opts.specs, new_token()?)
+            };
+            Ok((state, false))
+        }
+    }
 }
 
 /// How to start this cluster's servers.

@@ -3,6 +3,7 @@
 //! lease to run out.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use super::launcher::{Launcher, Started};
 use super::state::Member;
+use crate::config::Host;
 
 /// A server process this coordinator started.
 pub struct Process {
@@ -58,17 +60,45 @@ impl Process {
     }
 }
 
+/// SIGKILL to `pid` if it still runs `server_bin`: it is not our child, so its pid may
+/// belong to another program by now.
+fn kill_orphan(pid: u32, server_bin: &Path) {
+    let running = std::fs::read_link(format!("/proc/{pid}/exe"));
+    if running.is_ok_and(|exe| exe == server_bin) {
+        info!(pid, "killing a server started by an earlier coordinator");
+        // SAFETY: kill(2) with a pid checked just above; no memory is involved.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
 /// The server processes this coordinator started, by (id, incarnation): local children,
 /// watched, and remote ones, known by their pid on their host.
 pub struct Processes {
     pub launcher: Launcher,
     local: HashMap<(u32, u64), Process>,
     remote: HashMap<(u32, u64), u32>,
+    /// Local servers a coordinator that died started: known by pid only (not our children).
+    orphans: HashMap<(u32, u64), u32>,
 }
 
 impl Processes {
     pub fn new(launcher: Launcher) -> Self {
-        Processes { launcher, local: HashMap::new(), remote: HashMap::new() }
+        Processes {
+            launcher,
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            orphans: HashMap::new(),
+        }
+    }
+
+    /// Keeps track of the running server of `member` that a coordinator before this one
+    /// started (taken back after a restart): it can still be killed.
+    pub fn take_back(&mut self, member: &Member) {
+        let key = (member.id, member.incarnation);
+        match member.spec.host {
+            Host::Local(_) => self.orphans.insert(key, member.pid),
+            Host::Ssh { .. } => self.remote.insert(key, member.pid),
+        };
     }
 
     /// Keeps track of a server process we started. A local one is watched: `on_exit` gets
@@ -98,6 +128,9 @@ impl Processes {
             info!(id = member.id, incarnation, pid = process.pid, "killing server process");
             process.kill();
         }
+        if let Some(pid) = self.orphans.remove(&(member.id, incarnation)) {
+            kill_orphan(pid, &self.launcher.server_bin);
+        }
         if let Some(pid) = self.remote.remove(&(member.id, incarnation)) {
             let launcher = self.launcher.clone();
             let member = member.clone();
@@ -111,6 +144,7 @@ impl Processes {
             .local
             .keys()
             .chain(self.remote.keys())
+            .chain(self.orphans.keys())
             .filter(|&&(id, inc)| id == member.id && inc < incarnation)
             .map(|&(_, inc)| inc)
             .collect();
