@@ -26,6 +26,11 @@ pub const DUMPS_WRITTEN: &str = "dumps written";
 pub const CANNOT_WRITE_DUMPS: &str = "cannot write dumps; keeping the data";
 /// server: its coordinator is gone.
 pub const LOST_COORDINATOR: &str = "lost the coordinator; writing dumps and exiting";
+/// server: its report link to the coordinator is gone; it keeps its data and tries again
+/// for the orphan timeout (serving no client once its lease ends).
+pub const ORPHANED: &str = "lost the coordinator; keeping the data and reconnecting";
+/// server: a coordinator (a restarted one) welcomed it back after the link was lost.
+pub const REATTACHED: &str = "re-attached to the coordinator";
 /// server (standard error, exit 1): it never got a configuration.
 pub const NEVER_JOINED: &str = "never joined the cluster";
 /// every port (its log): a hello with the wrong cluster token was refused.

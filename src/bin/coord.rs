@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ftkv::coord::{CoordOptions, default_server_bin, run};
+use ftkv::server::{DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
 
 /// The ftkv coordinator. End of standard input (ctrl+d), SIGINT or SIGTERM shut the whole
 /// service down: every server writes server_<id>.primary and .secondary, then exits.
@@ -26,6 +27,10 @@ struct Args {
     /// Log file (default: standard error).
     #[arg(short = 'l', long)]
     log: Option<PathBuf>,
+    /// Seconds (0.05 to 86400) that servers which lost this coordinator keep their data and
+    /// try to re-attach to a restarted one before they write their dumps and exit.
+    #[arg(long, value_name = "SECS", default_value = DEFAULT_ORPHAN_TIMEOUT, value_parser = parse_orphan_timeout)]
+    orphan_timeout: Duration,
     /// Server heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
@@ -120,6 +125,7 @@ fn start(args: Args) -> Result<(), String> {
         remote_dir: args.remote_dir,
         advertise_host: args.advertise_host,
         state_dir: absolute(args.state_dir)?,
+        orphan_timeout: args.orphan_timeout,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));

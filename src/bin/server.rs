@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ftkv::server::{ServerOptions, run};
+use ftkv::server::{DEFAULT_ORPHAN_TIMEOUT, ServerOptions, parse_orphan_timeout, run};
 
 /// An ftkv storage server. Started by `coord`, which passes the cluster token on standard
 /// input (or in FTKV_CLUSTER_TOKEN); it is never given on the command line.
@@ -56,6 +56,11 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
+    /// Seconds (fractions allowed, 0.05 to 86400) that a server which lost its coordinator
+    /// keeps its data and tries to re-attach to a restarted one, before it writes its dumps
+    /// and exits. It serves no client meanwhile once its lease ends.
+    #[arg(long, value_name = "SECS", default_value = DEFAULT_ORPHAN_TIMEOUT, value_parser = parse_orphan_timeout)]
+    orphan_timeout: Duration,
     /// Worker threads of the async runtime; 0 runs everything on one thread.
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
@@ -152,6 +157,7 @@ fn start(args: Args) -> Result<(), String> {
         dump_dir,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         incarnation: args.incarnation,
+        orphan_timeout: args.orphan_timeout,
     };
     // One thread by default: measured on 2 cores with 3 servers and a load generator on the
     // same machine, a current-thread runtime did 66,000 PUT/s (-c 50) where 2 workers did

@@ -40,6 +40,8 @@ pub struct Launcher {
     /// Address remote servers use to reach the coordinator; `None`: the coordinator's
     /// source address on the route to each host.
     pub advertise_host: Option<String>,
+    /// `--orphan-timeout` of every server.
+    pub orphan_timeout: Duration,
 }
 
 /// A started server process.
@@ -252,6 +254,7 @@ impl Launcher {
             ("--dump-dir", dumps.to_string()),
             ("--incarnation", member.incarnation.to_string()),
             ("--heartbeat-ms", self.heartbeat.as_millis().to_string()),
+            ("--orphan-timeout", self.orphan_timeout.as_secs_f64().to_string()),
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])

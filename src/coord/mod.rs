@@ -77,6 +77,8 @@ pub struct CoordOptions {
     pub advertise_host: Option<String>,
     /// Where the coordinator keeps its state (`coord.state`) and its lock.
     pub state_dir: PathBuf,
+    /// Passed to every server: how long it outlives this coordinator, waiting to re-attach.
+    pub orphan_timeout: Duration,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -205,6 +207,7 @@ fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
         remote_server_bin: opts.remote_server_bin.clone(),
         remote_dir: opts.remote_dir.clone(),
         advertise_host: opts.advertise_host.clone(),
+        orphan_timeout: opts.orphan_timeout,
     }
 }
 

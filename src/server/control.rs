@@ -2,25 +2,28 @@
 //! port, replication streams on the servers port, and the report link (start-up report,
 //! heartbeats, leases, recovery progress) to the coordinator.
 
+use std::convert::Infallible;
 use std::process;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
+use crate::lines;
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, Hello, ReplAck, ReplMessage, ReportRequest,
     ReportResponse, Role,
 };
-use crate::server::replication::receive_stream;
-use crate::server::{Server, ServerOptions};
+use crate::server::replication::{CaughtUp, receive_stream};
+use crate::server::{Server, ServerOptions, orphan};
 
 /// How long after its lease lapsed a server that hears nothing from the coordinator keeps
-/// waiting before it writes its dumps and exits (cut off: it never rejoins on its own).
+/// waiting for an answer before it counts the link as lost (and starts reconnecting).
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 /// Longest a Drain waits for in-flight writes (the coordinator waits a little longer).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -83,12 +86,40 @@ pub async fn serve_stream(server: Arc<Server>, mut conn: Connection, role: Role)
 }
 
 /// Reports the bound ports, then heartbeats (each answer renews the lease) and recovery
-/// progress. Returns when the link to the coordinator is lost or it replaced this server.
+/// progress, for as long as the server runs. Once the server has joined (holds a
+/// configuration), a lost link does not end it: the server keeps its data and tries the
+/// coordinator again for the orphan timeout (see [`orphan`]), so that a restarted
+/// coordinator takes it back. Returns why it stopped: replaced, lost before it joined, or
+/// no coordinator took it back in time.
 pub async fn report_to_coordinator(
     server: Arc<Server>,
     opts: &ServerOptions,
     ports: BoundPorts,
 ) -> Result<()> {
+    let caught_up = server
+        .caught_up
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or(Error::Protocol("report link started twice".into()))?;
+    let mut link = ReportLink { caught_up, unanswered: None };
+    let mut conn = register(&server, opts, ports).await?;
+    info!(coordinator = %opts.coordinator, "registered with the coordinator");
+    loop {
+        let Err(lost) = link.report(&server, opts, &mut conn).await;
+        if matches!(lost, Error::Replaced) || server.config().is_none() {
+            return Err(lost);
+        }
+        warn!(reason = %lost, orphan_timeout = ?opts.orphan_timeout, "{}", lines::ORPHANED);
+        let give_up = Instant::now() + opts.orphan_timeout;
+        conn = orphan::reattach(give_up, || register(&server, opts, ports)).await?;
+        info!(coordinator = %opts.coordinator, "{}", lines::REATTACHED);
+    }
+}
+
+/// Connects to the coordinator and reports this server's ports, pid, incarnation and
+/// newest epoch; returns the link once welcomed.
+async fn register(server: &Server, opts: &ServerOptions, ports: BoundPorts) -> Result<Connection> {
     let hello =
         Hello::new(Role::Server { id: server.id, incarnation: server.incarnation }, &server.token);
     let mut conn = Connection::connect(&opts.coordinator, &hello).await?;
@@ -98,38 +129,66 @@ pub async fn report_to_coordinator(
     expect_welcome(
         conn.call(&started, Duration::from_secs(10), "waiting for the coordinator").await?,
     )?;
-    info!(coordinator = %opts.coordinator, "registered with the coordinator");
-    let mut caught_up = server
-        .caught_up
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .ok_or(Error::Protocol("report link started twice".into()))?;
-    let mut next_beat = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_beat) => {
-                let sent = Instant::now();
-                next_beat = sent + opts.heartbeat;
-                conn.send(&ReportRequest::Heartbeat).await?;
-                match answer(&mut conn, &server).await? {
-                    ReportResponse::Lease { lease_ms } => {
-                        server.lease.renew(sent, Duration::from_millis(lease_ms));
+    Ok(conn)
+}
+
+/// What outlives one connection to the coordinator.
+struct ReportLink {
+    caught_up: mpsc::UnboundedReceiver<CaughtUp>,
+    /// Recovery progress sent but not acknowledged when the link broke: sent again on the
+    /// next link, for the coordinator may never have seen it (and would wait for it).
+    unanswered: Option<CaughtUp>,
+}
+
+impl ReportLink {
+    /// Heartbeats and progress reports on `conn` until it fails; returns why.
+    async fn report(
+        &mut self,
+        server: &Server,
+        opts: &ServerOptions,
+        conn: &mut Connection,
+    ) -> Result<Infallible> {
+        if let Some(progress) = self.unanswered {
+            self.send_progress(server, conn, progress).await?;
+        }
+        let mut next_beat = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_beat) => {
+                    let sent = Instant::now();
+                    next_beat = sent + opts.heartbeat;
+                    conn.send(&ReportRequest::Heartbeat).await?;
+                    match answer(conn, server).await? {
+                        ReportResponse::Lease { lease_ms } => {
+                            server.lease.renew(sent, Duration::from_millis(lease_ms));
+                        }
+                        other => expect_welcome(other)?,
                     }
-                    other => expect_welcome(other)?,
+                }
+                Some(progress) = self.caught_up.recv() => {
+                    self.send_progress(server, conn, progress).await?;
                 }
             }
-            Some(progress) = caught_up.recv() => {
-                let updated = ReportRequest::Updated {
-                    into: progress.into,
-                    epoch: progress.epoch,
-                    copied: progress.copied,
-                };
-                conn.send(&updated).await?;
-                expect_welcome(answer(&mut conn, &server).await?)?;
-                info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");
-            }
         }
+    }
+
+    async fn send_progress(
+        &mut self,
+        server: &Server,
+        conn: &mut Connection,
+        progress: CaughtUp,
+    ) -> Result<()> {
+        self.unanswered = Some(progress);
+        let updated = ReportRequest::Updated {
+            into: progress.into,
+            epoch: progress.epoch,
+            copied: progress.copied,
+        };
+        conn.send(&updated).await?;
+        expect_welcome(answer(conn, server).await?)?;
+        self.unanswered = None;
+        info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");
+        Ok(())
     }
 }
 

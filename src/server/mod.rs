@@ -6,6 +6,7 @@ mod clients;
 mod control;
 mod errors;
 mod lease;
+mod orphan;
 mod outstanding;
 mod replication;
 mod table;
@@ -31,6 +32,7 @@ use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 use errors::{ConfigRefused, StreamRefused};
 
 pub use lease::Lease;
+pub use orphan::{BadOrphanTimeout, DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
 pub use replication::{CaughtUp, Mode, Replicator, Target};
 pub use table::{Applied, Table};
 
@@ -54,6 +56,9 @@ pub struct ServerOptions {
     pub heartbeat: Duration,
     /// Which start of this server id this is (given by the coordinator).
     pub incarnation: u64,
+    /// How long a server that joined keeps its data and tries to re-attach after losing its
+    /// coordinator, before it writes its dumps and exits.
+    pub orphan_timeout: Duration,
 }
 
 /// State shared by all of a server's tasks.
@@ -455,7 +460,8 @@ fn serve_ports(
     );
 }
 
-/// Runs a server until the coordinator shuts it down or disappears.
+/// Runs a server until the coordinator shuts it down, replaces it, or stays away for the
+/// orphan timeout.
 pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
     listener::raise_fd_limit();
     let clients = listener::bind(&opts.bind_host, opts.client_port, "clients").await?;
@@ -482,7 +488,8 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
             // A newer start of this id holds the data now; ours is stale: no dumps.
             warn!("replaced by a newer server; exiting without dumps");
         } else {
-            // The coordinator is gone: stop serving, keep what we hold.
+            // The coordinator is gone (for the orphan timeout, or before this server joined):
+            // stop serving, keep what we hold.
             let reason = outcome.as_ref().err().map(ToString::to_string).unwrap_or_default();
             warn!(%reason, "{}", lines::LOST_COORDINATOR);
             server.dump_until_written().await;
@@ -520,6 +527,7 @@ mod tests {
             dump_dir: std::env::temp_dir(),
             heartbeat: Duration::from_millis(250),
             incarnation: 0,
+            orphan_timeout: Duration::from_secs(60),
         };
         let server = Server::new(&opts, b"t".to_vec(), CancellationToken::new());
         let addrs = (0..3)

@@ -19,6 +19,12 @@ pub const COORD: &str = env!("CARGO_BIN_EXE_coord");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
+/// `--orphan-timeout` of the servers of a test that does not choose one: a test that
+/// kills its coordinator expects the servers' dumps soon after (as before servers outlived
+/// their coordinator), not a minute later; half a second still takes them through a few
+/// attempts at re-attaching first. A test that restarts its coordinator sets a longer one.
+pub const ORPHAN_TIMEOUT: &str = "0.5";
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coord: Child,
@@ -52,7 +58,8 @@ impl Cluster {
     }
 
     /// Starts `coord` on `config` behind `prefix` (e.g. `ip netns exec NS`); `extra` goes on
-    /// its command line.
+    /// its command line. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets
+    /// `--orphan-timeout`.
     pub fn launch(config: &str, prefix: &[String], extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.txt"), config).unwrap();
@@ -247,20 +254,22 @@ impl Drop for Cluster {
             unsafe { libc::kill(-(self.pgid as i32), libc::SIGKILL) };
         }
         let _ = self.coord.wait();
-        // Servers left running after their coordinator exited; a pid whose server was reaped
-        // may belong to another process by now.
-        for &pid in &self.pids {
-            let program = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if program.split(|&b| b == 0).next() == Some(SERVER.as_bytes()) {
-                kill(pid, "KILL");
-            }
+        // Servers left running after their coordinator exited (they outlive it for their
+        // orphan timeout), replacements and servers of a restarted coordinator included: every
+        // server process whose command line names this cluster's directory (its log file). A
+        // pid whose server was reaped may belong to another process by now: the program is
+        // checked too.
+        let mut pids = self.server_pids();
+        pids.extend(self.pids.iter().copied().filter(|&pid| is_server(pid)));
+        for pid in pids {
+            kill(pid, "KILL");
         }
     }
 }
 
 /// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process
 /// group `pgid` (0: a new one of its own); returns it, its standard input, and its output
-/// lines.
+/// lines. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets `--orphan-timeout`.
 fn spawn_coord(
     dir: &Path,
     prefix: &[String],
@@ -271,6 +280,11 @@ fn spawn_coord(
         .current_dir(dir)
         .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
         .args(extra)
+        .args(if extra.contains(&"--orphan-timeout") {
+            &[][..]
+        } else {
+            &["--orphan-timeout", ORPHAN_TIMEOUT][..]
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -291,6 +305,37 @@ fn spawn_coord(
         }
     });
     Ok((coord, stdin, rx))
+}
+
+/// Whether process `pid` runs the `server` binary.
+fn is_server(pid: u32) -> bool {
+    let program = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    program.split(|&b| b == 0).next() == Some(SERVER.as_bytes())
+}
+
+impl Cluster {
+    /// Every live `server` process of this cluster (whoever started it): those whose command
+    /// line names a path in the cluster's directory.
+    pub fn server_pids(&self) -> Vec<u32> {
+        // As given, and as the coordinator's getcwd spells it (symbolic links resolved).
+        let dirs: Vec<Vec<u8>> =
+            [Some(self.dir.path().to_path_buf()), self.dir.path().canonicalize().ok()]
+                .into_iter()
+                .flatten()
+                .map(|dir| [dir.as_os_str().as_encoded_bytes(), b"/"].concat())
+                .collect();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let mut words = cmdline.split(|&b| b == 0);
+                words.next() == Some(SERVER.as_bytes())
+                    && words.any(|word| dirs.iter().any(|dir| word.starts_with(dir)))
+                    && alive(pid)
+            })
+            .collect()
+    }
 }
 
 /// `program` run behind `prefix` (e.g. `ip netns exec NS`), or directly.
