@@ -26,6 +26,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one answer before the attempt counts as lost.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// Pause between attempts while the coordinator cannot be reached: it is restarting (or
+/// down), and asking fifty times a second would not bring it back sooner.
+const COORD_RETRY: Duration = Duration::from_millis(100);
 
 /// Why an operation did not succeed. The Display strings are the reasons the `client`
 /// program prints after `Operation #N failed with:`.
@@ -73,6 +76,12 @@ pub struct Client {
     coordinator: String,
     timeout: Duration,
     config: Option<Arc<ClusterConfig>>,
+    /// The cached configuration may be out of date (an attempt with it failed): ask the
+    /// coordinator before the next attempt, and keep it if the coordinator is away.
+    stale: bool,
+    /// Why the last refresh fell back to the cached configuration (the coordinator is
+    /// away), for the error an operation ends with.
+    coord_trouble: Option<String>,
     coord_conn: Option<Connection>,
     servers: ServerConns,
 }
@@ -84,6 +93,8 @@ impl Client {
             coordinator: coordinator.into(),
             timeout,
             config: None,
+            stale: false,
+            coord_trouble: None,
             coord_conn: None,
             servers: ServerConns::default(),
         }
@@ -112,7 +123,8 @@ impl Client {
     }
 
     /// Runs one operation, retrying until the deadline on refusals, refused connections and
-    /// timeouts, with a fresh configuration each time. A write whose request went out and
+    /// timeouts, with a fresh configuration each time (or the one it has, every
+    /// [`COORD_RETRY`], while the coordinator is away: see [`config`](Self::config)). A write whose request went out and
     /// whose answer was lost is not sent again: it may have been applied (its copy may even
     /// serve it after a failover), and applying it a second time, after another client's
     /// write to the same key, would bring an older value back (a GET would see the key go
@@ -122,6 +134,7 @@ impl Client {
             return Err(OpError::from_refusal(refusal).expect("size refusals are permanent"));
         }
         let deadline = Instant::now() + self.timeout;
+        self.coord_trouble = None;
         loop {
             let last = match self.attempt(&op, deadline).await {
                 Ok(ClientResponse::Refused(refusal)) => {
@@ -133,17 +146,22 @@ impl Client {
                 Ok(response) => return Ok(response),
                 Err(Attempt::NotSent(e)) => e.to_string(),
                 Err(Attempt::Lost(e)) if !matches!(op, Op::Get { .. }) => {
-                    self.config = None;
+                    self.stale = true;
                     return Err(OpError::Unknown(e.to_string()));
                 }
                 Err(Attempt::Lost(e)) => e.to_string(),
             };
-            self.config = None;
+            self.stale = true;
+            // The coordinator being away is the news; the server's refusal is the detail.
+            let (last, backoff) = match &self.coord_trouble {
+                Some(away) => (format!("{away}; {last}"), COORD_RETRY),
+                None => (last, RETRY_BACKOFF),
+            };
             debug!(error = %last, "retrying");
-            if Instant::now() + RETRY_BACKOFF >= deadline {
+            if Instant::now() + backoff >= deadline {
                 return Err(OpError::Unavailable(last));
             }
-            tokio::time::sleep(RETRY_BACKOFF).await;
+            tokio::time::sleep(backoff).await;
         }
     }
 
@@ -181,18 +199,43 @@ impl Client {
         &mut self.servers
     }
 
-    /// The cached configuration, or a fresh one from the coordinator.
+    /// The cached configuration, or a fresh one from the coordinator if it was marked stale
+    /// (or there is none). While the coordinator cannot be reached (restarting or down), a
+    /// client that has a configuration keeps using it, after one try: routing with an old
+    /// one is safe (servers check every request's epoch, and serve only under a lease), and
+    /// the servers may well serve it (a restarted coordinator takes them back, same epoch).
+    /// Without one, it tries every [`COORD_RETRY`] until `deadline`.
     pub async fn config(&mut self, deadline: Instant) -> Result<Arc<ClusterConfig>, Error> {
-        if let Some(config) = &self.config {
-            return Ok(config.clone());
-        }
+        let old = match &self.config {
+            Some(config) if !self.stale => return Ok(config.clone()),
+            old => old.clone(),
+        };
         loop {
-            match self.ask_coordinator(&CoordRequest::GetConfig, deadline).await? {
+            let asked = match &old {
+                Some(old) => match self.ask_once(&CoordRequest::GetConfig, deadline).await {
+                    Err(CoordFailure::Other(e)) => return Err(e),
+                    Err(away) => {
+                        self.coord_trouble = Some(away.into_error(&self.coordinator).to_string());
+                        return Ok(old.clone());
+                    }
+                    Ok(response) => response,
+                },
+                None => self.ask_coordinator(&CoordRequest::GetConfig, deadline).await?,
+            };
+            match asked {
                 CoordResponse::Config(Some(config)) => {
                     config.validate()?;
                     let config = Arc::new(config);
                     self.config = Some(config.clone());
+                    self.stale = false;
+                    self.coord_trouble = None;
                     return Ok(config);
+                }
+                // A restarted coordinator still taking its servers back.
+                CoordResponse::Config(None) if let Some(old) = &old => {
+                    let starting = format!("coordinator at {} is still starting", self.coordinator);
+                    self.coord_trouble = Some(starting);
+                    return Ok(old.clone());
                 }
                 CoordResponse::Config(None) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -205,9 +248,10 @@ impl Client {
         }
     }
 
-    /// Forgets the cached configuration and fetches a fresh one.
+    /// Marks the cached configuration stale and fetches a fresh one (the cached one while
+    /// the coordinator cannot be reached: see [`config`](Self::config)).
     pub async fn refresh_config(&mut self, deadline: Instant) -> Result<Arc<ClusterConfig>, Error> {
-        self.config = None;
+        self.stale = true;
         self.config(deadline).await
     }
 
@@ -220,35 +264,91 @@ impl Client {
         }
     }
 
-    /// One call to the coordinator, connecting first if needed; bounded by `deadline` (and
-    /// by one attempt's time), so that neither a slow connect nor a silent peer outlasts the
-    /// operation.
+    /// A call to the coordinator, tried again every [`COORD_RETRY`] until `deadline` while
+    /// the coordinator cannot be reached or does not answer: a restarting one is back within
+    /// a few hundred milliseconds, and failing at once would turn its restart into errors.
     async fn ask_coordinator(
         &mut self,
         request: &CoordRequest,
         deadline: Instant,
     ) -> Result<CoordResponse, Error> {
+        loop {
+            let began = Instant::now();
+            let away = match self.ask_once(request, deadline).await {
+                Ok(response) => return Ok(response),
+                Err(CoordFailure::Other(e)) => return Err(e),
+                Err(away) => away,
+            };
+            let next = began + COORD_RETRY;
+            if next.max(Instant::now()) >= deadline {
+                return Err(away.into_error(&self.coordinator));
+            }
+            debug!(coordinator = %self.coordinator, "coordinator unreachable; trying again");
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// One call to the coordinator, connecting first if needed; bounded by `deadline` (and
+    /// by one attempt's time), so that neither a slow connect nor a silent peer outlasts the
+    /// operation.
+    async fn ask_once(
+        &mut self,
+        request: &CoordRequest,
+        deadline: Instant,
+    ) -> Result<CoordResponse, CoordFailure> {
         let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
         let coordinator = &self.coordinator;
         let conn = self.coord_conn.take();
         let asked = tokio::time::timeout_at(until, async move {
             let mut conn = match conn {
                 Some(conn) => conn,
-                None => {
-                    Connection::connect(coordinator, &Hello::new(Role::Client, &[])).await.map_err(
-                        |e| Error::Unavailable(format!("coordinator at {coordinator}: {e}")),
-                    )?
-                }
+                None => Connection::connect(coordinator, &Hello::new(Role::Client, &[]))
+                    .await
+                    .map_err(CoordFailure::Unreachable)?,
             };
-            let response =
-                conn.call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator").await?;
-            Ok::<_, Error>((conn, response))
+            let response = conn
+                .call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator")
+                .await
+                .map_err(CoordFailure::of_call)?;
+            Ok::<_, CoordFailure>((conn, response))
         });
-        let no_answer = || {
-            Error::Unavailable(format!("coordinator at {}: no answer in time", self.coordinator))
-        };
-        let (conn, response) = asked.await.map_err(|_| no_answer())??;
+        let (conn, response) = asked.await.map_err(|_| CoordFailure::Silent)??;
         self.coord_conn = Some(conn);
         Ok(response)
+    }
+}
+
+/// Why one call to the coordinator failed.
+#[derive(Debug)]
+enum CoordFailure {
+    /// No connection, or it broke (refused, reset, closed): down or restarting.
+    Unreachable(Error),
+    /// Connected, but no answer in time (paused or overloaded).
+    Silent,
+    /// A wrong answer or a refused hello: trying again would not help.
+    Other(Error),
+}
+
+impl CoordFailure {
+    /// Classifies the failure of a call on an open connection.
+    fn of_call(e: Error) -> Self {
+        match e {
+            Error::Io(_) | Error::Closed => CoordFailure::Unreachable(e),
+            Error::Timeout(_) => CoordFailure::Silent,
+            e => CoordFailure::Other(e),
+        }
+    }
+
+    /// The error an operation ends with, naming the coordinator at `addr`.
+    fn into_error(self, addr: &str) -> Error {
+        match self {
+            CoordFailure::Unreachable(e) => Error::Unavailable(format!(
+                "coordinator at {addr} is unreachable (restarting or down): {e}"
+            )),
+            CoordFailure::Silent => {
+                Error::Unavailable(format!("coordinator at {addr}: no answer in time"))
+            }
+            CoordFailure::Other(e) => e,
+        }
     }
 }
