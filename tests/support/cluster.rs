@@ -78,11 +78,13 @@ impl Cluster {
             client_prefix: Vec::new(),
         };
         cluster.await_ready();
+        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
+        assert_eq!(cluster.pids.len(), n, "pids from the coordinator's table");
         cluster
     }
 
     /// Reads the coordinator's standard output until "cluster ready": its ports and the
-    /// servers' pids.
+    /// pids of the servers it shows running.
     fn await_ready(&mut self) {
         self.pids.clear();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -102,9 +104,6 @@ impl Cluster {
                 break;
             }
         }
-        let config = std::fs::read_to_string(self.path("config.txt")).unwrap();
-        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
-        assert_eq!(self.pids.len(), n, "pids from the coordinator's table");
     }
 
     /// kill -9 of the coordinator alone: its servers go on.
