@@ -174,3 +174,51 @@ fn after_an_orderly_stop_the_next_coordinator_starts_anew() {
     assert!(cluster.pids.iter().all(|pid| !first.contains(pid)), "new servers");
     assert!(!cluster.coord_log().contains(ftkv::lines::TOOK_BACK));
 }
+
+/// The coordinator under a supervisor (a shell loop that starts it again whenever it fails,
+/// as systemd's `Restart=on-failure` does): killed with -9 three times under load, the
+/// service stays whole: same servers, linearizable histories, every key's two copies in the
+/// dumps once SIGTERM stops it in order (exit 0 ends the loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_restarted_by_a_supervisor_keeps_the_service_whole() {
+    let supervisor = "until \"$0\" \"$@\"; do sleep 0.2; done".to_string();
+    let prefix = ["bash".to_string(), "-c".to_string(), supervisor];
+    let config = "3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n";
+    let flags = [&FLAGS[..], &["--ignore-stdin"]].concat();
+    let mut cluster = Cluster::launch(config, &prefix, &flags);
+    let pids = cluster.pids.clone();
+    let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
+    load.under_way().await;
+    for _ in 0..3 {
+        let coord = supervised(cluster.coord.id());
+        kill(coord, "KILL");
+        tokio::task::block_in_place(|| cluster.await_ready());
+        assert_ne!(supervised(cluster.coord.id()), coord, "a new coordinator");
+        assert_eq!(cluster.pids, pids, "the same servers");
+        // Pacing: the load runs on the taken-back cluster for a while.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let Checked { finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
+    kill(supervised(cluster.coord.id()), "TERM");
+    let stopped = tokio::task::block_in_place(|| cluster.wait_coord(Duration::from_secs(10)));
+    assert!(stopped.is_some_and(|s| s.success()), "the supervisor ends with the coordinator");
+    cluster.assert_dumps_match(&finals);
+}
+
+/// The coordinator the supervisor shell `pid` runs now (waits for it to start one).
+fn supervised(pid: u32) -> u32 {
+    let mut coord = None;
+    let started = support::cluster::wait_until(Duration::from_secs(5), || {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        let pids = children.unwrap_or_default();
+        coord = pids.split_whitespace().filter_map(|p| p.parse().ok()).find(|&p| runs_coord(p));
+        coord.is_some()
+    });
+    assert!(started, "no coordinator under the supervisor");
+    coord.unwrap()
+}
+
+fn runs_coord(pid: u32) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+    exe.is_ok_and(|exe| exe == std::path::Path::new(COORD))
+}

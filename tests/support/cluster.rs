@@ -85,7 +85,7 @@ impl Cluster {
 
     /// Reads the coordinator's standard output until "cluster ready": its ports and the
     /// pids of the servers it shows running.
-    fn await_ready(&mut self) {
+    pub fn await_ready(&mut self) {
         self.pids.clear();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
