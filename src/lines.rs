@@ -10,6 +10,8 @@ pub const RECOVERED: &str = "recovery complete: full redundancy restored";
 pub const TWO_FAULTS: &str = "two faults";
 /// coord: the state file could not be written (the coordinator goes on without it).
 pub const STATE_NOT_SAVED: &str = "cannot write the coordinator state";
+/// coord: a server that gave up on this coordinator (it was paused) came back to it.
+pub const REATTACHED_TO_US: &str = "server re-attached on a new report link";
 /// coord: a restarted coordinator took the running servers back.
 pub const TOOK_BACK: &str = "took the running cluster back";
 /// coord: a stop signal or the end of standard input started an orderly shutdown.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::cluster::{COORD, Cluster, kill};
-use support::load::{Checked, Load, stop_and_check};
+use support::load::{Checked, Load, answered, stop_and_check};
 
 /// Coordinator flags of these tests: a short heartbeat timeout, and servers that wait long
 /// enough for a new coordinator.
@@ -221,4 +221,36 @@ fn supervised(pid: u32) -> u32 {
 fn runs_coord(pid: u32) -> bool {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
     exe.is_ok_and(|exe| exe == std::path::Path::new(COORD))
+}
+
+/// The coordinator paused (SIGSTOP) for longer than the servers wait for an answer (their
+/// lease plus a 3 s grace): they give up on its links and retry; once it resumes they come
+/// back on new links and it takes them as they are: no server lost or replaced, the service
+/// serves again, histories linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_paused_past_the_servers_grace_keeps_them() {
+    let mut cluster = Cluster::start_with(3, &FLAGS);
+    let pids = cluster.pids.clone();
+    let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
+    load.under_way().await;
+    kill(cluster.coord.id(), "STOP");
+    // The pause is the fault under test.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kill(cluster.coord.id(), "CONT");
+    let resumed = std::time::Instant::now();
+    let served = load.wait_for(Duration::from_secs(5), |e| e.invoke >= resumed && answered(e));
+    assert!(served.await, "served again after the pause");
+    let log = cluster.coord_log();
+    assert!(!log.contains("server lost"), "{log}");
+    for id in 0..3 {
+        let back = format!("{} id={id}", ftkv::lines::REATTACHED_TO_US);
+        assert!(log.contains(&back), "server {id} came back: {log}");
+    }
+    let status = tokio::task::block_in_place(|| cluster.status());
+    let now: Vec<u32> =
+        (0..3).map(|id| status["servers"][id]["pid"].as_u64().unwrap() as u32).collect();
+    assert_eq!(now, pids);
+    let Checked { finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
+    assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
+    cluster.assert_dumps_match(&finals);
 }

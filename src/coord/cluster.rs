@@ -269,8 +269,8 @@ impl Cluster {
                 // Nothing was spawned by this coordinator: no exits to hear of.
                 Some(_) = internal.recv() => continue,
             };
-            if let Event::Started { id, ports, pid, epoch, .. } = event {
-                self.state.members[id as usize].started(ports, pid);
+            if let Event::Started { id, ports, pid, epoch, link, .. } = event {
+                self.state.members[id as usize].started(ports, pid, link);
                 newest = newest.max(epoch);
                 info!(id, ?ports, pid, epoch, "server re-attached");
             }
@@ -314,8 +314,8 @@ impl Cluster {
                 }
             };
             match event {
-                Event::Started { id, ports, pid, .. } => {
-                    self.state.members[id as usize].started(ports, pid);
+                Event::Started { id, ports, pid, link, .. } => {
+                    self.state.members[id as usize].started(ports, pid, link);
                     info!(id, ?ports, pid, "server started");
                 }
                 Event::ReportLost { id, why, .. } => {
@@ -358,22 +358,39 @@ impl Cluster {
     }
 
     fn on_event(&mut self, event: Event) {
+        self.observe_stall(Instant::now());
         match event {
-            Event::Started { id, incarnation, ports, pid, .. } => {
+            Event::Started { id, incarnation, ports, pid, link, .. } => {
                 let member = &mut self.state.members[id as usize];
                 if member.incarnation != incarnation {
                     return;
                 }
-                member.started(ports, pid);
+                if member.live {
+                    // It gave up on a link to this coordinator (paused past the server's
+                    // grace) and came back on a new one: nothing to replace.
+                    member.report_links.push(link);
+                    return info!(id, incarnation, "{}", lines::REATTACHED_TO_US);
+                }
+                member.started(ports, pid, link);
                 info!(id, incarnation, ?ports, pid, "replacement server started");
                 let addr = member.control_addr();
                 self.open_link(id, incarnation, addr);
             }
-            Event::ReportLost { id, incarnation, why } => {
-                let member = &self.state.members[id as usize];
-                if member.incarnation == incarnation && member.live {
-                    self.lost(id, format!("report link lost ({why})"), false);
+            Event::ReportLost { id, incarnation, link, why } => {
+                let member = &mut self.state.members[id as usize];
+                let open = member.report_links.len();
+                member.report_links.retain(|&l| l != link);
+                let last = open == 1 && member.report_links.is_empty();
+                if !(last && member.incarnation == incarnation && member.live) {
+                    return;
                 }
+                if Instant::now() < self.listening_since + self.timeout {
+                    // Right after a stall of this coordinator a broken link is no evidence:
+                    // the server gave up waiting for it and re-attaches within its orphan
+                    // retry; heartbeat silence still finds one that is really gone.
+                    return warn!(id, %why, "report link lost after a stall; waiting for the server");
+                }
+                self.lost(id, format!("report link lost ({why})"), false);
             }
             Event::Updated { id, into, epoch, copied } => {
                 info!(
@@ -447,12 +464,7 @@ impl Cluster {
     /// when theirs lapse, so counting later only ever moves keys later.
     fn on_tick(&mut self) {
         let now = Instant::now();
-        let gap = now.saturating_duration_since(self.last_tick);
-        self.last_tick = now;
-        if gap > STALL {
-            warn!(stalled_ms = gap.as_millis() as u64, "{}", lines::STALLED);
-            self.listening_since = now;
-        }
+        self.observe_stall(now);
         let liveness = &self.shared.liveness;
         let silent: Vec<u32> = self
             .state
@@ -468,6 +480,18 @@ impl Cluster {
         if let (Some(recovery), Some(config)) = (&mut self.state.recovery, &self.state.config) {
             let actions = recovery.tick(now, config);
             self.perform(actions);
+        }
+    }
+
+    /// Notes a stall of the coordinator itself (the loop did not run for over [`STALL`]):
+    /// silence before `now` is no evidence against a server. Checked on every event too, as
+    /// the events queued during a stall may come before the first tick after it.
+    fn observe_stall(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > STALL {
+            warn!(stalled_ms = gap.as_millis() as u64, "{}", lines::STALLED);
+            self.listening_since = now;
         }
     }
 

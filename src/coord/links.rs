@@ -2,6 +2,7 @@
 //! listening ports (clients asking for the configuration, servers reporting).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,10 +35,13 @@ pub enum Event {
         pid: u32,
         /// The newest configuration the server holds (0: none).
         epoch: u64,
+        /// Which report link this is (see `Shared::next_link`).
+        link: u64,
     },
     ReportLost {
         id: u32,
         incarnation: u64,
+        link: u64,
         why: String,
     },
     /// Recovery steps 3 and 4.
@@ -55,6 +59,9 @@ pub struct Shared {
     pub liveness: Liveness,
     pub events: mpsc::UnboundedSender<Event>,
     pub view: watch::Sender<View>,
+    /// Numbers the report links: a server that re-attaches has a new one, and the end of
+    /// its old one is no evidence against it.
+    links: AtomicU64,
 }
 
 impl Shared {
@@ -65,7 +72,12 @@ impl Shared {
         events: mpsc::UnboundedSender<Event>,
         view: watch::Sender<View>,
     ) -> Self {
-        Shared { token, liveness: Liveness::new(servers, lease), events, view }
+        let links = AtomicU64::new(0);
+        Shared { token, liveness: Liveness::new(servers, lease), events, view, links }
+    }
+
+    fn next_link(&self) -> u64 {
+        self.links.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 
@@ -99,7 +111,8 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
         )));
     }
     liveness.heartbeat(id);
-    let _ = shared.events.send(Event::Started { id, incarnation, ports, pid, epoch });
+    let link = shared.next_link();
+    let _ = shared.events.send(Event::Started { id, incarnation, ports, pid, epoch, link });
     conn.send(&ReportResponse::Welcome).await?;
     let lease_ms = liveness.lease.granted.as_millis() as u64;
     let outcome = async {
@@ -127,7 +140,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     }
     .await;
     let why = outcome.err().map_or_else(String::new, |e| e.to_string());
-    let _ = shared.events.send(Event::ReportLost { id, incarnation, why });
+    let _ = shared.events.send(Event::ReportLost { id, incarnation, link, why });
     Ok(())
 }
 

@@ -23,14 +23,19 @@ pub struct Member {
     pub incarnation: u64,
     /// The current incarnation reported `Started` and has not been lost since.
     pub live: bool,
+    /// Its open report links (numbered anew by each coordinator): one, or more for a moment
+    /// when it gave up on one and re-attached on another.
+    #[serde(skip)]
+    pub report_links: Vec<u64>,
 }
 
 impl Member {
-    /// The current incarnation reported the ports it bound.
-    pub fn started(&mut self, ports: BoundPorts, pid: u32) {
+    /// The current incarnation reported the ports it bound, on report link `link`.
+    pub fn started(&mut self, ports: BoundPorts, pid: u32, link: u64) {
         self.ports = Some(ports);
         self.pid = pid;
         self.live = true;
+        self.report_links = vec![link];
     }
 
     pub fn addr(&self) -> ServerAddr {
@@ -83,6 +88,7 @@ impl CoordState {
                 pid: 0,
                 incarnation: 0,
                 live: false,
+                report_links: Vec::new(),
             })
             .collect();
         CoordState {
