@@ -171,6 +171,25 @@ impl ClusterConfig {
     }
 }
 
+#[cfg(test)]
+impl ClusterConfig {
+    /// `n` servers on host "h" (client ports 1000 + id, servers ports 2000 + id), epoch 1,
+    /// every one serving its own slot.
+    pub(crate) fn for_tests(n: u32) -> ClusterConfig {
+        let servers = (0..n)
+            .map(|id| ServerAddr {
+                id,
+                host: "h".into(),
+                client_port: 1000 + id as u16,
+                servers_port: 2000 + id as u16,
+                incarnation: 0,
+                state: Replica::Up,
+            })
+            .collect();
+        ClusterConfig::new(1, servers)
+    }
+}
+
 /// Why a configuration cannot be used: a coordinator never builds one (its changes are
 /// checked), so a server or client that receives one refuses it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -249,17 +268,7 @@ mod tests {
     }
 
     fn three() -> ClusterConfig {
-        let servers = (0..3)
-            .map(|id| ServerAddr {
-                id,
-                host: "h".into(),
-                client_port: 1000 + id as u16,
-                servers_port: 2000 + id as u16,
-                incarnation: 0,
-                state: Replica::Up,
-            })
-            .collect();
-        ClusterConfig::new(1, servers)
+        ClusterConfig::for_tests(3)
     }
 
     #[test]

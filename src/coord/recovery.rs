@@ -516,22 +516,11 @@ mod tests {
         }
     }
 
-    fn servers(n: u32) -> ClusterConfig {
-        let servers = (0..n)
-            .map(|id| ServerAddr {
-                id,
-                host: "h".into(),
-                client_port: 1000 + id as u16,
-                servers_port: 2000 + id as u16,
-                incarnation: 0,
-                state: Replica::Up,
-            })
-            .collect();
-        ClusterConfig::new(1, servers)
-    }
-
     fn start_with(deadlines: Deadlines, now: Instant, heard: Instant) -> Run {
-        Run { r: Recovery::new(A, 1, Some(heard), now, deadlines), config: servers(3) }
+        Run {
+            r: Recovery::new(A, 1, Some(heard), now, deadlines),
+            config: ClusterConfig::for_tests(3),
+        }
     }
 
     /// Lost at `t`, last heard 50 ms before: the lease (500 ms + 50 ms) ends at t + 500 ms.
@@ -713,7 +702,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Recovery::new(A, 1, None, now, Deadlines::default());
         assert_eq!(r.lease_end(), Some(now));
-        assert_eq!(serials(&r.tick(now, &servers(3))), vec![1]);
+        assert_eq!(serials(&r.tick(now, &ClusterConfig::for_tests(3))), vec![1]);
     }
 
     #[test]
