@@ -26,6 +26,10 @@ pub const SSH_FAILED: &str = "over ssh failed";
 pub const DUMPS_WRITTEN: &str = "dumps written";
 /// server: a dump could not be written; the data stays in memory and it tries again.
 pub const CANNOT_WRITE_DUMPS: &str = "cannot write dumps; keeping the data";
+/// server: dump files appeared that a newer start of its id wrote (it was replaced while
+/// cut off): it keeps them and exits without its own.
+pub const NEWER_DUMPS: &str =
+    "a newer start of this server wrote its dumps meanwhile; keeping them";
 /// server: its coordinator is gone.
 pub const LOST_COORDINATOR: &str = "lost the coordinator; writing dumps and exiting";
 /// server: its report link to the coordinator is gone; it keeps its data and tries again

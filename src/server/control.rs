@@ -19,6 +19,7 @@ use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, Hello, ReplAck, ReplMessage, ReportRequest,
     ReportResponse, Role,
 };
+use crate::server::dumps::DumpRound;
 use crate::server::replication::{CaughtUp, receive_stream};
 use crate::server::{Server, ServerOptions, orphan};
 
@@ -45,7 +46,8 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             }
             ControlRequest::Shutdown => {
                 server.draining.store(true, Ordering::SeqCst);
-                match server.dump() {
+                // A round of its own: each Shutdown writes both dumps again.
+                match server.dump(&mut DumpRound::default()) {
                     Ok((primary_keys, secondary_keys)) => {
                         conn.send(&ControlResponse::ShutDown { primary_keys, secondary_keys })
                             .await?;

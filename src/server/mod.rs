@@ -4,6 +4,7 @@
 mod batching;
 mod clients;
 mod control;
+mod dumps;
 mod errors;
 mod lease;
 mod orphan;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::lines;
@@ -87,8 +88,9 @@ pub struct Server {
     streams: Mutex<HashMap<(u32, TableKind), (u64, u64)>>,
     dump_dir: PathBuf,
     /// One dump at a time: the coordinator's Shutdown and the retries after losing it would
-    /// otherwise write the same temporary files. Holds the count of failed dumps.
-    dumping: Mutex<u64>,
+    /// otherwise write the same temporary files. Holds which files this start wrote (to tell
+    /// them from a newer start's) and the count of failed dumps.
+    dumping: Mutex<dumps::OwnDumps>,
     cancel: CancellationToken,
 }
 
@@ -117,7 +119,7 @@ impl Server {
             streams: Mutex::new(HashMap::new()),
             config_changes: tokio::sync::Mutex::new(()),
             dump_dir: opts.dump_dir.clone(),
-            dumping: Mutex::new(0),
+            dumping: Mutex::new(dumps::OwnDumps::default()),
             cancel,
         }
     }
@@ -348,72 +350,12 @@ impl Server {
         Ok(())
     }
 
-    /// Writes both dump files; returns the entry counts.
-    fn dump(&self) -> std::io::Result<(u64, u64)> {
-        let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
-        if self.incarnation == 0 && self.config().is_none() {
-            // A first start that never got a configuration (the start failed), so empty:
-            // empty dumps would only overwrite those of an earlier run. (A replacement does
-            // write its empty ones: what is there is from the instance it replaced.)
-            info!("no configuration ever installed: no dumps written");
-            return Ok((0, 0));
-        }
-        let written = self
-            .primary
-            .dump(&self.dump_path("primary"))
-            .and_then(|primary| Ok((primary, self.secondary.dump(&self.dump_path("secondary"))?)));
-        match &written {
-            Ok((primary, secondary)) => {
-                info!(primary, secondary, dir = %self.dump_dir.display(), "{}", lines::DUMPS_WRITTEN);
-            }
-            Err(e) => {
-                // Retried every second: the log (maybe on the same full disk) gets the 1st,
-                // 2nd, 4th, 8th... failure.
-                *failures += 1;
-                if failures.is_power_of_two() {
-                    error!(error = %e, failures = *failures, "{}", lines::CANNOT_WRITE_DUMPS);
-                }
-            }
-        }
-        written
-    }
-
-    /// Retries [`dump`](Self::dump) every second until it succeeds: with nobody left to ask
-    /// again, exiting on a failed dump (a full disk) would throw the data away. Only a kill
-    /// ends the wait.
-    ///
-    /// A dump file that appears meanwhile is from a newer start of this server id, which
-    /// replaced this one (paused or cut off, it was declared lost) and whose data is newer:
-    /// it is not overwritten.
-    async fn dump_until_written(&self) {
-        let lost = std::time::SystemTime::now();
-        while self.dump().is_err() {
-            tokio::time::sleep(DUMP_RETRY).await;
-            let written_since = |kind| {
-                std::fs::metadata(self.dump_path(kind))
-                    .and_then(|meta| meta.modified())
-                    .is_ok_and(|modified| modified > lost)
-            };
-            if written_since("primary") || written_since("secondary") {
-                warn!("a newer start of this server wrote its dumps meanwhile; keeping them");
-                return;
-            }
-        }
-    }
-
-    fn dump_path(&self, kind: &str) -> PathBuf {
-        self.dump_dir.join(format!("server_{}.{kind}", self.id))
-    }
-
     /// Stops client operations and waits until no replicated write is in flight.
     async fn drain(&self, limit: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         tokio::join!(self.own.settle(limit), self.adopted.settle(limit));
     }
 }
-
-/// Pause between attempts at writing dumps that failed.
-const DUMP_RETRY: Duration = Duration::from_secs(1);
 
 /// Most connections served at once on each port.
 const MAX_CLIENT_CONNECTIONS: usize = 4096;

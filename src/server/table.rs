@@ -81,8 +81,10 @@ impl Table {
     }
 
     /// Writes every entry as a client line `P "key" "value"`, sorted by key, so that a dump
-    /// is readable, diffable and can be replayed with `client -f`. Returns the entry count.
-    pub fn dump(&self, path: &Path) -> std::io::Result<u64> {
+    /// is readable, diffable and can be replayed with `client -f`. Returns the entry count and
+    /// the written file's metadata (taken before the rename, so surely of this file: a server
+    /// tells its own dumps from a newer start's by it).
+    pub fn dump(&self, path: &Path) -> std::io::Result<(u64, std::fs::Metadata)> {
         let mut entries = self.snapshot();
         entries.sort_unstable();
         let mut tmp = path.as_os_str().to_owned();
@@ -93,15 +95,18 @@ impl Table {
             for (key, value) in &entries {
                 writeln!(out, "P {} {}", quote(key), quote(value))?;
             }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let meta = file.metadata()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(meta)
         })();
         if written.is_err() {
             // A partial file (the disk filled up) helps nobody; an older dump at `path` is
             // left as it was.
             let _ = std::fs::remove_file(&tmp);
         }
-        written.map(|()| entries.len() as u64)
+        written.map(|meta| (entries.len() as u64, meta))
     }
 }
 
@@ -123,7 +128,7 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "only the directory: {names:?}");
         std::fs::remove_dir(&path).unwrap();
-        assert_eq!(table.dump(&path).unwrap(), 1);
+        assert_eq!(table.dump(&path).unwrap().0, 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "P \"k\" \"v\"\n");
     }
 }
