@@ -254,3 +254,53 @@ async fn a_coordinator_paused_past_the_servers_grace_keeps_them() {
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
     cluster.assert_dumps_match(&finals);
 }
+
+/// A server that died while no coordinator ran (killed between the coordinator's death and
+/// its restart) is recovered as a single fault by the new coordinator: histories stay
+/// linearizable and every key ends with its two copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_died_meanwhile_is_recovered_as_a_single_fault() {
+    let mut cluster = Cluster::start_with(3, &FLAGS);
+    let load = Load::start(cluster.coord_addr(), 4, 100, Duration::from_secs(10));
+    load.under_way().await;
+    let current = tokio::task::block_in_place(|| epoch(&cluster));
+    let dead = cluster.pids[1];
+    cluster.kill_coord();
+    kill(dead, "KILL");
+    tokio::task::block_in_place(|| {
+        cluster.restart_coord(&FLAGS);
+        let status = cluster.wait_recovered(current + 1, Duration::from_secs(20));
+        assert_ne!(status["servers"][1]["pid"].as_u64().unwrap() as u32, dead, "replaced");
+    });
+    assert!(cluster.coord_log().contains("did not come back"));
+    let Checked { finals, .. } = stop_and_check(cluster.coord_addr(), load).await;
+    assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
+    cluster.assert_dumps_match(&finals);
+}
+
+/// Two servers that died while no coordinator ran are a double fault: the new coordinator
+/// stops the survivor in order (its dumps written) and exits 1 naming them.
+#[test]
+fn two_servers_that_died_meanwhile_are_a_double_fault() {
+    let mut cluster = Cluster::start_with(3, &FLAGS);
+    let survivor = cluster.pids[2];
+    cluster.kill_coord();
+    kill(cluster.pids[0], "KILL");
+    kill(cluster.pids[1], "KILL");
+    let out = Command::new(COORD)
+        .current_dir(cluster.dir.path())
+        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log", "--ignore-stdin"])
+        .args(FLAGS)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("servers [0, 1] did not come back"), "{stderr}");
+    assert!(stderr.contains(ftkv::lines::TWO_FAULTS), "{stderr}");
+    assert!(support::cluster::wait_until(Duration::from_secs(5), || !support::cluster::alive(
+        survivor
+    )));
+    assert!(
+        cluster.path("server_2.primary").exists() && cluster.path("server_2.secondary").exists()
+    );
+}

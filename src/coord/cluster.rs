@@ -210,6 +210,7 @@ impl Cluster {
         }
         let expected = self.state.len() - u32::from(recovering.is_some());
         let newest = self.await_rejoin(events, internal, recovering).await?;
+        self.open_links_back().await;
         let missing: Vec<u32> = (0..self.state.len())
             .filter(|&id| Some(id) != recovering && !self.state.members[id as usize].live)
             .collect();
@@ -229,12 +230,6 @@ impl Cluster {
                 lines::TWO_FAULTS,
                 self.store.path().display()
             )));
-        }
-        for &id in self.live_ids().iter() {
-            let member = &self.state.members[id as usize];
-            self.processes.take_back(member);
-            let link = ControlLink::connect(id, &member.control_addr(), &self.shared.token).await?;
-            self.links[id as usize] = Some(link);
         }
         // A replacement under way when the coordinator died is rolled back: kill it too.
         if let Some(a) = recovering.filter(|&a| self.state.members[a as usize].pid != 0) {
@@ -276,6 +271,24 @@ impl Cluster {
             }
         }
         Ok(newest)
+    }
+
+    /// Opens control links to the servers that came back; one that cannot be reached any
+    /// more (it died since it reported) counts as not back.
+    async fn open_links_back(&mut self) {
+        for id in self.live_ids() {
+            let member = &self.state.members[id as usize];
+            match ControlLink::connect(id, &member.control_addr(), &self.shared.token).await {
+                Ok(link) => {
+                    self.processes.take_back(member);
+                    self.links[id as usize] = Some(link);
+                }
+                Err(e) => {
+                    warn!(id, error = %e, "a server that came back cannot be reached");
+                    self.state.members[id as usize].live = false;
+                }
+            }
+        }
     }
 
     fn live_ids(&self) -> Vec<u32> {

@@ -78,8 +78,7 @@ impl Cluster {
             client_prefix: Vec::new(),
         };
         cluster.await_ready();
-        let n = config.lines().next().unwrap().trim().parse::<usize>().unwrap();
-        assert_eq!(cluster.pids.len(), n, "pids from the coordinator's table");
+        assert_eq!(cluster.pids.len(), cluster.servers(), "pids from the coordinator's table");
         cluster
     }
 
@@ -104,6 +103,12 @@ impl Cluster {
                 break;
             }
         }
+    }
+
+    /// How many servers the cluster file names.
+    pub fn servers(&self) -> usize {
+        let config = std::fs::read_to_string(self.path("config.txt")).unwrap();
+        config.lines().next().unwrap().trim().parse().unwrap()
     }
 
     /// kill -9 of the coordinator alone: its servers go on.
@@ -223,7 +228,7 @@ impl Cluster {
     /// After ctrl+d: every final value is on its owner's primary and the next server's
     /// secondary, and nothing else is anywhere.
     pub fn assert_dumps_match(&self, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
-        let n = self.pids.len() as u32;
+        let n = self.servers() as u32;
         let primaries: Vec<_> = (0..n).map(|id| self.dump(id, "primary")).collect();
         let secondaries: Vec<_> = (0..n).map(|id| self.dump(id, "secondary")).collect();
         for (key, value) in finals {
