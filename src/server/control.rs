@@ -46,9 +46,8 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             ControlRequest::Shutdown => {
                 server.draining.store(true, Ordering::SeqCst);
                 match server.dump() {
-                    Ok((primary_keys, secondary_keys)) => {
-                        conn.send(&ControlResponse::ShutDown { primary_keys, secondary_keys })
-                            .await?;
+                    Ok(dumps) => {
+                        conn.send(&ControlResponse::ShutDown { dumps }).await?;
                         info!("shut down by the coordinator");
                         server.cancel.cancel();
                         return Ok(());

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::listener::{self, Gate};
-use crate::protocol::{Op, Refusal, Role, TableKind};
+use crate::protocol::{Dumps, Op, Refusal, Role, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 use errors::{ConfigRefused, StreamRefused};
 
@@ -348,22 +348,22 @@ impl Server {
         Ok(())
     }
 
-    /// Writes both dump files; returns the entry counts.
-    fn dump(&self) -> std::io::Result<(u64, u64)> {
+    /// Writes both dump files; returns what they hold (`None`: nothing written).
+    fn dump(&self) -> std::io::Result<Option<Dumps>> {
         let mut failures = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
         if self.incarnation == 0 && self.config().is_none() {
             // A first start that never got a configuration (the start failed), so empty:
             // empty dumps would only overwrite those of an earlier run. (A replacement does
             // write its empty ones: what is there is from the instance it replaced.)
             info!("no configuration ever installed: no dumps written");
-            return Ok((0, 0));
+            return Ok(None);
         }
-        let written = self
-            .primary
-            .dump(&self.dump_path("primary"))
-            .and_then(|primary| Ok((primary, self.secondary.dump(&self.dump_path("secondary"))?)));
+        let written = self.primary.dump(&self.dump_path("primary")).and_then(|primary| {
+            Ok(Dumps { primary, secondary: self.secondary.dump(&self.dump_path("secondary"))? })
+        });
         match &written {
-            Ok((primary, secondary)) => {
+            Ok(Dumps { primary, secondary }) => {
+                let (primary, secondary) = (primary.keys, secondary.keys);
                 info!(primary, secondary, dir = %self.dump_dir.display(), "{}", lines::DUMPS_WRITTEN);
             }
             Err(e) => {
@@ -375,7 +375,7 @@ impl Server {
                 }
             }
         }
-        written
+        written.map(Some)
     }
 
     /// Retries [`dump`](Self::dump) every second until it succeeds: with nobody left to ask
