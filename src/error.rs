@@ -21,6 +21,9 @@ pub enum Error {
     Unavailable(String),
     #[error("invalid configuration: {0}")]
     InvalidConfig(#[from] crate::routing::InvalidConfig),
+    /// The dump directory cannot be restored or started on (see `coord::restore`).
+    #[error(transparent)]
+    Restore(#[from] crate::coord::restore::RestoreError),
     /// The coordinator replaced this server with a newer start of the same id.
     #[error("replaced by a newer server")]
     Replaced,

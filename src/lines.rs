@@ -22,6 +22,11 @@ pub const STALLED: &str = "the coordinator was not running; heartbeat silence co
 pub const GAVE_UP_ON_DUMPS: &str = "gave up waiting for dumps";
 /// coord: starting or killing a remote server over ssh did not work (it may be cut off).
 pub const SSH_FAILED: &str = "over ssh failed";
+/// coord (standard output and log): the dumps of an earlier run were restored, before
+/// "cluster ready".
+pub const RESTORED: &str = "restored";
+/// coord: the dumps manifest is written (the last step of an orderly shutdown).
+pub const MANIFEST_WRITTEN: &str = "dumps manifest written";
 /// server: both dump files are written.
 pub const DUMPS_WRITTEN: &str = "dumps written";
 /// server: a dump could not be written; the data stays in memory and it tries again.

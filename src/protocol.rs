@@ -19,7 +19,8 @@ use crate::routing::ClusterConfig;
 
 /// Bumped on any incompatible change of the messages below. 2: [`ReportResponse::Replaced`]
 /// (a server of version 1 would take it for a lost coordinator and write stale dumps).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: [`ControlResponse::ShutDown`] describes the dump files (for the dumps manifest).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -205,12 +206,31 @@ pub enum ControlRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlResponse {
     Done,
-    /// Dumps written; the counts are logged by the coordinator.
+    /// Dumps written (`None`: none, the server never got a configuration); the coordinator
+    /// logs them and lists them in the dumps manifest, without reading the files (a remote
+    /// server's are on its host).
     ShutDown {
-        primary_keys: u64,
-        secondary_keys: u64,
+        dumps: Option<Dumps>,
     },
     Failed(String),
+}
+
+/// One dump file as its server wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFile {
+    /// The file's name in the dump directory (`server_<id>.primary`).
+    pub name: String,
+    pub bytes: u64,
+    pub keys: u64,
+    /// MD5 of the file's bytes, lowercase hex.
+    pub md5: String,
+}
+
+/// Both dump files of one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dumps {
+    pub primary: DumpFile,
+    pub secondary: DumpFile,
 }
 
 /// Client -> coordinator.

@@ -162,17 +162,23 @@ fn a_corrupt_state_file_is_refused_and_left_alone() {
 }
 
 /// After ctrl+d the state says the cluster stopped: the next coordinator starts a new one
-/// (new servers) instead of waiting for the old ones.
+/// (new servers) instead of waiting for the old ones, and restores the dumps into it.
 #[test]
-fn after_an_orderly_stop_the_next_coordinator_starts_anew() {
+fn after_an_orderly_stop_the_next_coordinator_starts_anew_and_restores_the_dumps() {
     let mut cluster = Cluster::start(3);
     let first = cluster.pids.clone();
+    let run = cluster.run_client(&["P", "kept", "across"], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(cluster.ctrl_d().success());
     let state = std::fs::read_to_string(cluster.path("coord.state")).unwrap();
     assert!(state.contains("\"running\": false"), "{state}");
     cluster.restart_coord(&[]);
     assert!(cluster.pids.iter().all(|pid| !first.contains(pid)), "new servers");
     assert!(!cluster.coord_log().contains(ftkv::lines::TOOK_BACK));
+    let restored = cluster.restored.clone().expect("a restore");
+    assert!(restored.starts_with("restored 1 keys (10 bytes) from the dumps of "), "{restored}");
+    let run = cluster.run_client(&["G", "kept"], "");
+    assert_eq!(run.stdout, "value[\"kept\"] == \"across\"\n", "{}", run.stderr);
 }
 
 /// The coordinator under a supervisor (a shell loop that starts it again whenever it fails,

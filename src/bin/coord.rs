@@ -65,6 +65,10 @@ struct Args {
     /// takes the running servers back.
     #[arg(long, default_value = ".")]
     state_dir: PathBuf,
+    /// Start empty: move the dumps and dumps.manifest in the dump directory aside into a
+    /// new directory dumps-<UTC time> instead of restoring them (nothing is deleted).
+    #[arg(long)]
+    fresh: bool,
 }
 
 fn main() {
@@ -126,6 +130,7 @@ fn start(args: Args) -> Result<(), String> {
         advertise_host: args.advertise_host,
         state_dir: absolute(args.state_dir)?,
         orphan_timeout: args.orphan_timeout,
+        fresh: args.fresh,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));

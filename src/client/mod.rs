@@ -100,6 +100,18 @@ impl Client {
         }
     }
 
+    /// A client that starts with `config` instead of asking the coordinator for it: the
+    /// coordinator's own restore writes through it before it hands the configuration to
+    /// anyone. When an attempt fails it asks `coordinator` as usual, which answers "still
+    /// starting" while it restores, and goes on with `config`.
+    pub fn with_config(
+        coordinator: impl Into<String>,
+        timeout: Duration,
+        config: Arc<ClusterConfig>,
+    ) -> Self {
+        Client { config: Some(config), ..Client::new(coordinator, timeout) }
+    }
+
     /// Stores `value` under `key` on both copies.
     pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
         let op = Op::Put { key: key.to_vec(), value: value.to_vec() };

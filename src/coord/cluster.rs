@@ -14,8 +14,10 @@ use tracing::{error, info, warn};
 
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
+use super::manifest::{MANIFEST, Manifest, write_atomically};
 use super::process::Processes;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
+use super::restore::{self, Restore};
 use super::shutdown::{StopSignal, stop_servers};
 use super::state::CoordState;
 use super::store::Store;
@@ -80,6 +82,9 @@ pub struct Cluster {
     /// Since when the coordinator has been running without a stall: silence before that
     /// is no evidence against a server (see `on_tick`).
     listening_since: Instant,
+    /// The servers are being filled from an earlier run's dumps: stopping now must not let
+    /// them write their partial tables over those dumps (see `shutdown`).
+    restoring: bool,
 }
 
 impl Cluster {
@@ -110,6 +115,7 @@ impl Cluster {
             step_began: Instant::now(),
             last_tick: Instant::now(),
             listening_since: Instant::now(),
+            restoring: false,
         }
     }
 
@@ -145,20 +151,23 @@ impl Cluster {
     pub async fn start_or_readopt(
         &mut self,
         adopting: bool,
+        restore: Option<Restore>,
         events: &mut mpsc::UnboundedReceiver<Event>,
         internal: &mut mpsc::UnboundedReceiver<Internal>,
     ) -> Result<()> {
         if adopting {
             self.readopt(events, internal).await
         } else {
-            self.start(events, internal).await
+            self.start(restore, events, internal).await
         }
     }
 
-    /// Spawns every server, waits for all to report, opens control links, and installs the
-    /// first configuration.
+    /// Spawns every server, waits for all to report, opens control links, installs the
+    /// first configuration, writes the set to `restore` in, and then only publishes the
+    /// configuration.
     pub async fn start(
         &mut self,
+        restore: Option<Restore>,
         events: &mut mpsc::UnboundedReceiver<Event>,
         internal: &mut mpsc::UnboundedReceiver<Internal>,
     ) -> Result<()> {
@@ -175,22 +184,58 @@ impl Cluster {
             self.links[member.id as usize] = Some(link);
         }
         let config = self.state.initial_config();
-        self.install_first(config).await
+        self.configure(&config).await?;
+        if let Some(set) = restore {
+            self.restore(set, &config).await?;
+        }
+        self.open_to_clients(config);
+        Ok(())
+    }
+
+    /// Writes an earlier run's set into the configured servers (see [`restore::write_in`]).
+    /// The configuration is published only afterwards, so clients see all of it or nothing:
+    /// the simplest correct way, since a client can reach the servers only through the
+    /// configuration (a stale one from an older cluster carries a newer epoch, which the
+    /// servers refuse), and it costs no new state in the servers. Until the restore is over,
+    /// a stop kills the servers without dumps, and the set and its manifest stay as they
+    /// were; afterwards the manifest is removed (the servers' tables are newer from now on).
+    async fn restore(&mut self, set: Restore, config: &ClusterConfig) -> Result<()> {
+        self.restoring = true;
+        let (keys, bytes, began) = (set.entries.len(), set.bytes, Instant::now());
+        let coordinator = format!("127.0.0.1:{}", self.state.clients_port);
+        restore::write_in(set.entries, config.clone(), coordinator).await?;
+        std::fs::remove_file(&set.manifest_path)?;
+        self.restoring = false;
+        let took_ms = began.elapsed().as_millis() as u64;
+        info!(keys, bytes, took_ms, time = %set.time, "{}", lines::RESTORED);
+        println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORED, set.time);
+        Ok(())
     }
 
     /// Installs the cluster's first configuration (after a start, or a restart of the
     /// coordinator) on every server with a link, and publishes it.
     async fn install_first(&mut self, config: ClusterConfig) -> Result<()> {
+        self.configure(&config).await?;
+        self.open_to_clients(config);
+        Ok(())
+    }
+
+    /// Records `config` and installs it on every server with a link, without handing it to
+    /// clients yet.
+    async fn configure(&mut self, config: &ClusterConfig) -> Result<()> {
         self.state.config = Some(config.clone());
         for id in (0..self.state.len()).filter(|&id| self.links[id as usize].is_some()) {
             self.state.members[id as usize].state = ServerState::Running;
         }
         self.persist();
         let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
-        install(&config, &[links]).await.map_err(Error::Unavailable)?;
+        install(config, &[links]).await.map_err(Error::Unavailable)
+    }
+
+    /// Publishes `config` and the status to clients.
+    fn open_to_clients(&mut self, config: ClusterConfig) {
         self.shared.view.send_modify(|view| view.config = Some(config));
         self.publish();
-        Ok(())
     }
 
     /// Takes back the servers of a coordinator that died: waits up to the heartbeat timeout
@@ -689,18 +734,48 @@ impl Cluster {
         });
     }
 
-    /// Stops every server in order, with dumps (see [`stop_servers`]).
+    /// Stops every server in order, with dumps (see [`stop_servers`]), then writes the
+    /// dumps manifest if every server wrote its dumps. During a restore, kills them instead:
+    /// their tables are partial, and the dumps they would write would replace the set being
+    /// restored.
     pub async fn shutdown(&mut self) -> Result<()> {
         if let Some(install) = self.installing.take() {
             install.abort();
         }
-        let (stopped, left_running) = stop_servers(&self.links, &mut self.processes).await;
+        if self.restoring {
+            warn!("stopped during the restore: servers killed without dumps; the set is kept");
+            for member in self.state.members.clone() {
+                self.processes.kill(&member, member.incarnation);
+            }
+            self.processes.reap(&[]).await;
+            self.state.running = false;
+            self.persist();
+            return Ok(());
+        }
+        let (stopped, left_running, dumps) = stop_servers(&self.links, &mut self.processes).await;
         if left_running.is_empty() {
             // Every server exited: nothing is left to take back.
             self.state.running = false;
             self.persist();
         }
-        stopped
+        stopped?;
+        self.write_manifest(&dumps)
+    }
+
+    /// The manifest of the dumps just written, if every server wrote them. A replacement
+    /// still being filled is marked incomplete.
+    fn write_manifest(&self, dumps: &[Option<crate::protocol::Dumps>]) -> Result<()> {
+        let recovering = self.state.recovery.as_ref().filter(|r| r.step != Step::Done);
+        let now = std::time::SystemTime::now();
+        let epoch = self.state.epoch();
+        let Some(manifest) = Manifest::of_shutdown(epoch, dumps, recovering.map(|r| r.failed), now)
+        else {
+            return Ok(());
+        };
+        let dir = &self.processes.launcher.dump_dir;
+        write_atomically(dir, MANIFEST, &manifest.encode())?;
+        info!(dir = %dir.display(), epoch, "{}", lines::MANIFEST_WRITTEN);
+        Ok(())
     }
 }
 

@@ -8,14 +8,18 @@
 //! - `process` and `launcher`: server processes, local and over ssh;
 //! - `shutdown`: stopping in order with dumps;
 //! - `store`: the state file and its lock, from which a restarted coordinator takes the
-//!   running servers back.
+//!   running servers back;
+//! - `manifest` and `restore`: the dumps manifest written at an orderly shutdown, and the
+//!   restore of that set by the next start.
 
 mod cluster;
 mod launcher;
 mod links;
 mod liveness;
+pub mod manifest;
 mod process;
 pub mod recovery;
+pub mod restore;
 mod shutdown;
 mod state;
 mod store;
@@ -79,6 +83,8 @@ pub struct CoordOptions {
     pub state_dir: PathBuf,
     /// Passed to every server: how long it outlives this coordinator, waiting to re-attach.
     pub orphan_timeout: Duration,
+    /// Start empty, moving an earlier set of dumps aside instead of restoring it.
+    pub fresh: bool,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -126,6 +132,12 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
     let store = Store::lock(&opts.state_dir)?;
     let (mut state, adopting) = initial_state(&opts, &store)?;
+    // Checked (and loaded) before anything is bound or started; a cluster taken back keeps
+    // its data and never restores.
+    let restore = match adopting {
+        true => None,
+        false => restore::prepare(&opts.dump_dir, &opts.specs, opts.fresh)?,
+    };
     let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
     let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
     state.clients_port = clients.local_addr()?.port();
@@ -154,7 +166,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let mut stop = stop_signal(opts.watch_stdin);
 
     let started = tokio::select! {
-        started = cluster.start_or_readopt(adopting, &mut events, &mut internal) => started,
+        started = cluster.start_or_readopt(adopting, restore, &mut events, &mut internal) => started,
         why = &mut stop => Err(Error::Unavailable(format!("{why} during start-up"))),
     };
     let outcome = match started {

@@ -13,7 +13,7 @@ use super::links::ControlLink;
 use super::process::Processes;
 use crate::error::{Error, Result};
 use crate::lines;
-use crate::protocol::{ControlRequest, ControlResponse};
+use crate::protocol::{ControlRequest, ControlResponse, DumpFile, Dumps};
 
 /// Deadline of the drain phase of a shutdown (writes in flight settle).
 const DRAIN_LIMIT: Duration = Duration::from_secs(3);
@@ -54,11 +54,12 @@ pub fn stop_signal(watch_stdin: bool) -> StopSignal {
 /// exit. A server that cannot write its dumps (a full disk) keeps its data and stays up: it
 /// is asked again until it succeeds, or until a second SIGINT or SIGTERM gives up on it,
 /// which leaves it running (it retries on its own) and is an error. Returns, with the
-/// outcome, the servers left running that way.
+/// outcome, the servers left running that way, and the dump files each server reported
+/// (by id; `None`: none written).
 pub async fn stop_servers(
     links: &[Option<ControlLink>],
     processes: &mut Processes,
-) -> (Result<()>, Vec<u32>) {
+) -> (Result<()>, Vec<u32>, Vec<Option<Dumps>>) {
     let began = Instant::now();
     let give_up = stop_signal(false);
     let live: Vec<ControlLink> = links.iter().flatten().cloned().collect();
@@ -72,8 +73,9 @@ pub async fn stop_servers(
     let results = join_all(dumps).await;
     let mut gone: Vec<u32> =
         (0..).zip(links).filter(|(_, link)| link.is_none()).map(|(id, _)| id).collect();
-    let pending = sort_dumps(live.into_iter().zip(results).collect(), 1, &mut gone);
-    let abandoned = retry_dumps(pending, give_up, &mut gone).await;
+    let mut written = vec![None; links.len()];
+    let pending = sort_dumps(live.into_iter().zip(results).collect(), 1, &mut gone, &mut written);
+    let abandoned = retry_dumps(pending, give_up, &mut gone, &mut written).await;
     processes.reap(&abandoned).await;
     info!(elapsed_ms = began.elapsed().as_millis() as u64, "shutdown complete");
     let mut problems = Vec::new();
@@ -90,16 +92,16 @@ pub async fn stop_servers(
         ));
     }
     if problems.is_empty() {
-        return (Ok(()), abandoned);
+        return (Ok(()), abandoned, written);
     }
     let problems = problems.join("; ");
     error!(%problems, "shutdown incomplete");
-    (Err(Error::Unavailable(problems)), abandoned)
+    (Err(Error::Unavailable(problems)), abandoned, written)
 }
 
 /// Whether a server's dumps are written, still to be asked for, or beyond asking.
 enum Dump {
-    Written,
+    Written(Option<Dumps>),
     /// It could not write them and is still up, keeping its data.
     Pending,
     /// It did not answer (dead, paused, cut off).
@@ -107,16 +109,17 @@ enum Dump {
 }
 
 /// Sorts the answers to one round of Shutdowns: returns the servers to ask again, adds
-/// those beyond asking to `gone`.
+/// those beyond asking to `gone`, and the files of those that wrote them to `written`.
 fn sort_dumps(
     answers: Vec<(ControlLink, Result<ControlResponse>)>,
     attempt: u64,
     gone: &mut Vec<u32>,
+    written: &mut [Option<Dumps>],
 ) -> Vec<ControlLink> {
     let mut pending = Vec::new();
     for (link, result) in answers {
-        match dumped(&link, &result, attempt) {
-            Dump::Written => {}
+        match dumped(&link, result, attempt) {
+            Dump::Written(dumps) => written[link.id() as usize] = dumps,
             Dump::Pending => pending.push(link),
             Dump::Gone => gone.push(link.id()),
         }
@@ -126,12 +129,14 @@ fn sort_dumps(
 
 /// Logs the answer to a Shutdown (a failure to write only at the 1st, 2nd, 4th, 8th...
 /// `attempt`) and classifies it.
-fn dumped(link: &ControlLink, result: &Result<ControlResponse>, attempt: u64) -> Dump {
+fn dumped(link: &ControlLink, result: Result<ControlResponse>, attempt: u64) -> Dump {
     let id = link.id();
     match result {
-        Ok(ControlResponse::ShutDown { primary_keys, secondary_keys }) => {
+        Ok(ControlResponse::ShutDown { dumps }) => {
+            let keys = |f: fn(&Dumps) -> &DumpFile| dumps.as_ref().map_or(0, |d| f(d).keys);
+            let (primary_keys, secondary_keys) = (keys(|d| &d.primary), keys(|d| &d.secondary));
             info!(id, primary_keys, secondary_keys, "server dumped and stopped");
-            Dump::Written
+            Dump::Written(dumps)
         }
         Ok(ControlResponse::Failed(why)) => {
             if attempt.is_power_of_two() {
@@ -153,6 +158,7 @@ async fn retry_dumps(
     mut pending: Vec<ControlLink>,
     mut give_up: StopSignal,
     gone: &mut Vec<u32>,
+    written: &mut [Option<Dumps>],
 ) -> Vec<u32> {
     if pending.is_empty() {
         return Vec::new();
@@ -179,7 +185,7 @@ async fn retry_dumps(
             }
             results = ask_again => results,
         };
-        pending = sort_dumps(pending.into_iter().zip(results).collect(), attempt, gone);
+        pending = sort_dumps(pending.into_iter().zip(results).collect(), attempt, gone, written);
     }
     let all = gone.len() == gone_before;
     say(if all { "every dump is written" } else { "no server is left to ask" });

@@ -48,9 +48,8 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
                 server.draining.store(true, Ordering::SeqCst);
                 // A round of its own: each Shutdown writes both dumps again.
                 match server.dump(&mut DumpRound::default()) {
-                    Ok((primary_keys, secondary_keys)) => {
-                        conn.send(&ControlResponse::ShutDown { primary_keys, secondary_keys })
-                            .await?;
+                    Ok(dumps) => {
+                        conn.send(&ControlResponse::ShutDown { dumps }).await?;
                         info!("shut down by the coordinator");
                         server.cancel.cancel();
                         return Ok(());

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{error, info, warn};
 
 use crate::lines;
+use crate::protocol::{DumpFile, Dumps};
 use crate::server::{Server, Table};
 
 /// Pause between attempts at writing dumps that failed.
@@ -80,26 +81,27 @@ impl fmt::Display for DumpsFailed {
 }
 
 /// The dumps of one round (one Shutdown from the coordinator, or all the retries after losing
-/// it): which are written yet, with their entry counts. A retry writes only those still
+/// it): which are written yet, and what they hold. A retry writes only those still
 /// missing, so that on a full disk a dump already written does not need room a second time.
 #[derive(Debug, Default)]
 pub struct DumpRound {
-    entries: [Option<u64>; 2],
+    files: [Option<DumpFile>; 2],
 }
 
 impl DumpRound {
     pub fn missing(&self) -> Vec<DumpKind> {
-        DumpKind::BOTH.into_iter().filter(|kind| self.entries[kind.index()].is_none()).collect()
+        DumpKind::BOTH.into_iter().filter(|kind| self.files[kind.index()].is_none()).collect()
     }
 
-    pub fn written(&mut self, kind: DumpKind, entries: u64) {
-        self.entries[kind.index()] = Some(entries);
+    pub fn written(&mut self, kind: DumpKind, file: DumpFile) {
+        self.files[kind.index()] = Some(file);
     }
 
-    /// Both entry counts once both dumps are written, never a half set: a server with one
-    /// dump written still holds data that is nowhere else.
-    pub fn complete(&self) -> Option<(u64, u64)> {
-        Some((self.entries[0]?, self.entries[1]?))
+    /// Both dumps once both are written, never a half set: a server with one dump written
+    /// still holds data that is nowhere else.
+    pub fn complete(&self) -> Option<Dumps> {
+        let [primary, secondary] = self.files.clone();
+        Some(Dumps { primary: primary?, secondary: secondary? })
     }
 }
 
@@ -140,30 +142,31 @@ impl OwnDumps {
 }
 
 impl Server {
-    /// Writes the dumps `round` still misses; returns both entry counts once both are
-    /// written. Each missing dump is tried even if another failed.
-    pub(super) fn dump(&self, round: &mut DumpRound) -> Result<(u64, u64), DumpsFailed> {
+    /// Writes the dumps `round` still misses; returns both once both are written (`None`:
+    /// nothing to write, see below). Each missing dump is tried even if another failed.
+    pub(super) fn dump(&self, round: &mut DumpRound) -> Result<Option<Dumps>, DumpsFailed> {
         let mut own = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
         if self.incarnation == 0 && self.config().is_none() {
             // A first start that never got a configuration (the start failed), so empty:
             // empty dumps would only overwrite those of an earlier run. (A replacement does
             // write its empty ones: what is there is from the instance it replaced.)
             info!("no configuration ever installed: no dumps written");
-            return Ok((0, 0));
+            return Ok(None);
         }
         let mut failed = Vec::new();
         for kind in round.missing() {
             match self.table(kind).dump(&self.dump_path(kind)) {
-                Ok((entries, meta)) => {
+                Ok((file, meta)) => {
                     own.record(kind, FileStamp::of(&meta));
-                    round.written(kind, entries);
+                    round.written(kind, file);
                 }
                 Err(e) => failed.push((kind, e)),
             }
         }
-        if let Some((primary, secondary)) = round.complete() {
+        if let Some(dumps) = round.complete() {
+            let (primary, secondary) = (dumps.primary.keys, dumps.secondary.keys);
             info!(primary, secondary, dir = %self.dump_dir.display(), "{}", lines::DUMPS_WRITTEN);
-            return Ok((primary, secondary));
+            return Ok(Some(dumps));
         }
         let failed = DumpsFailed(failed);
         if own.failed() {
@@ -246,13 +249,16 @@ mod tests {
     /// A round retries only what is missing and reports counts only for a full set.
     #[test]
     fn a_round_is_complete_only_with_both_dumps() {
+        let file =
+            |name: &str, keys| DumpFile { name: name.into(), bytes: 0, keys, md5: String::new() };
         let mut round = DumpRound::default();
         assert_eq!(round.missing(), DumpKind::BOTH);
-        round.written(DumpKind::Primary, 3);
+        round.written(DumpKind::Primary, file("p", 3));
         assert_eq!(round.complete(), None, "half a set");
         assert_eq!(round.missing(), [DumpKind::Secondary]);
-        round.written(DumpKind::Secondary, 0);
-        assert_eq!(round.complete(), Some((3, 0)));
+        round.written(DumpKind::Secondary, file("s", 0));
+        let dumps = round.complete().unwrap();
+        assert_eq!((dumps.primary.keys, dumps.secondary.name.as_str()), (3, "s"));
         assert!(round.missing().is_empty());
     }
 

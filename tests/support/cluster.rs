@@ -35,6 +35,8 @@ pub struct Cluster {
     pub servers_port: u16,
     /// Lines the coordinator printed on standard output after "ready".
     pub stdout: mpsc::Receiver<String>,
+    /// The coordinator's "restored ..." line, if its last start restored dumps.
+    pub restored: Option<String>,
     pub pids: Vec<u32>,
     /// Address clients use for the coordinator.
     pub coord_host: String,
@@ -73,6 +75,7 @@ impl Cluster {
             clients_port: 0,
             servers_port: 0,
             stdout,
+            restored: None,
             pids: Vec::new(),
             coord_host: "127.0.0.1".into(),
             client_prefix: Vec::new(),
@@ -86,6 +89,7 @@ impl Cluster {
     /// pids of the servers it shows running.
     pub fn await_ready(&mut self) {
         self.pids.clear();
+        self.restored = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -99,6 +103,8 @@ impl Cluster {
                 self.servers_port = servers.parse().unwrap();
             } else if let Some(pid) = table_pid(&line) {
                 self.pids.push(pid);
+            } else if line.starts_with(ftkv::lines::RESTORED) {
+                self.restored = Some(line);
             } else if line.starts_with("cluster ready") {
                 break;
             }
@@ -131,6 +137,23 @@ impl Cluster {
         };
         (self.coord, self.stdin, self.stdout) = (coord, stdin, stdout);
         self.await_ready();
+    }
+
+    /// Runs a coordinator in the cluster's directory that is expected to refuse to start
+    /// (its standard input is empty: one that starts stops at once); returns its output.
+    pub fn refused_start(&self, extra: &[&str]) -> std::process::Output {
+        Command::new(COORD)
+            .current_dir(self.dir.path())
+            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run coord")
+    }
+
+    /// Every file in the cluster's directory (not below it) but the logs, with its bytes.
+    pub fn files(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        files_in(self.dir.path())
     }
 
     pub fn coord_addr(&self) -> String {
@@ -367,6 +390,18 @@ fn table_pid(line: &str) -> Option<u32> {
         return words[5].parse().ok();
     }
     None
+}
+
+/// Every file in `dir` (not below it) but the logs, with its bytes.
+pub fn files_in(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".log"))
+        .map(|name| (name.clone(), std::fs::read(dir.join(&name)).unwrap()))
+        .collect()
 }
 
 pub fn read_dump(path: &Path) -> HashMap<Vec<u8>, Vec<u8>> {

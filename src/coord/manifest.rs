@@ -1,0 +1,251 @@
+//! The dumps manifest, `<dump-dir>/dumps.manifest`: written by the coordinator last, after an
+//! orderly shutdown in which every server wrote its dumps, so that its presence says the set
+//! is whole. It lists each server's two files (name, size, key count, MD5, as the servers
+//! reported them: the coordinator does not read remote servers' files) and whether that
+//! server's copy was complete. A restarted coordinator restores the set from it (`restore`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{DumpFile, Dumps};
+
+/// The manifest's file name in the dump directory.
+pub const MANIFEST: &str = "dumps.manifest";
+/// Bumped on any incompatible change of [`Manifest`]; other formats are refused.
+pub const FORMAT: u32 = 1;
+
+/// One server's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerDumps {
+    pub id: u32,
+    /// False for a replacement whose recovery copy had not been handed its keys when the
+    /// service stopped: its files may lack keys (their copies are on its neighbours).
+    pub complete: bool,
+    pub primary: DumpFile,
+    pub secondary: DumpFile,
+}
+
+/// The whole set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The number of servers the keys were placed among.
+    pub n: u32,
+    pub epoch: u64,
+    /// When the set was written, UTC (`2026-12-01 10:05:13 UTC`).
+    pub time: String,
+    pub servers: Vec<ServerDumps>,
+}
+
+impl Manifest {
+    /// The manifest of a shutdown: `dumps[id]` as server `id` reported them, `recovering`
+    /// the server whose replacement was still being filled, if any. `None` unless every
+    /// server wrote its dumps.
+    pub fn of_shutdown(
+        epoch: u64,
+        dumps: &[Option<Dumps>],
+        recovering: Option<u32>,
+        now: std::time::SystemTime,
+    ) -> Option<Manifest> {
+        let servers = (0..)
+            .zip(dumps)
+            .map(|(id, dumps)| {
+                let Dumps { primary, secondary } = dumps.clone()?;
+                Some(ServerDumps { id, complete: recovering != Some(id), primary, secondary })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Manifest {
+            format: FORMAT,
+            n: dumps.len() as u32,
+            epoch,
+            time: utc_time(now),
+            servers,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses and checks a manifest: the format, and one entry per server, in order, with
+    /// its own file names.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if manifest.format != FORMAT {
+            return Err(format!("format {} (this coordinator reads {FORMAT})", manifest.format));
+        }
+        if manifest.servers.len() != manifest.n as usize || manifest.n == 0 {
+            return Err(format!(
+                "{} servers listed for n = {}",
+                manifest.servers.len(),
+                manifest.n
+            ));
+        }
+        for (id, server) in (0..).zip(&manifest.servers) {
+            let names = (dump_name(id, "primary"), dump_name(id, "secondary"));
+            if server.id != id
+                || (&server.primary.name, &server.secondary.name) != (&names.0, &names.1)
+            {
+                return Err(format!("entry {id} is not server {id}'s files"));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// `server_<id>.<kind>`.
+pub fn dump_name(id: u32, kind: &str) -> String {
+    format!("server_{id}.{kind}")
+}
+
+/// Whether `name` is a dump file's name (`server_<id>.primary` or `.secondary`).
+pub fn is_dump_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("server_") else { return false };
+    let Some((id, kind)) = rest.split_once('.') else { return false };
+    !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && matches!(kind, "primary" | "secondary")
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, fsync of the
+/// directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The dump files and the manifest in `dir` (what `--fresh` moves aside).
+pub fn set_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if is_dump_name(&name) || name == MANIFEST {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Moves `names` from `dir` into a new directory `dir/dumps-<UTC time>` (a suffix if it
+/// exists); returns it. Nothing is deleted.
+pub fn move_aside(
+    dir: &Path,
+    names: &[String],
+    now: std::time::SystemTime,
+) -> std::io::Result<PathBuf> {
+    let stamp = utc_time(now).replace([' ', ':'], "").replace("UTC", "Z");
+    let mut aside = dir.join(format!("dumps-{stamp}"));
+    let mut suffix = 1;
+    while let Err(e) = std::fs::create_dir(&aside) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        suffix += 1;
+        aside = dir.join(format!("dumps-{stamp}-{suffix}"));
+    }
+    for name in names {
+        std::fs::rename(dir.join(name), aside.join(name))?;
+    }
+    std::fs::File::open(&aside)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(aside)
+}
+
+/// `2026-12-01 10:05:13 UTC` (the civil calendar from days since 1970, after Howard
+/// Hinnant's `civil_from_days`).
+pub fn utc_time(now: std::time::SystemTime) -> String {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn file(name: &str, keys: u64) -> DumpFile {
+        DumpFile { name: name.into(), bytes: keys * 10, keys, md5: "00".repeat(16) }
+    }
+
+    fn dumps(id: u32) -> Option<Dumps> {
+        Some(Dumps {
+            primary: file(&dump_name(id, "primary"), 3),
+            secondary: file(&dump_name(id, "secondary"), 2),
+        })
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        // date -u -d @1796123113
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_123_113);
+        assert_eq!(utc_time(t), "2026-12-01 11:05:13 UTC");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_time(leap), "2000-02-29 00:00:00 UTC");
+    }
+
+    /// Written only when every server reported its files; the replacement being filled is
+    /// marked incomplete; what is encoded decodes to the same.
+    #[test]
+    fn a_manifest_round_trips_and_marks_the_replacement() {
+        let now = UNIX_EPOCH;
+        assert_eq!(Manifest::of_shutdown(4, &[dumps(0), None, dumps(2)], None, now), None);
+        let manifest = Manifest::of_shutdown(4, &[dumps(0), dumps(1), dumps(2)], Some(1), now)
+            .expect("every server wrote");
+        assert_eq!((manifest.n, manifest.epoch, manifest.format), (3, 4, FORMAT));
+        let complete: Vec<bool> = manifest.servers.iter().map(|s| s.complete).collect();
+        assert_eq!(complete, [true, false, true]);
+        assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_describe_its_servers_is_refused() {
+        let now = UNIX_EPOCH;
+        let mut manifest =
+            Manifest::of_shutdown(1, &[dumps(0), dumps(1), dumps(2)], None, now).unwrap();
+        manifest.servers.swap(0, 1);
+        assert!(Manifest::decode(&manifest.encode()).unwrap_err().contains("entry 0"));
+        manifest.servers.swap(0, 1);
+        manifest.n = 4;
+        assert!(Manifest::decode(&manifest.encode()).is_err());
+        manifest.n = 3;
+        manifest.format = 99;
+        assert!(Manifest::decode(&manifest.encode()).unwrap_err().contains("format 99"));
+        assert!(Manifest::decode(b"{ not json").is_err());
+    }
+
+    #[test]
+    fn dump_names() {
+        assert!(is_dump_name("server_0.primary") && is_dump_name("server_12.secondary"));
+        for other in ["server_.primary", "server_1.primary.tmp", "server_x.primary", "server_1.log"]
+        {
+            assert!(!is_dump_name(other), "{other}");
+        }
+    }
+}

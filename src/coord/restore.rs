@@ -1,0 +1,402 @@
+//! Restoring the dumps of a planned restart. A coordinator that starts a new cluster looks
+//! in its dump directory before it starts anything:
+//!
+//! - a [`Manifest`] (written last by an orderly shutdown): every dump file present is checked
+//!   against it (size, MD5, key count, and each key's placement under the manifest's N);
+//!   each key's value is taken from its owner's primary dump or, when that file is missing
+//!   or its server's copy incomplete, from the owner's successor's secondary dump
+//!   ([`choose_sources`]); once the servers run, every key is written through the normal
+//!   replicated path under the current N ([`write_in`]);
+//! - dump files without a manifest: refused, since this run would write its dumps over
+//!   data it never had (`--fresh` moves them aside);
+//! - `--fresh`: the dump files and the manifest move into `dumps-<UTC time>`.
+//!
+//! Anything wrong is refused before a server is started or a file touched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use super::manifest::{self, MANIFEST, Manifest, dump_name};
+use crate::client::Client;
+use crate::client::line::{Command, Parsed, parse_line};
+use crate::config::{Host, ServerSpec};
+use crate::protocol::{DumpFile, Op};
+use crate::routing::{ClusterConfig, primary_of, secondary_of, slot_of};
+
+/// Concurrent writers of a restore, each with its own connections: enough to keep both
+/// copies of every server busy.
+const WRITERS: usize = 64;
+/// How long one restored key's write may keep retrying.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the dump directory cannot be restored (or started on). Nothing was started or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("dumps manifest {path}: {why}; nothing was started or changed")]
+    Manifest { path: PathBuf, why: String },
+    #[error(
+        "dump file {path}: {why}; nothing was started or changed (move the set away, or \
+         start with --fresh to set it aside and start empty)"
+    )]
+    File { path: PathBuf, why: String },
+    #[error(
+        "cannot restore the dumps in {dir}: {missing}; nothing was started or changed \
+         (start with --fresh to set the set aside and start empty)"
+    )]
+    NoCopy { dir: PathBuf, missing: String },
+    #[error(
+        "{dir} holds a dumps manifest, but the cluster has servers on other hosts, whose \
+         dumps are on those hosts: restoring them is not supported; start with --fresh to \
+         set the manifest and the local dumps aside and start empty"
+    )]
+    Remote { dir: PathBuf },
+    #[error(
+        "{dir} holds dump files ({files}) but no dumps manifest (from an older version, or a \
+         shutdown that did not finish): starting would write over them; start with --fresh \
+         to move them aside and start empty"
+    )]
+    NoManifest { dir: PathBuf, files: String },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("restoring the dumps: {0}")]
+    Write(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |err| RestoreError::Io { what, err }
+}
+
+/// Keys and values.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A set loaded and checked, to be written into the new cluster.
+#[derive(Debug)]
+pub struct Restore {
+    pub entries: Entries,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+    /// When the set was written (the manifest's time).
+    pub time: String,
+    pub manifest_path: PathBuf,
+}
+
+/// What a start does with the dump directory: moves the set aside (`fresh`), loads the set
+/// a manifest describes, or refuses (see the module's comment). `None`: start empty.
+pub fn prepare(
+    dir: &Path,
+    specs: &[ServerSpec],
+    fresh: bool,
+) -> Result<Option<Restore>, RestoreError> {
+    let files = match manifest::set_files(dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_error(format!("reading {}", dir.display()))(e)),
+    };
+    if fresh {
+        if !files.is_empty() {
+            let aside = manifest::move_aside(dir, &files, std::time::SystemTime::now())
+                .map_err(io_error(format!("moving the old dumps aside in {}", dir.display())))?;
+            println!("moved the old dumps ({} files) to {}", files.len(), aside.display());
+        }
+        return Ok(None);
+    }
+    if !files.iter().any(|f| f == MANIFEST) {
+        if files.is_empty() {
+            return Ok(None);
+        }
+        return Err(RestoreError::NoManifest { dir: dir.into(), files: files.join(", ") });
+    }
+    if specs.iter().any(|s| matches!(s.host, Host::Ssh { .. })) {
+        return Err(RestoreError::Remote { dir: dir.into() });
+    }
+    load(dir).map(Some)
+}
+
+/// Loads and checks the set in `dir` (see [`prepare`]).
+pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
+    let manifest_path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&manifest_path)
+        .map_err(io_error(format!("reading {}", manifest_path.display())))?;
+    let manifest = Manifest::decode(&bytes)
+        .map_err(|why| RestoreError::Manifest { path: manifest_path.clone(), why })?;
+    let n = manifest.n;
+    let mut primaries = Vec::new();
+    let mut secondaries = Vec::new();
+    for server in &manifest.servers {
+        let owner = |key: &[u8]| slot_of(key, n) == server.id;
+        let copy_of = primary_of(server.id, n);
+        let of_copy = |key: &[u8]| slot_of(key, n) == copy_of;
+        primaries.push(load_file(dir, &server.primary, server.complete, n, &owner)?);
+        secondaries.push(load_file(dir, &server.secondary, server.complete, n, &of_copy)?);
+    }
+    let states = |files: &[Loaded]| files.iter().map(Loaded::state).collect::<Vec<_>>();
+    let sources = choose_sources(&states(&primaries), &states(&secondaries)).map_err(|owners| {
+        RestoreError::NoCopy {
+            dir: dir.into(),
+            missing: describe_missing(&owners, &primaries, &secondaries, n),
+        }
+    })?;
+    let mut entries = Vec::new();
+    for source in sources {
+        let file = match source {
+            Source::Primary(id) => &mut primaries[id as usize],
+            Source::SecondaryOn(id) => &mut secondaries[id as usize],
+        };
+        if let Loaded::Usable(file_entries) = file {
+            entries.append(file_entries);
+        }
+    }
+    let bytes = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    Ok(Restore { entries, bytes, time: manifest.time, manifest_path })
+}
+
+/// One dump file of the set: its entries, or why they cannot be used.
+enum Loaded {
+    Usable(Entries),
+    Missing,
+    /// Present and sound, but its server's copy was not complete.
+    Incomplete,
+}
+
+impl Loaded {
+    fn state(&self) -> FileState {
+        match self {
+            Loaded::Usable(_) => FileState::Usable,
+            Loaded::Missing => FileState::Missing,
+            Loaded::Incomplete => FileState::Incomplete,
+        }
+    }
+}
+
+/// Reads one file of the set and checks it against its manifest entry; `placed` says
+/// whether a key belongs in it (under the manifest's `n`). A file that is absent is
+/// [`Loaded::Missing`]; one that is present but does not match is an error.
+fn load_file(
+    dir: &Path,
+    entry: &DumpFile,
+    complete: bool,
+    n: u32,
+    placed: &dyn Fn(&[u8]) -> bool,
+) -> Result<Loaded, RestoreError> {
+    let path = dir.join(&entry.name);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Loaded::Missing);
+        }
+        Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
+    };
+    let file_error = |why: String| RestoreError::File { path: path.clone(), why };
+    check_file(&bytes, entry).map_err(file_error)?;
+    let entries = parse_dump(&bytes).map_err(file_error)?;
+    if entries.len() as u64 != entry.keys {
+        return Err(file_error(format!(
+            "{} keys, the manifest says {}",
+            entries.len(),
+            entry.keys
+        )));
+    }
+    if let Some((key, _)) = entries.iter().find(|(key, _)| !placed(key)) {
+        let key = crate::text::quote(key);
+        return Err(file_error(format!("key {key} does not belong in it among {n} servers")));
+    }
+    Ok(if complete { Loaded::Usable(entries) } else { Loaded::Incomplete })
+}
+
+/// Size and MD5 against the manifest's entry.
+pub fn check_file(bytes: &[u8], entry: &DumpFile) -> Result<(), String> {
+    if bytes.len() as u64 != entry.bytes {
+        return Err(format!(
+            "{} bytes, the manifest says {} (truncated or changed)",
+            bytes.len(),
+            entry.bytes
+        ));
+    }
+    let md5: String = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if md5 != entry.md5 {
+        return Err(format!("MD5 {md5}, the manifest says {} (corrupt or changed)", entry.md5));
+    }
+    Ok(())
+}
+
+/// The entries of a dump: one `P "key" "value"` line each.
+pub fn parse_dump(bytes: &[u8]) -> Result<Entries, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not text: {e}"))?;
+    let mut entries = Vec::new();
+    for (number, line) in (1..).zip(text.lines()) {
+        match parse_line(line) {
+            Ok(Parsed::Command(Command::Put { key, value })) => entries.push((key, value)),
+            Ok(_) => return Err(format!("line {number} is not a P line")),
+            Err(e) => return Err(format!("line {number}: {e}")),
+        }
+    }
+    Ok(entries)
+}
+
+/// Whether one dump file can serve as a key's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Usable,
+    Missing,
+    Incomplete,
+}
+
+/// Where the keys of one owner come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The owner's primary dump.
+    Primary(u32),
+    /// The secondary dump on the owner's successor (this id).
+    SecondaryOn(u32),
+}
+
+/// The rebuild rule: the keys of owner i come from its primary dump if usable, else from
+/// the secondary dump of its successor (i+1 mod n) if usable. `primaries[i]` and
+/// `secondaries[i]` are server i's files. Err: the owners whose keys have no usable copy.
+pub fn choose_sources(
+    primaries: &[FileState],
+    secondaries: &[FileState],
+) -> Result<Vec<Source>, Vec<u32>> {
+    let n = primaries.len() as u32;
+    let mut sources = Vec::new();
+    let mut uncovered = Vec::new();
+    for owner in 0..n {
+        let next = secondary_of(owner, n);
+        if primaries[owner as usize] == FileState::Usable {
+            sources.push(Source::Primary(owner));
+        } else if secondaries[next as usize] == FileState::Usable {
+            sources.push(Source::SecondaryOn(next));
+        } else {
+            uncovered.push(owner);
+        }
+    }
+    if uncovered.is_empty() { Ok(sources) } else { Err(uncovered) }
+}
+
+/// "the keys of server 1 have no complete copy: server_1.primary is missing and
+/// server_2.secondary is missing".
+fn describe_missing(
+    owners: &[u32],
+    primaries: &[Loaded],
+    secondaries: &[Loaded],
+    n: u32,
+) -> String {
+    let what = |file: &Loaded, name: String| match file {
+        Loaded::Missing => format!("{name} is missing"),
+        Loaded::Incomplete => format!("{name} is incomplete (its server was being recovered)"),
+        Loaded::Usable(_) => format!("{name} is usable"),
+    };
+    let parts: Vec<String> = owners
+        .iter()
+        .map(|&owner| {
+            let next = secondary_of(owner, n);
+            format!(
+                "the keys of server {owner} have no complete copy: {} and {}",
+                what(&primaries[owner as usize], dump_name(owner, "primary")),
+                what(&secondaries[next as usize], dump_name(next, "secondary"))
+            )
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Writes every entry into the cluster of `config` through the normal replicated path (the
+/// owner's primary, then its secondary, under the current N): [`WRITERS`] clients
+/// at once, each with the configuration given (the coordinator does not publish it before
+/// the restore is over), so that no client reads a half-restored set.
+pub async fn write_in(
+    entries: Entries,
+    config: ClusterConfig,
+    coordinator: String,
+) -> Result<(), RestoreError> {
+    let config = Arc::new(config);
+    let mut shares: Vec<Entries> = (0..WRITERS).map(|_| Vec::new()).collect();
+    for (i, entry) in entries.into_iter().enumerate() {
+        shares[i % WRITERS].push(entry);
+    }
+    let writers = shares.into_iter().map(|share| {
+        let mut client = Client::with_config(coordinator.clone(), WRITE_TIMEOUT, config.clone());
+        tokio::spawn(async move {
+            for (key, value) in share {
+                let quoted = crate::text::quote(&key);
+                client
+                    .execute(Op::Put { key, value })
+                    .await
+                    .map_err(|e| RestoreError::Write(format!("key {quoted}: {e}")))?;
+            }
+            Ok(())
+        })
+    });
+    for result in futures::future::join_all(writers).await {
+        result.map_err(|e| RestoreError::Write(e.to_string()))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileState::{Incomplete, Missing, Usable};
+    use super::Source::{Primary, SecondaryOn};
+    use super::*;
+
+    #[test]
+    fn every_owner_takes_its_primary_when_usable() {
+        let all = [Usable; 3];
+        assert_eq!(choose_sources(&all, &all).unwrap(), [Primary(0), Primary(1), Primary(2)]);
+    }
+
+    /// Server 1's files gone (or incomplete): its keys come from server 2's secondary; the
+    /// keys of server 0, whose secondary copy was on 1, still come from 0's primary.
+    #[test]
+    fn a_missing_or_incomplete_owner_is_replaced_by_its_successors_secondary() {
+        for lost in [Missing, Incomplete] {
+            let primaries = [Usable, lost, Usable];
+            let secondaries = [Usable, lost, Usable];
+            assert_eq!(
+                choose_sources(&primaries, &secondaries).unwrap(),
+                [Primary(0), SecondaryOn(2), Primary(2)]
+            );
+        }
+        // The last server's successor is server 0.
+        let sources = choose_sources(&[Usable, Usable, Missing], &[Usable; 3]).unwrap();
+        assert_eq!(sources, [Primary(0), Primary(1), SecondaryOn(0)]);
+    }
+
+    /// Two neighbours gone: the keys of the first have no copy left; one server and a
+    /// secondary elsewhere gone still leave a copy of everything.
+    #[test]
+    fn an_owner_without_any_copy_is_named() {
+        let gone = [Usable, Missing, Missing];
+        assert_eq!(choose_sources(&gone, &gone), Err(vec![1]));
+        let four = [Usable, Missing, Missing, Missing];
+        assert_eq!(choose_sources(&four, &four), Err(vec![1, 2]));
+        let scattered = [Usable, Missing, Usable];
+        assert!(choose_sources(&scattered, &[Missing, Usable, Usable]).is_ok());
+        assert_eq!(choose_sources(&scattered, &[Usable, Usable, Missing]), Err(vec![1]));
+    }
+
+    fn entry(bytes: &[u8], keys: u64) -> DumpFile {
+        let md5 = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        DumpFile { name: "server_0.primary".into(), bytes: bytes.len() as u64, keys, md5 }
+    }
+
+    #[test]
+    fn a_file_must_match_its_entry() {
+        let text = b"P \"k\" \"v\"\nP \"a\\x00\" \"\"\n";
+        let good = entry(text, 2);
+        assert!(check_file(text, &good).is_ok());
+        let truncated = &text[..text.len() - 1];
+        assert!(check_file(truncated, &good).unwrap_err().contains("truncated"));
+        let mut flipped = text.to_vec();
+        flipped[3] ^= 1;
+        assert!(check_file(&flipped, &good).unwrap_err().contains("MD5"));
+        let entries = parse_dump(text).unwrap();
+        assert_eq!(entries, [(b"k".to_vec(), b"v".to_vec()), (b"a\0".to_vec(), Vec::new())]);
+        assert!(parse_dump(b"P \"k\" \"v\nG \"k\"\n").is_err());
+        assert!(parse_dump(b"G \"k\"\n").unwrap_err().contains("line 1"));
+    }
+}
