@@ -23,12 +23,14 @@ use super::manifest::{self, MANIFEST, Manifest, dump_name};
 use crate::client::Client;
 use crate::client::line::{Command, Parsed, parse_line};
 use crate::config::{Host, ServerSpec};
-use crate::protocol::{DumpFile, Op};
-use crate::routing::{ClusterConfig, primary_of, secondary_of, slot_of};
+use crate::connection::Connection;
+use crate::protocol::{ClientRequestRef, ClientResponse, DumpFile, Hello, Op, Role};
+use crate::routing::{ClusterConfig, ServerAddr, primary_of, secondary_of, slot_of};
 
-/// Concurrent writers of a restore, each with its own connections: enough to keep both
-/// copies of every server busy.
-const WRITERS: usize = 64;
+/// Concurrent writers of a restore per server, each with its own connection, and the puts
+/// each has in flight: enough to keep both copies of every server busy.
+const WRITERS: usize = 8;
+const PIPELINE: usize = 64;
 /// How long one restored key's write may keep retrying.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,21 +120,14 @@ pub fn prepare(
 
 /// Loads and checks the set in `dir` (see [`prepare`]).
 pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
+    let began = std::time::Instant::now();
     let manifest_path = dir.join(MANIFEST);
     let bytes = std::fs::read(&manifest_path)
         .map_err(io_error(format!("reading {}", manifest_path.display())))?;
     let manifest = Manifest::decode(&bytes)
         .map_err(|why| RestoreError::Manifest { path: manifest_path.clone(), why })?;
     let n = manifest.n;
-    let mut primaries = Vec::new();
-    let mut secondaries = Vec::new();
-    for server in &manifest.servers {
-        let owner = |key: &[u8]| slot_of(key, n) == server.id;
-        let copy_of = primary_of(server.id, n);
-        let of_copy = |key: &[u8]| slot_of(key, n) == copy_of;
-        primaries.push(load_file(dir, &server.primary, server.complete, n, &owner)?);
-        secondaries.push(load_file(dir, &server.secondary, server.complete, n, &of_copy)?);
-    }
+    let (mut primaries, mut secondaries) = load_files(dir, &manifest)?;
     let states = |files: &[Loaded]| files.iter().map(Loaded::state).collect::<Vec<_>>();
     let sources = choose_sources(&states(&primaries), &states(&secondaries)).map_err(|owners| {
         RestoreError::NoCopy {
@@ -151,7 +146,41 @@ pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
         }
     }
     let bytes = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let took_ms = began.elapsed().as_millis() as u64;
+    tracing::info!(keys = entries.len(), bytes, took_ms, "dumps loaded and checked");
     Ok(Restore { entries, bytes, time: manifest.time, manifest_path })
+}
+
+/// Every server's primary and secondary dump, loaded and checked ([`load_file`]).
+fn load_files(dir: &Path, manifest: &Manifest) -> Result<(Vec<Loaded>, Vec<Loaded>), RestoreError> {
+    let n = manifest.n;
+    // Each file on a thread of its own: reading, MD5 and parsing take most of a big
+    // restore's load, and the files are independent.
+    let (primaries, secondaries) = std::thread::scope(|scope| {
+        let spawn =
+            |entry, complete, slot| scope.spawn(move || load_file(dir, entry, complete, n, slot));
+        let threads: Vec<_> = manifest
+            .servers
+            .iter()
+            .map(|s| {
+                let primary = spawn(&s.primary, s.complete, s.id);
+                (primary, spawn(&s.secondary, s.complete, primary_of(s.id, n)))
+            })
+            .collect();
+        let join =
+            |t: std::thread::ScopedJoinHandle<'_, _>| t.join().expect("a loading thread panicked");
+        let mut primaries = Vec::new();
+        let mut secondaries = Vec::new();
+        for (primary, secondary) in threads {
+            primaries.push(join(primary));
+            secondaries.push(join(secondary));
+        }
+        (
+            primaries.into_iter().collect::<Result<Vec<_>, _>>(),
+            secondaries.into_iter().collect::<Result<Vec<_>, _>>(),
+        )
+    });
+    Ok((primaries?, secondaries?))
 }
 
 /// One dump file of the set: its entries, or why they cannot be used.
@@ -172,15 +201,15 @@ impl Loaded {
     }
 }
 
-/// Reads one file of the set and checks it against its manifest entry; `placed` says
-/// whether a key belongs in it (under the manifest's `n`). A file that is absent is
+/// Reads one file of the set and checks it against its manifest entry; every key in it
+/// must be one of `slot`'s (under the manifest's `n`). A file that is absent is
 /// [`Loaded::Missing`]; one that is present but does not match is an error.
 fn load_file(
     dir: &Path,
     entry: &DumpFile,
     complete: bool,
     n: u32,
-    placed: &dyn Fn(&[u8]) -> bool,
+    slot: u32,
 ) -> Result<Loaded, RestoreError> {
     let path = dir.join(&entry.name);
     let bytes = match std::fs::read(&path) {
@@ -200,7 +229,7 @@ fn load_file(
             entry.keys
         )));
     }
-    if let Some((key, _)) = entries.iter().find(|(key, _)| !placed(key)) {
+    if let Some((key, _)) = entries.iter().find(|(key, _)| slot_of(key, n) != slot) {
         let key = crate::text::quote(key);
         return Err(file_error(format!("key {key} does not belong in it among {n} servers")));
     }
@@ -305,36 +334,83 @@ fn describe_missing(
 }
 
 /// Writes every entry into the cluster of `config` through the normal replicated path (the
-/// owner's primary, then its secondary, under the current N): [`WRITERS`] clients
-/// at once, each with the configuration given (the coordinator does not publish it before
-/// the restore is over), so that no client reads a half-restored set.
+/// owner's primary, then its secondary, under the current N), before the coordinator
+/// publishes the configuration (so that no client reads a half-restored set): [`WRITERS`]
+/// tasks per server, each pipelining [`PIPELINE`] puts at a time on a connection of its own
+/// to that key's owner. A batch that does not come back all stored is written again one
+/// put at a time by a [`Client`] given the configuration, which retries; writing a put
+/// twice is harmless here, since nothing else writes these keys during the restore.
 pub async fn write_in(
     entries: Entries,
     config: ClusterConfig,
     coordinator: String,
 ) -> Result<(), RestoreError> {
     let config = Arc::new(config);
-    let mut shares: Vec<Entries> = (0..WRITERS).map(|_| Vec::new()).collect();
-    for (i, entry) in entries.into_iter().enumerate() {
-        shares[i % WRITERS].push(entry);
+    let writers = config.servers.len() * WRITERS;
+    let mut shares: Vec<Vec<Op>> = (0..writers).map(|_| Vec::new()).collect();
+    let mut turn = vec![0; config.servers.len()];
+    for (key, value) in entries {
+        let owner = config.server_for(&key).id as usize;
+        shares[owner * WRITERS + turn[owner] % WRITERS].push(Op::Put { key, value });
+        turn[owner] += 1;
     }
-    let writers = shares.into_iter().map(|share| {
-        let mut client = Client::with_config(coordinator.clone(), WRITE_TIMEOUT, config.clone());
-        tokio::spawn(async move {
-            for (key, value) in share {
-                let quoted = crate::text::quote(&key);
-                client
-                    .execute(Op::Put { key, value })
-                    .await
-                    .map_err(|e| RestoreError::Write(format!("key {quoted}: {e}")))?;
-            }
-            Ok(())
-        })
+    let tasks = shares.into_iter().enumerate().map(|(i, share)| {
+        let client = Client::with_config(coordinator.clone(), WRITE_TIMEOUT, config.clone());
+        let server = config.servers[i / WRITERS].clone();
+        tokio::spawn(write_share(share, server, config.epoch, client))
     });
-    for result in futures::future::join_all(writers).await {
+    for result in futures::future::join_all(tasks).await {
         result.map_err(|e| RestoreError::Write(e.to_string()))??;
     }
     Ok(())
+}
+
+/// One writer of [`write_in`]: `ops` all owned by `server`.
+async fn write_share(
+    ops: Vec<Op>,
+    server: ServerAddr,
+    epoch: u64,
+    mut client: Client,
+) -> Result<(), RestoreError> {
+    let hello = Hello::new(Role::Client, &[]);
+    let mut conn = Connection::connect(&server.client_addr(), &hello).await.ok();
+    for batch in ops.chunks(PIPELINE) {
+        let stored = match conn.as_mut() {
+            Some(conn) => pipelined(conn, batch, epoch).await,
+            None => false,
+        };
+        if stored {
+            continue;
+        }
+        conn = None;
+        for op in batch {
+            client.execute(op.clone()).await.map_err(|e| {
+                RestoreError::Write(format!("key {}: {e}", crate::text::quote(op.key())))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `batch` on `conn` in one write and reads its answers: whether all were stored.
+async fn pipelined(conn: &mut Connection, batch: &[Op], epoch: u64) -> bool {
+    let sent = async {
+        for op in batch {
+            conn.writer.feed(&ClientRequestRef { epoch, op }).await?;
+        }
+        conn.writer.flush().await?;
+        for _ in batch {
+            let answer: ClientResponse = conn
+                .reader
+                .recv_within(WRITE_TIMEOUT, "waiting for a restored key's answer")
+                .await?;
+            if answer != ClientResponse::Stored {
+                return Ok(false);
+            }
+        }
+        Ok::<_, crate::error::Error>(true)
+    };
+    sent.await.unwrap_or(false)
 }
 
 #[cfg(test)]

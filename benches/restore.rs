@@ -1,0 +1,120 @@
+//! Restore speed: a set of dumps of N keys of 100-byte values (written here, with its
+//! manifest, as a 3-server cluster's orderly shutdown leaves them), then `coord` started
+//! on it; reports the time from the start of `coord` to "cluster ready" (the restore is
+//! over: every key is on both copies and served), and checks a sample of keys through a
+//! client. Compare with `bench/restore-redis.sh` (Redis loading an RDB of the same data).
+//!
+//! `cargo bench --bench restore` (1,000,000 keys); `FTKV_BENCH_KEYS=100000` for fewer.
+
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ftkv::client::Client;
+use ftkv::coord::manifest::{MANIFEST, Manifest};
+use ftkv::protocol::{DumpFile, Dumps};
+use ftkv::routing::{primary_of, slot_of};
+use ftkv::text::quote;
+use md5::{Digest, Md5};
+
+const N: u32 = 3;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key:{i:012}").into_bytes()
+}
+
+/// Writes `lines` to `dir/name`; returns its manifest entry.
+fn write_dump(dir: &Path, name: &str, lines: &[&String]) -> DumpFile {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(line);
+    }
+    std::fs::write(dir.join(name), &text).unwrap();
+    DumpFile {
+        name: name.into(),
+        bytes: text.len() as u64,
+        keys: lines.len() as u64,
+        md5: Md5::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// The dumps and manifest of a 3-server cluster holding `keys` keys.
+fn write_set(dir: &Path, keys: usize) {
+    let value = [b'v'; 100];
+    let mut lines: Vec<(Vec<u8>, String)> = (0..keys)
+        .map(|i| {
+            let key = key(i);
+            let line = format!("P {} {}\n", quote(&key), quote(&value));
+            (key, line)
+        })
+        .collect();
+    lines.sort_unstable();
+    let dumps: Vec<Option<Dumps>> = (0..N)
+        .map(|id| {
+            let of = |owner: u32| -> Vec<&String> {
+                lines.iter().filter(|(k, _)| slot_of(k, N) == owner).map(|(_, l)| l).collect()
+            };
+            let primary = write_dump(dir, &format!("server_{id}.primary"), &of(id));
+            let secondary =
+                write_dump(dir, &format!("server_{id}.secondary"), &of(primary_of(id, N)));
+            Some(Dumps { primary, secondary })
+        })
+        .collect();
+    let manifest = Manifest::of_shutdown(1, &dumps, None, std::time::SystemTime::now()).unwrap();
+    std::fs::write(dir.join(MANIFEST), manifest.encode()).unwrap();
+}
+
+fn main() {
+    let keys: usize =
+        std::env::var("FTKV_BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    write_set(dir.path(), keys);
+    std::fs::write(
+        dir.path().join("config.txt"),
+        "3\n".to_string() + &"localhost 0 0 0\n".repeat(3),
+    )
+    .unwrap();
+
+    let began = Instant::now();
+    let mut coord = Command::new(cluster::COORD)
+        .current_dir(dir.path())
+        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = 0;
+    for line in BufReader::new(coord.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ftkv coordinator: clients port ") {
+            port = rest.split(',').next().unwrap().parse().unwrap();
+        }
+        if line.starts_with(ftkv::lines::RESTORED) {
+            println!("{line}");
+        }
+        if line.starts_with("cluster ready") {
+            break;
+        }
+    }
+    let ready = began.elapsed();
+    println!("{keys} keys of 100 bytes: coord start to cluster ready (all restored): {ready:.2?}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = Client::new(format!("127.0.0.1:{port}"), Duration::from_secs(10));
+        for i in (0..keys).step_by((keys / 1000).max(1)) {
+            assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&[b'v'; 100][..]));
+        }
+    });
+    println!("checked 1000 keys through a client");
+    let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("loaded and checked") || l.contains("restored")) {
+        println!("coord.log: {line}");
+    }
+    drop(coord.stdin.take().map(|mut stdin| stdin.flush()));
+    let _ = coord.wait();
+}
