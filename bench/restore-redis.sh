@@ -10,8 +10,9 @@ dir=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 start() {
+    # DEBUG POPULATE needs the debug command, off by default since Redis 7.
     redis-server --port "$port" --dir "$dir" --dbfilename dump.rdb --save '' --appendonly no \
-        --daemonize no --logfile "$dir/redis.log" &
+        --daemonize no --logfile "$dir/redis.log" --enable-debug-command yes &
     pid=$!
 }
 start
@@ -22,7 +23,11 @@ redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 wait "$pid" 2>/dev/null || true
 began=$(date +%s.%N)
 start
-until [ "$(redis-cli -p "$port" DBSIZE 2>/dev/null)" = "$keys" ]; do sleep 0.005; done
+for _ in $(seq 12000); do
+    [ "$(redis-cli -p "$port" DBSIZE 2>/dev/null)" = "$keys" ] && break
+    sleep 0.005
+done
+[ "$(redis-cli -p "$port" DBSIZE 2>/dev/null)" = "$keys" ] || { echo "redis did not load $keys keys" >&2; exit 1; }
 ended=$(date +%s.%N)
 echo "redis: $keys keys of 100 bytes, start to DBSIZE $keys: $(echo "$ended - $began" | bc) s"
 echo "rdb: $(stat -c %s "$dir/dump.rdb") bytes"
