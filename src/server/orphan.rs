@@ -116,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn gives_up_at_the_orphan_timeout_after_trying_every_200_ms() {
+    async fn gives_up_at_the_orphan_timeout_after_a_try_every_retry_period() {
         let start = Instant::now();
         let tries = Cell::new(0);
         let outcome: Result<()> = reattach(start + Duration::from_secs(3), || {
