@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::cluster::{COORD, Cluster, kill};
+use support::cluster::{COORD, Cluster, coord_in, kill};
 use support::load::{Checked, Load, answered, stop_and_check};
 
 /// Coordinator flags of these tests: a short heartbeat timeout, and servers that wait long
@@ -126,11 +125,7 @@ async fn a_second_coordinator_on_the_same_state_is_refused() {
     let cluster = Cluster::start(3);
     let mut client = cluster.client();
     client.put(b"k", b"v").await.unwrap();
-    let out = Command::new(COORD)
-        .current_dir(cluster.dir.path())
-        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "second.log"])
-        .output()
-        .unwrap();
+    let out = coord_in(cluster.dir.path(), "second.log").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let first = cluster.coord.id();
@@ -150,11 +145,7 @@ fn a_corrupt_state_file_is_refused_and_left_alone() {
     .unwrap();
     let garbage = b"{\"format\": 1, \"state\": {\"token_hex\": 7";
     std::fs::write(dir.path().join("coord.state"), garbage).unwrap();
-    let out = Command::new(COORD)
-        .current_dir(dir.path())
-        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
-        .output()
-        .unwrap();
+    let out = coord_in(dir.path(), "coord.log").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("coord.state is not a coordinator state"), "{stderr}");
@@ -293,9 +284,8 @@ fn two_servers_that_died_meanwhile_are_a_double_fault() {
     cluster.kill_coord();
     kill(cluster.pids[0], "KILL");
     kill(cluster.pids[1], "KILL");
-    let out = Command::new(COORD)
-        .current_dir(cluster.dir.path())
-        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log", "--ignore-stdin"])
+    let out = coord_in(cluster.dir.path(), "coord.log")
+        .arg("--ignore-stdin")
         .args(FLAGS)
         .output()
         .unwrap();

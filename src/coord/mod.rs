@@ -165,8 +165,14 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
     let mut stop = stop_signal(opts.watch_stdin);
 
+    let starting = async {
+        match adopting {
+            true => cluster.readopt(&mut events, &mut internal).await,
+            false => cluster.start(restore, &mut events, &mut internal).await,
+        }
+    };
     let started = tokio::select! {
-        started = cluster.start_or_readopt(adopting, restore, &mut events, &mut internal) => started,
+        started = starting => started,
         why = &mut stop => Err(Error::Unavailable(format!("{why} during start-up"))),
     };
     let outcome = match started {

@@ -294,6 +294,14 @@ impl Drop for Cluster {
     }
 }
 
+/// `coord` in `dir` on its config.txt, free ports, logging to `log`: a second coordinator a
+/// test starts by hand next to (or instead of) the cluster's.
+pub fn coord_in(dir: &Path, log: &str) -> Command {
+    let mut command = Command::new(COORD);
+    command.current_dir(dir).args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", log]);
+    command
+}
+
 /// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process
 /// group `pgid` (0: a new one of its own); returns it, its standard input, and its output
 /// lines. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets `--orphan-timeout`.

@@ -5,21 +5,6 @@
 use super::*;
 
 impl Cluster {
-    /// Starts the cluster, or takes back the one a coordinator that died left running.
-    pub async fn start_or_readopt(
-        &mut self,
-        adopting: bool,
-        restore: Option<Restore>,
-        events: &mut mpsc::UnboundedReceiver<Event>,
-        internal: &mut mpsc::UnboundedReceiver<Internal>,
-    ) -> Result<()> {
-        if adopting {
-            self.readopt(events, internal).await
-        } else {
-            self.start(restore, events, internal).await
-        }
-    }
-
     /// Spawns every server, waits for all to report, opens control links, installs the
     /// first configuration, writes the set to `restore` in, and then only publishes the
     /// configuration.
