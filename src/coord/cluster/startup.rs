@@ -153,6 +153,12 @@ impl Cluster {
                 Some(_) = internal.recv() => continue,
             };
             if let Event::Started { id, ports, pid, epoch, link, .. } = event {
+                if Some(id) == recovering {
+                    // The replacement under way: it is rolled back (and fenced) once the
+                    // others are back, so it is not taken back with them (it was sent the
+                    // configuration of the cluster it was never part of, and refused it).
+                    continue;
+                }
                 self.state.members[id as usize].started(ports, pid, link);
                 newest = newest.max(epoch);
                 info!(id, ?ports, pid, epoch, "server re-attached");
