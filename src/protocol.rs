@@ -20,7 +20,8 @@ use crate::routing::ClusterConfig;
 /// Bumped on any incompatible change of the messages below. 2: [`ReportResponse::Replaced`]
 /// (a server of version 1 would take it for a lost coordinator and write stale dumps).
 /// 3: [`ControlResponse::ShutDown`] describes the dump files (for the dumps manifest).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
