@@ -62,8 +62,15 @@ fn main() {
     });
     println!("checked 1000 keys through a client");
     let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("loaded and checked") || l.contains("restored")) {
+    let wanted = ["loaded and checked", "restored", "checked against", "restoring"];
+    for line in log.lines().filter(|l| wanted.iter().any(|w| l.contains(w))) {
         println!("coord.log: {line}");
+    }
+    for id in 0..3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("server_{id}.log")));
+        for line in log.unwrap_or_default().lines().filter(|l| l.contains("dumps loaded")) {
+            println!("server_{id}.log: {line}");
+        }
     }
     drop(coord.stdin.take().map(|mut stdin| stdin.flush()));
     let _ = coord.wait();

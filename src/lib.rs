@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod coord;
+pub mod dumpfile;
 pub mod error;
 pub mod lines;
 pub mod listener;

@@ -20,7 +20,8 @@ use crate::routing::ClusterConfig;
 /// Bumped on any incompatible change of the messages below. 2: [`ReportResponse::Replaced`]
 /// (a server of version 1 would take it for a lost coordinator and write stale dumps).
 /// 3: [`ControlResponse::ShutDown`] describes the dump files (for the dumps manifest).
-/// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore).
+/// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore),
+/// [`ControlRequest::Load`].
 pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
@@ -201,6 +202,11 @@ pub enum ControlRequest {
     Drain,
     /// Write the dump files and exit.
     Shutdown,
+    /// Under a restoring configuration (a restore with N unchanged), load the two dump
+    /// files in the server's dump directory into its tables, each checked against its
+    /// entry (size, MD5, key count, every key's slot among `n`) before either table is
+    /// touched. Answered by [`ControlResponse::Loaded`].
+    Load { n: u32, primary: DumpFile, secondary: DumpFile },
 }
 
 /// Server -> coordinator, on the control port.
@@ -212,6 +218,12 @@ pub enum ControlResponse {
     /// server's are on its host).
     ShutDown {
         dumps: Option<Dumps>,
+    },
+    /// The dumps are loaded: the keys in the primary table, and their bytes (keys and
+    /// values).
+    Loaded {
+        keys: u64,
+        bytes: u64,
     },
     Failed(String),
 }

@@ -17,15 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use md5::{Digest, Md5};
-
 use crate::client::Client;
-use crate::client::line::{Command, Parsed, parse_line};
 use crate::config::{Host, ServerSpec};
 use crate::connection::Connection;
+use crate::dumpfile::{self, Entries};
 use crate::manifest::{self, BEING_FILLED, MANIFEST, Manifest, ServerDumps, dump_name};
 use crate::protocol::{ClientRequestRef, ClientResponse, DumpFile, Hello, Op, Role};
-use crate::routing::{ClusterConfig, ServerAddr, primary_of, secondary_of, slot_of};
+use crate::routing::{ClusterConfig, ServerAddr, primary_of, secondary_of};
 
 /// Concurrent writers of a restore per server, each with its own connection, and the puts
 /// each has in flight: enough to keep both copies of every server busy.
@@ -51,8 +49,9 @@ pub enum RestoreError {
     NoCopy { dir: PathBuf, missing: String },
     #[error(
         "{dir} holds a dumps manifest, but the cluster has servers on other hosts, whose \
-         dumps are on those hosts: restoring them is not supported; start with --fresh to \
-         set the manifest and the local dumps aside and start empty"
+         dumps are on those hosts: they restore only in place (the same number of servers, \
+         every server's files complete), which this set is not; start with --fresh to set \
+         the manifest and the local dumps aside and start empty"
     )]
     Remote { dir: PathBuf },
     #[error(
@@ -72,15 +71,10 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreEr
     move |err| RestoreError::Io { what, err }
 }
 
-/// Keys and values.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// A set loaded and checked, to be written into the new cluster.
+/// A set checked, to be written into the new cluster.
 #[derive(Debug)]
 pub struct Restore {
-    pub entries: Entries,
-    /// Bytes of keys and values.
-    pub bytes: u64,
+    pub data: SetData,
     /// When the set was written (the manifest's time), and the epoch it was written at.
     pub time: String,
     pub epoch: u64,
@@ -88,7 +82,28 @@ pub struct Restore {
     pub dir: PathBuf,
 }
 
+/// How a set gets into the servers.
+#[derive(Debug)]
+pub enum SetData {
+    /// The number of servers is unchanged and every server's files are usable: each server
+    /// loads its own two (`ControlRequest::Load`), all at once, from its own dump directory
+    /// (on its host: remote servers' sets restore too). The coordinator checked the size,
+    /// MD5 and line count of those it can read (local servers') before starting anything.
+    InPlace(Manifest),
+    /// Rebuilt here from the usable files (N changed, or a server's files are missing or
+    /// incomplete) and written through the cluster ([`write_in`]).
+    Rebuilt { entries: Entries, bytes: u64 },
+}
+
 impl Restore {
+    /// How many keys the set holds.
+    pub fn keys(&self) -> u64 {
+        match &self.data {
+            SetData::InPlace(manifest) => manifest.servers.iter().map(|s| s.primary.keys).sum(),
+            SetData::Rebuilt { entries, .. } => entries.len() as u64,
+        }
+    }
+
     /// Once the set's keys live in the servers, its manifests go: the servers' own first,
     /// the set's last, so that while `dumps.manifest` is there a start knows that this did
     /// not finish (`Cluster::readopt` finishes it). The dump files stay until the servers
@@ -129,20 +144,72 @@ pub fn prepare(
         }
         return Err(RestoreError::NoManifest { dir: dir.into(), files: files.join(", ") });
     }
-    if specs.iter().any(|s| matches!(s.host, Host::Ssh { .. })) {
-        return Err(RestoreError::Remote { dir: dir.into() });
-    }
-    load(dir).map(Some)
-}
-
-/// Loads and checks the set in `dir` (see [`prepare`]).
-pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
-    let began = std::time::Instant::now();
     let manifest_path = dir.join(MANIFEST);
     let bytes = std::fs::read(&manifest_path)
         .map_err(io_error(format!("reading {}", manifest_path.display())))?;
     let manifest = Manifest::decode(&bytes)
         .map_err(|why| RestoreError::Manifest { path: manifest_path.clone(), why })?;
+    let (time, epoch) = (manifest.time.clone(), manifest.epoch);
+    let remote = specs.iter().any(|s| matches!(s.host, Host::Ssh { .. }));
+    let same_n = manifest.n as usize == specs.len();
+    let whole = same_n && manifest.servers.iter().all(|s| s.complete);
+    let data = if whole && (remote || precheck(dir, &manifest)?) {
+        SetData::InPlace(manifest)
+    } else if remote {
+        return Err(RestoreError::Remote { dir: dir.into() });
+    } else {
+        rebuild(dir, manifest)?
+    };
+    Ok(Some(Restore { data, time, epoch, dir: dir.into() }))
+}
+
+/// Checks every file of the set in `dir` against its entry by its size and line count
+/// (one key a line), all at once: whether all are there. That much is cheap and finds a
+/// truncated file or an edited manifest before anything starts; the MD5 and each key's
+/// place are checked by the server that loads the file (checking the MD5 here too cost a
+/// third of a big restore).
+fn precheck(dir: &Path, manifest: &Manifest) -> Result<bool, RestoreError> {
+    let began = std::time::Instant::now();
+    let check = |entry: &DumpFile| {
+        let path = dir.join(&entry.name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
+        };
+        let lines = memchr::memchr_iter(b'\n', &bytes).count() as u64;
+        let why = if bytes.len() as u64 != entry.bytes {
+            format!(
+                "{} bytes, the manifest says {} (truncated or changed)",
+                bytes.len(),
+                entry.bytes
+            )
+        } else if lines != entry.keys {
+            format!("{lines} keys, the manifest says {}", entry.keys)
+        } else {
+            return Ok(true);
+        };
+        Err(RestoreError::File { path, why })
+    };
+    let files: Vec<&DumpFile> =
+        manifest.servers.iter().flat_map(|s| [&s.primary, &s.secondary]).collect();
+    std::thread::scope(|scope| {
+        let threads: Vec<_> =
+            files.iter().map(|&entry| scope.spawn(move || check(entry))).collect();
+        let mut all_there = true;
+        for thread in threads {
+            all_there &= thread.join().expect("a checking thread panicked")?;
+        }
+        let took_ms = began.elapsed().as_millis() as u64;
+        tracing::info!(all_there, took_ms, "dump files checked against the manifest");
+        Ok(all_there)
+    })
+}
+
+/// Loads and checks the set `manifest` describes in `dir`, and takes each key from its
+/// copy ([`choose_sources`]).
+fn rebuild(dir: &Path, manifest: Manifest) -> Result<SetData, RestoreError> {
+    let began = std::time::Instant::now();
     let n = manifest.n;
     let (mut primaries, mut secondaries) = load_files(dir, &manifest)?;
     let states = |files: &[Loaded]| files.iter().map(Loaded::state).collect::<Vec<_>>();
@@ -165,7 +232,7 @@ pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
     let bytes = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
     let took_ms = began.elapsed().as_millis() as u64;
     tracing::info!(keys = entries.len(), bytes, took_ms, "dumps loaded and checked");
-    Ok(Restore { entries, bytes, time: manifest.time, epoch: manifest.epoch, dir: dir.into() })
+    Ok(SetData::Rebuilt { entries, bytes })
 }
 
 /// Every server's primary and secondary dump, loaded and checked ([`load_file`]).
@@ -218,10 +285,9 @@ impl Loaded {
     }
 }
 
-/// Reads one file of `server`'s and checks it against its manifest entry; every key in it
-/// must be one of `slot`'s (under the manifest's `n`). A file that is absent is
-/// [`Loaded::Missing`]; one that is present but does not match is an error; one of a
-/// server whose copy was incomplete is not read.
+/// Reads one file of `server`'s and checks it ([`dumpfile::load_file`]). A file that is
+/// absent is [`Loaded::Missing`]; one that is present but does not match is an error; one
+/// of a server whose copy was incomplete is not read.
 fn load_file(
     dir: &Path,
     entry: &DumpFile,
@@ -234,58 +300,11 @@ fn load_file(
         return Ok(Loaded::Incomplete(why.to_string()));
     }
     let path = dir.join(&entry.name);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Loaded::Missing);
-        }
-        Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
-    };
-    let file_error = |why: String| RestoreError::File { path: path.clone(), why };
-    check_file(&bytes, entry).map_err(file_error)?;
-    let entries = parse_dump(&bytes).map_err(file_error)?;
-    if entries.len() as u64 != entry.keys {
-        return Err(file_error(format!(
-            "{} keys, the manifest says {}",
-            entries.len(),
-            entry.keys
-        )));
+    match dumpfile::load_file(&path, entry, n, slot) {
+        Ok(Some(entries)) => Ok(Loaded::Usable(entries)),
+        Ok(None) => Ok(Loaded::Missing),
+        Err(why) => Err(RestoreError::File { path, why }),
     }
-    if let Some((key, _)) = entries.iter().find(|(key, _)| slot_of(key, n) != slot) {
-        let key = crate::text::quote(key);
-        return Err(file_error(format!("key {key} does not belong in it among {n} servers")));
-    }
-    Ok(Loaded::Usable(entries))
-}
-
-/// Size and MD5 against the manifest's entry.
-pub fn check_file(bytes: &[u8], entry: &DumpFile) -> Result<(), String> {
-    if bytes.len() as u64 != entry.bytes {
-        return Err(format!(
-            "{} bytes, the manifest says {} (truncated or changed)",
-            bytes.len(),
-            entry.bytes
-        ));
-    }
-    let md5: String = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-    if md5 != entry.md5 {
-        return Err(format!("MD5 {md5}, the manifest says {} (corrupt or changed)", entry.md5));
-    }
-    Ok(())
-}
-
-/// The entries of a dump: one `P "key" "value"` line each.
-pub fn parse_dump(bytes: &[u8]) -> Result<Entries, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not text: {e}"))?;
-    let mut entries = Vec::new();
-    for (number, line) in (1..).zip(text.lines()) {
-        match parse_line(line) {
-            Ok(Parsed::Command(Command::Put { key, value })) => entries.push((key, value)),
-            Ok(_) => return Err(format!("line {number} is not a P line")),
-            Err(e) => return Err(format!("line {number}: {e}")),
-        }
-    }
-    Ok(entries)
 }
 
 /// Whether one dump file can serve as a key's copy.
@@ -475,26 +494,5 @@ mod tests {
         let scattered = [Usable, Missing, Usable];
         assert!(choose_sources(&scattered, &[Missing, Usable, Usable]).is_ok());
         assert_eq!(choose_sources(&scattered, &[Usable, Usable, Missing]), Err(vec![1]));
-    }
-
-    fn entry(bytes: &[u8], keys: u64) -> DumpFile {
-        let md5 = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-        DumpFile { name: "server_0.primary".into(), bytes: bytes.len() as u64, keys, md5 }
-    }
-
-    #[test]
-    fn a_file_must_match_its_entry() {
-        let text = b"P \"k\" \"v\"\nP \"a\\x00\" \"\"\n";
-        let good = entry(text, 2);
-        assert!(check_file(text, &good).is_ok());
-        let truncated = &text[..text.len() - 1];
-        assert!(check_file(truncated, &good).unwrap_err().contains("truncated"));
-        let mut flipped = text.to_vec();
-        flipped[3] ^= 1;
-        assert!(check_file(&flipped, &good).unwrap_err().contains("MD5"));
-        let entries = parse_dump(text).unwrap();
-        assert_eq!(entries, [(b"k".to_vec(), b"v".to_vec()), (b"a\0".to_vec(), Vec::new())]);
-        assert!(parse_dump(b"P \"k\" \"v\nG \"k\"\n").is_err());
-        assert!(parse_dump(b"G \"k\"\n").unwrap_err().contains("line 1"));
     }
 }

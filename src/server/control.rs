@@ -40,6 +40,9 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
                     ControlResponse::Failed(why.to_string())
                 }
             },
+            ControlRequest::Load { n, primary, secondary } => {
+                server.load_dumps(n, primary, secondary).await
+            }
             ControlRequest::Drain => {
                 server.drain(DRAIN_LIMIT).await;
                 ControlResponse::Done

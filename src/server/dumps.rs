@@ -260,14 +260,14 @@ impl Server {
         })
     }
 
-    fn table(&self, kind: DumpKind) -> &Table {
+    pub(super) fn table(&self, kind: DumpKind) -> &Table {
         match kind {
             DumpKind::Primary => &self.primary,
             DumpKind::Secondary => &self.secondary,
         }
     }
 
-    fn dump_path(&self, kind: DumpKind) -> std::path::PathBuf {
+    pub(super) fn dump_path(&self, kind: DumpKind) -> std::path::PathBuf {
         self.dump_dir.join(format!("server_{}.{kind}", self.id))
     }
 }

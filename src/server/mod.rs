@@ -7,6 +7,7 @@ mod control;
 mod dumps;
 mod errors;
 mod lease;
+mod load;
 mod orphan;
 mod outstanding;
 mod replication;

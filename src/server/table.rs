@@ -69,6 +69,13 @@ impl Table {
         }
     }
 
+    /// Inserts `entries` under one lock acquisition (a restore's load).
+    pub fn extend(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut map = self.lock();
+        map.reserve(entries.len());
+        map.extend(entries.into_iter().map(|(k, v)| (k.into_boxed_slice(), v.into_boxed_slice())));
+    }
+
     /// A copy of every entry (recovery: the start of a new copy's stream).
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.lock().iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()

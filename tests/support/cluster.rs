@@ -160,15 +160,24 @@ impl Cluster {
     }
 
     /// Runs a coordinator in the cluster's directory that is expected to refuse to start
-    /// (its standard input is empty: one that starts stops at once); returns its output.
+    /// (some refusals come after its servers started: it ignores its standard input, and
+    /// one that did start is killed after 20 s); returns its output.
     pub fn refused_start(&self, extra: &[&str]) -> std::process::Output {
-        Command::new(COORD)
+        let mut coord = Command::new(COORD)
             .current_dir(self.dir.path())
-            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log", "--ignore-stdin"])
             .args(extra)
             .stdin(Stdio::null())
-            .output()
-            .expect("run coord")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run coord");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while coord.try_wait().expect("wait for coord").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = coord.kill();
+        coord.wait_with_output().expect("coord's output")
     }
 
     /// Every file in the cluster's directory (not below it) but the logs, with its bytes.

@@ -3,6 +3,10 @@
 //! died (see `store`).
 
 use super::*;
+use crate::coord::restore::SetData;
+
+/// Longest a server may take to load its dumps (a big set takes seconds).
+const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
 impl Cluster {
     /// Spawns every server, waits for all to report, opens control links, installs the
@@ -44,11 +48,18 @@ impl Cluster {
     /// only through the configuration, and it costs no new state in the servers. Then the
     /// set's manifests go ([`Restore::consume`]): the servers' tables are newer from now on.
     async fn restore(&mut self, set: Restore, filling: ClusterConfig) -> Result<ClusterConfig> {
-        let (keys, bytes, began) = (set.entries.len(), set.bytes, Instant::now());
-        info!(keys, bytes, time = %set.time, "{}", lines::RESTORING);
-        println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORING, set.time);
-        let coordinator = format!("127.0.0.1:{}", self.state.clients_port);
-        restore::write_in(set.entries, filling.clone(), coordinator).await?;
+        let (keys, began) = (set.keys(), Instant::now());
+        info!(keys, time = %set.time, "{}", lines::RESTORING);
+        println!("{} {keys} keys from the dumps of {}", lines::RESTORING, set.time);
+        let (keys, bytes) = match set.data {
+            SetData::InPlace(manifest) => self.load_in_place(&manifest).await?,
+            SetData::Rebuilt { entries, bytes } => {
+                let keys = entries.len() as u64;
+                let coordinator = format!("127.0.0.1:{}", self.state.clients_port);
+                restore::write_in(entries, filling.clone(), coordinator).await?;
+                (keys, bytes)
+            }
+        };
         let serving = ClusterConfig { epoch: filling.epoch + 1, restoring: false, ..filling };
         self.configure(&serving).await?;
         Restore::consume(&set.dir)?;
@@ -56,6 +67,38 @@ impl Cluster {
         info!(keys, bytes, took_ms, time = %set.time, "{}", lines::RESTORED);
         println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORED, set.time);
         Ok(serving)
+    }
+
+    /// Has every server load its own files of `manifest` (`ControlRequest::Load`), all at
+    /// once; returns the keys and bytes loaded (primary tables).
+    async fn load_in_place(&self, manifest: &Manifest) -> Result<(u64, u64)> {
+        let links: Vec<&ControlLink> = self.links.iter().flatten().collect();
+        let calls = links.iter().map(|link| {
+            let files = &manifest.servers[link.id() as usize];
+            let (primary, secondary) = (files.primary.clone(), files.secondary.clone());
+            link.call(ControlRequest::Load { n: manifest.n, primary, secondary }, LOAD_LIMIT)
+        });
+        let (mut keys, mut bytes) = (0, 0);
+        for (link, answer) in links.iter().zip(join_all(calls).await) {
+            let id = link.id();
+            match answer {
+                Ok(ControlResponse::Loaded { keys: k, bytes: b }) => {
+                    (keys, bytes) = (keys + k, bytes + b)
+                }
+                Ok(ControlResponse::Failed(why)) => {
+                    return Err(Error::Unavailable(format!(
+                        "server {id} cannot load its dumps: {why}; nothing was changed (the \
+                         set stays as it is; start with --fresh to set it aside)"
+                    )));
+                }
+                other => {
+                    return Err(Error::Unavailable(format!(
+                        "server {id} loading its dumps: {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok((keys, bytes))
     }
 
     /// Installs the cluster's first configuration (after a start, or a restart of the
