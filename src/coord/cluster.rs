@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::events::loss_cause;
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
 use super::manifest::{MANIFEST, Manifest, write_atomically};
 use super::process::Processes;
+use super::progress::Tracker;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::restore::{self, Restore};
 use super::shutdown::{StopSignal, stop_servers};
@@ -25,7 +27,7 @@ use super::state::CoordState;
 use super::store::Store;
 use crate::error::{Error, Result};
 use crate::lines;
-use crate::protocol::{ControlRequest, ControlResponse, CopyStats, ServerState};
+use crate::protocol::{ControlRequest, ControlResponse, CopyStats, EventKind, ServerState};
 use crate::routing::ClusterConfig;
 
 /// How long all servers may take to start and report.
@@ -87,6 +89,8 @@ pub struct Cluster {
     /// The servers are being filled from an earlier run's dumps: stopping now must not let
     /// them write their partial tables over those dumps (see `shutdown`).
     restoring: bool,
+    /// The recovery's steps as watchers see them (each change is an event).
+    tracker: Tracker,
 }
 
 impl Cluster {
@@ -118,7 +122,16 @@ impl Cluster {
             last_tick: Instant::now(),
             listening_since: Instant::now(),
             restoring: false,
+            tracker: Tracker::default(),
         }
+    }
+
+    /// Shows the recovery's current step to the tracker: a step done is an event.
+    fn track(&mut self) {
+        for event in self.tracker.look(self.state.recovery.as_ref(), Instant::now()) {
+            self.shared.hub.emit(event);
+        }
+        self.shared.hub.set_recovery(self.tracker.track());
     }
 
     /// Writes the state down, if it changed since the last write. Called before anything it
@@ -193,6 +206,7 @@ impl Cluster {
                 }
                 member.started(ports, pid, link);
                 info!(id, incarnation, ?ports, pid, "replacement server started");
+                self.shared.hub.emit(EventKind::ServerStarted { server: id, pid, incarnation });
                 let addr = member.control_addr();
                 self.open_link(id, incarnation, addr);
             }
@@ -297,8 +311,14 @@ impl Cluster {
         for id in silent {
             self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
         }
+        self.tick_recovery(now);
+    }
+
+    /// Drives the recovery's deadlines.
+    fn tick_recovery(&mut self, now: Instant) {
         if let (Some(recovery), Some(config)) = (&mut self.state.recovery, &self.state.config) {
             let actions = recovery.tick(now, config);
+            self.track();
             self.perform(actions);
         }
     }
@@ -323,6 +343,9 @@ impl Cluster {
         self.links[id as usize] = None;
         let incarnation = member.incarnation;
         warn!(id, incarnation, reason = %why, "server lost");
+        let (pid, cause) = (member.pid, loss_cause(&why, exited).to_string());
+        self.shared.hub.forget(id);
+        self.shared.hub.emit(EventKind::ServerLost { server: id, pid, why: why.clone(), cause });
         if self.state.recovery.is_some() {
             return self.feed(Input::Lost { id, incarnation });
         }
@@ -342,11 +365,10 @@ impl Cluster {
         self.copied = CopyStats::default();
         self.step_began = now;
         self.state.recovery = Some(recovery);
+        self.track();
         self.persist();
         self.publish();
-        let config = self.state.config.as_ref().expect("configured before any loss");
-        let actions = self.state.recovery.as_mut().map(|r| r.tick(now, config));
-        self.perform(actions.unwrap_or_default());
+        self.tick_recovery(now);
     }
 
     fn feed(&mut self, input: Input) {
@@ -354,6 +376,7 @@ impl Cluster {
             return;
         };
         let actions = recovery.step(input, Instant::now(), config);
+        self.track();
         self.perform(actions);
     }
 
@@ -380,6 +403,9 @@ impl Cluster {
                 Action::RollBack { kill, why } => {
                     self.copied = CopyStats::default();
                     warn!(server = a, %why, "{}", lines::ROLLING_BACK);
+                    let attempt = self.state.recovery.as_ref().map_or(0, |r| r.attempts);
+                    let why = why.clone();
+                    self.shared.hub.emit(EventKind::RolledBack { server: a, why, attempt });
                     self.processes.kill(&self.state.members[a as usize], kill);
                     self.links[a as usize] = None;
                     self.state.members[a as usize].live = false;
@@ -388,9 +414,19 @@ impl Cluster {
                     let heard = self.fence(a, incarnation);
                     self.feed(Input::Fenced { incarnation, heard });
                 }
-                Action::Shutdown { why } => self.fatal = Some(why),
+                Action::Shutdown { why } => {
+                    self.shared.hub.emit(EventKind::Fatal { why: why.clone() });
+                    self.fatal = Some(why);
+                }
                 Action::Finished { took, attempts } => {
                     self.state.members[a as usize].state = ServerState::Running;
+                    self.shared.hub.emit(EventKind::RecoveryComplete {
+                        server: a,
+                        ms: took.as_millis() as u64,
+                        keys: self.copied.entries,
+                        bytes: self.copied.bytes,
+                        attempts,
+                    });
                     info!(
                         server = a,
                         took_ms = took.as_millis() as u64,
@@ -429,6 +465,7 @@ impl Cluster {
     fn publish_config(&mut self, epoch: u64) {
         if let Some(config) = self.state.config.clone().filter(|c| c.epoch == epoch) {
             info!(epoch, serving = ?config.serving, "configuration published");
+            self.shared.hub.emit(EventKind::ConfigPublished { epoch });
             self.shared.view.send_modify(|view| view.config = Some(config));
         }
     }

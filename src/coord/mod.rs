@@ -10,19 +10,27 @@
 //! - `store`: the state file and its lock, from which a restarted coordinator takes the
 //!   running servers back;
 //! - `manifest` and `restore`: the dumps manifest written at an orderly shutdown, and the
-//!   restore of that set by the next start.
+//!   restore of that set by the next start;
+//! - `events`, `progress`, `watchers`: the event hub, a recovery's steps with their
+//!   durations, and `client watch`'s subscription;
+//! - `metrics` and `scrape`: the Prometheus metrics and their HTTP port (`--metrics`).
 
 mod cluster;
+mod events;
 mod launcher;
 mod links;
 mod liveness;
 pub mod manifest;
+mod metrics;
 mod process;
+mod progress;
 pub mod recovery;
 pub mod restore;
+mod scrape;
 mod shutdown;
 mod state;
 mod store;
+mod watchers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +93,8 @@ pub struct CoordOptions {
     pub orphan_timeout: Duration,
     /// Start empty, moving an earlier set of dumps aside instead of restoring it.
     pub fresh: bool,
+    /// Serve `/metrics` (Prometheus text format) on this `ADDR:PORT`; off when `None`.
+    pub metrics: Option<String>,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -159,6 +169,11 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     serve_ports(clients, reports, &shared, &tracker, &cancel);
+    if let Some(addr) = &opts.metrics {
+        let port = scrape::serve(addr, shared.clone(), cancel.clone()).await?;
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+        println!("metrics: http://{host}:{port}/metrics");
+    }
 
     let processes = Processes::new(launcher(&opts, &state));
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
