@@ -24,5 +24,6 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod text;
+pub mod watch;
 
 pub use error::{Error, Result};
