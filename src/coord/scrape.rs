@@ -81,6 +81,11 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::result::Result<(
         .map_err(|_| "not reading the answer".to_string())?
         .map_err(|e| e.to_string())?;
     let _ = stream.shutdown().await;
+    // Read what the client still sends (an oversized head) for a moment before closing:
+    // closing with unread bytes would reset the connection and could discard the answer.
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(1..)) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     match status.starts_with("200") {
         true => Ok(()),
         false => Err(status.to_string()),
