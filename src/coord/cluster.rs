@@ -390,6 +390,7 @@ impl Cluster {
         };
         for action in actions {
             self.log_action(a, &action);
+            self.announce(a, &action);
             match action {
                 Action::Install { serial, config, stages, not_before } => {
                     self.state.config = Some(config.clone());
@@ -403,9 +404,6 @@ impl Cluster {
                 Action::RollBack { kill, why } => {
                     self.copied = CopyStats::default();
                     warn!(server = a, %why, "{}", lines::ROLLING_BACK);
-                    let attempt = self.state.recovery.as_ref().map_or(0, |r| r.attempts);
-                    let why = why.clone();
-                    self.shared.hub.emit(EventKind::RolledBack { server: a, why, attempt });
                     self.processes.kill(&self.state.members[a as usize], kill);
                     self.links[a as usize] = None;
                     self.state.members[a as usize].live = false;
@@ -414,19 +412,9 @@ impl Cluster {
                     let heard = self.fence(a, incarnation);
                     self.feed(Input::Fenced { incarnation, heard });
                 }
-                Action::Shutdown { why } => {
-                    self.shared.hub.emit(EventKind::Fatal { why: why.clone() });
-                    self.fatal = Some(why);
-                }
+                Action::Shutdown { why } => self.fatal = Some(why),
                 Action::Finished { took, attempts } => {
                     self.state.members[a as usize].state = ServerState::Running;
-                    self.shared.hub.emit(EventKind::RecoveryComplete {
-                        server: a,
-                        ms: took.as_millis() as u64,
-                        keys: self.copied.entries,
-                        bytes: self.copied.bytes,
-                        attempts,
-                    });
                     info!(
                         server = a,
                         took_ms = took.as_millis() as u64,
@@ -460,6 +448,27 @@ impl Cluster {
             }
             other => info!(server = a, action = ?other, previous_step_ms, "recovery"),
         }
+    }
+
+    /// Tells watchers and metrics of a rollback, a fatal failure or a recovery complete
+    /// (before it is carried out: the copy's sizes are still those of this attempt).
+    fn announce(&self, a: u32, action: &Action) {
+        let event = match action {
+            Action::RollBack { why, .. } => {
+                let attempt = self.state.recovery.as_ref().map_or(0, |r| r.attempts);
+                EventKind::RolledBack { server: a, why: why.clone(), attempt }
+            }
+            Action::Shutdown { why } => EventKind::Fatal { why: why.clone() },
+            Action::Finished { took, attempts } => EventKind::RecoveryComplete {
+                server: a,
+                ms: took.as_millis() as u64,
+                keys: self.copied.entries,
+                bytes: self.copied.bytes,
+                attempts: *attempts,
+            },
+            _ => return,
+        };
+        self.shared.hub.emit(event);
     }
 
     fn publish_config(&mut self, epoch: u64) {

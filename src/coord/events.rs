@@ -19,6 +19,9 @@ use crate::protocol::{ClusterEvent, EventKind, ServerStats};
 
 /// Events queued for one watcher before it counts as not reading, and is dropped.
 pub const WATCHER_QUEUE: usize = 1024;
+/// Most watchers at once: each costs a snapshot every 100 ms, on the runtime that also
+/// runs the event loop.
+pub const MAX_WATCHERS: usize = 64;
 /// Events kept for a new watcher (it sees the last recovery even if it connects after).
 const RECENT: usize = 64;
 /// Operations per second are counted over at least this long.
@@ -75,12 +78,17 @@ impl Hub {
         inner.recent.push_back(event);
     }
 
-    /// A new watcher: the recent events, and the queue of those to come.
-    pub fn subscribe(&self) -> (Vec<ClusterEvent>, mpsc::Receiver<ClusterEvent>) {
-        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+    /// A new watcher: the recent events, and the queue of those to come; `None` when
+    /// [`MAX_WATCHERS`] are watching.
+    pub fn subscribe(&self) -> Option<(Vec<ClusterEvent>, mpsc::Receiver<ClusterEvent>)> {
         let mut inner = self.inner();
+        inner.watchers.retain(|w| !w.is_closed());
+        if inner.watchers.len() >= MAX_WATCHERS {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         inner.watchers.push(tx);
-        (inner.recent.iter().cloned().collect(), rx)
+        Some((inner.recent.iter().cloned().collect(), rx))
     }
 
     /// How many watchers are subscribed.
@@ -158,8 +166,8 @@ mod tests {
     #[test]
     fn a_watcher_that_does_not_read_is_dropped_and_the_others_keep_theirs() {
         let hub = Hub::new(3);
-        let (_, mut reading) = hub.subscribe();
-        let (_, _never_read) = hub.subscribe();
+        let (_, mut reading) = hub.subscribe().unwrap();
+        let (_, _never_read) = hub.subscribe().unwrap();
         for i in 0..WATCHER_QUEUE as u32 {
             hub.emit(lost(i % 3));
             reading.try_recv().unwrap();
@@ -168,8 +176,17 @@ mod tests {
         hub.emit(lost(0));
         assert_eq!(hub.watchers(), 1, "the full one is dropped");
         assert!(reading.try_recv().is_ok());
-        let (recent, _) = hub.subscribe();
+        let (recent, _) = hub.subscribe().unwrap();
         assert_eq!(recent.len(), RECENT, "a new watcher sees the last events");
+    }
+
+    #[test]
+    fn watchers_are_limited_and_those_gone_make_room() {
+        let hub = Hub::new(3);
+        let mut kept: Vec<_> = (0..MAX_WATCHERS).map(|_| hub.subscribe().unwrap()).collect();
+        assert!(hub.subscribe().is_none(), "one too many");
+        kept.pop();
+        assert!(hub.subscribe().is_some(), "a watcher that left made room");
     }
 
     #[test]

@@ -170,9 +170,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let tracker = TaskTracker::new();
     serve_ports(clients, reports, &shared, &tracker, &cancel);
     if let Some(addr) = &opts.metrics {
-        let port = scrape::serve(addr, shared.clone(), cancel.clone()).await?;
-        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
-        println!("metrics: http://{host}:{port}/metrics");
+        serve_metrics(addr, &shared, &cancel).await?;
     }
 
     let processes = Processes::new(launcher(&opts, &state));
@@ -205,6 +203,14 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// Serves `/metrics` on `addr` (`--metrics`) until `cancel`; prints where.
+async fn serve_metrics(addr: &str, shared: &Arc<Shared>, cancel: &CancellationToken) -> Result<()> {
+    let port = scrape::serve(addr, shared.clone(), cancel.clone()).await?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    println!("metrics: http://{host}:{port}/metrics");
+    Ok(())
 }
 
 /// The state a coordinator that died left running (true: to be taken back), or a new one.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::events::MAX_WATCHERS;
 use super::links::Shared;
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
@@ -29,7 +30,9 @@ pub fn snapshot(shared: &Shared) -> ClusterSnapshot {
 
 /// Streams to one watcher until it disconnects, stops reading, or sends anything more.
 pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
-    let (recent, mut events) = shared.hub.subscribe();
+    let Some((recent, mut events)) = shared.hub.subscribe() else {
+        return Err(Error::Protocol(format!("more than {MAX_WATCHERS} watchers; refused")));
+    };
     let (mut reader, mut writer) = conn.split();
     writer.queue(&CoordResponse::Watch(WatchMessage::Snapshot(snapshot(shared))))?;
     for event in recent {

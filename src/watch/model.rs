@@ -49,13 +49,18 @@ pub fn describe(event: &EventKind) -> String {
             format!("server {server}: recovery rolled back to step 1 (attempt {attempt}): {why}")
         }
         EventKind::RecoveryComplete { server, ms, keys, bytes, attempts } => format!(
-            "server {server} recovered in {ms} ms: {keys} keys, {} copied, {attempts} attempt{}",
+            "server {server} recovered in {ms} ms: {keys} key{} and {} copied, {attempts} attempt{}",
+            plural(*keys),
             human_bytes(*bytes),
-            if *attempts == 1 { "" } else { "s" }
+            plural(u64::from(*attempts))
         ),
         EventKind::ConfigPublished { epoch } => format!("epoch {epoch} published"),
         EventKind::Fatal { why } => format!("shutting down: {why}"),
     }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
@@ -103,7 +108,7 @@ mod tests {
         };
         assert_eq!(
             line(&event),
-            "22:15:23.456 server 1 recovered in 29 ms: 3 keys, 3.0 MiB copied, 1 attempt"
+            "22:15:23.456 server 1 recovered in 29 ms: 3 keys and 3.0 MiB copied, 1 attempt"
         );
         let step = EventKind::StepDone { server: 2, step: "0 lease wait".into(), ms: 551 };
         assert_eq!(describe(&step), "server 2: step 0 lease wait done in 551 ms");
