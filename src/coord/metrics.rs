@@ -143,3 +143,43 @@ fn register_servers(registry: &mut Registry, snapshot: &ClusterSnapshot) {
     let help = "Bytes of the writes waiting for their copy's acknowledgement";
     registry.register("server_replication_queue_bytes", help, queue_bytes);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::StatusReport;
+
+    #[test]
+    fn events_move_the_counters_and_histograms() {
+        let metrics = Metrics::default();
+        let lost = EventKind::ServerLost {
+            server: 1,
+            pid: 9,
+            why: "process exited".into(),
+            cause: "process_exited".into(),
+        };
+        metrics.observe(&lost);
+        metrics.observe(&EventKind::RecoveryStarted { server: 1 });
+        metrics.observe(&EventKind::KeysServed { server: 1, ms: 3 });
+        let why = "the new server 1 was lost".to_string();
+        metrics.observe(&EventKind::RolledBack { server: 1, why, attempt: 2 });
+        let done =
+            EventKind::RecoveryComplete { server: 1, ms: 30, keys: 1, bytes: 2, attempts: 2 };
+        metrics.observe(&done);
+        let status = StatusReport { epoch: 7, servers: Vec::new(), recovery: None };
+        let text = metrics.encode(&ClusterSnapshot { status, stats: Vec::new(), recovery: None });
+        for line in [
+            "ftkv_epoch 7",
+            "ftkv_recoveries_started_total 1",
+            "ftkv_recoveries_completed_total 1",
+            "ftkv_recoveries_rolled_back_total 1",
+            "ftkv_failures_total{cause=\"process_exited\"} 1",
+            "ftkv_failures_total{cause=\"recovery_step_failed\"} 1",
+            "ftkv_recovery_duration_seconds_bucket{le=\"0.04\"} 1",
+            "ftkv_recovery_duration_seconds_bucket{le=\"0.02\"} 0",
+            "ftkv_unavailable_after_loss_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
+    }
+}
