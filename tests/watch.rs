@@ -202,3 +202,35 @@ fn watchers_that_never_read_slow_nothing() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// A replacement that fails to start: the watcher sees the rollback, the retry, and a
+/// recovery complete in 2 attempts. The server program is a wrapper that exits at once for
+/// the first replacement of any server (incarnation 1) and runs the real server otherwise.
+#[test]
+fn watch_shows_a_rollback_and_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("server");
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *' --incarnation 1 '*) exit 1;; esac\nexec {} \"$@\"\n",
+        support::cluster::SERVER
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&wrapper, mode).unwrap();
+    let cluster = Cluster::start_with(3, &["--server-bin", wrapper.to_str().unwrap()]);
+    let mut watch = Command::new(CLIENT)
+        .args(["-h", "127.0.0.1", "-p", &cluster.clients_port.to_string(), "watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut watch);
+    lines_until(&rx, "epoch 1", Duration::from_secs(10));
+    kill(cluster.pids[1], "KILL");
+    let lines = lines_until(&rx, "server 1 recovered in", Duration::from_secs(15));
+    let rolled = lines.iter().find(|l| l.contains("server 1: recovery rolled back to step 1"));
+    assert!(rolled.is_some_and(|l| l.contains("(attempt 2)")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("step 1 roll back, back off done in")), "{lines:#?}");
+    assert!(lines.last().unwrap().ends_with(", 2 attempts"), "{lines:#?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
