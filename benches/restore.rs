@@ -8,71 +8,21 @@
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+#[path = "../tests/support/set.rs"]
+mod set;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ftkv::client::Client;
-use ftkv::coord::manifest::{MANIFEST, Manifest};
-use ftkv::protocol::{DumpFile, Dumps};
-use ftkv::routing::{primary_of, slot_of};
-use ftkv::text::quote;
-use md5::{Digest, Md5};
-
-const N: u32 = 3;
-
-fn key(i: usize) -> Vec<u8> {
-    format!("key:{i:012}").into_bytes()
-}
-
-/// Writes `lines` to `dir/name`; returns its manifest entry.
-fn write_dump(dir: &Path, name: &str, lines: &[&String]) -> DumpFile {
-    let mut text = String::new();
-    for line in lines {
-        text.push_str(line);
-    }
-    std::fs::write(dir.join(name), &text).unwrap();
-    DumpFile {
-        name: name.into(),
-        bytes: text.len() as u64,
-        keys: lines.len() as u64,
-        md5: Md5::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-/// The dumps and manifest of a 3-server cluster holding `keys` keys.
-fn write_set(dir: &Path, keys: usize) {
-    let value = [b'v'; 100];
-    let mut lines: Vec<(Vec<u8>, String)> = (0..keys)
-        .map(|i| {
-            let key = key(i);
-            let line = format!("P {} {}\n", quote(&key), quote(&value));
-            (key, line)
-        })
-        .collect();
-    lines.sort_unstable();
-    let dumps: Vec<Option<Dumps>> = (0..N)
-        .map(|id| {
-            let of = |owner: u32| -> Vec<&String> {
-                lines.iter().filter(|(k, _)| slot_of(k, N) == owner).map(|(_, l)| l).collect()
-            };
-            let primary = write_dump(dir, &format!("server_{id}.primary"), &of(id));
-            let secondary =
-                write_dump(dir, &format!("server_{id}.secondary"), &of(primary_of(id, N)));
-            Some(Dumps { primary, secondary })
-        })
-        .collect();
-    let manifest = Manifest::of_shutdown(1, &dumps, None, std::time::SystemTime::now()).unwrap();
-    std::fs::write(dir.join(MANIFEST), manifest.encode()).unwrap();
-}
+use set::{key, write_set};
 
 fn main() {
     let keys: usize =
         std::env::var("FTKV_BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    write_set(dir.path(), keys);
+    write_set(dir.path(), 3, keys);
     std::fs::write(
         dir.path().join("config.txt"),
         "3\n".to_string() + &"localhost 0 0 0\n".repeat(3),
@@ -107,7 +57,7 @@ fn main() {
     runtime.block_on(async {
         let mut client = Client::new(format!("127.0.0.1:{port}"), Duration::from_secs(10));
         for i in (0..keys).step_by((keys / 1000).max(1)) {
-            assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&[b'v'; 100][..]));
+            assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&set::VALUE[..]));
         }
     });
     println!("checked 1000 keys through a client");

@@ -20,6 +20,7 @@ pub mod error;
 pub mod lines;
 pub mod listener;
 pub mod logging;
+pub mod manifest;
 pub mod protocol;
 pub mod routing;
 pub mod server;

@@ -27,7 +27,18 @@ pub const SSH_FAILED: &str = "over ssh failed";
 pub const RESTORED: &str = "restored";
 /// coord: the dumps manifest is written (the last step of an orderly shutdown).
 pub const MANIFEST_WRITTEN: &str = "dumps manifest written";
-/// server: both dump files are written.
+/// coord (standard output and log): every server of the cluster it was to take back is
+/// gone; it restores their last dumps instead.
+pub const SERVERS_GONE: &str = "every server of the cluster is gone";
+/// coord: it was killed during a restore; the servers it had started are killed and the
+/// restore begins again.
+pub const RESTORE_AGAIN: &str = "a restore was under way when the coordinator stopped";
+/// coord: a restore begins (the servers run; the set is being written into them).
+pub const RESTORING: &str = "restoring the dumps";
+/// server: it was asked for dumps while a restore fills it: the files keep the set.
+pub const NO_DUMPS_DURING_RESTORE: &str =
+    "a restore is under way: no dumps written (the files hold the set being restored)";
+/// server: both dump files and its manifest are written.
 pub const DUMPS_WRITTEN: &str = "dumps written";
 /// server: a dump could not be written; the data stays in memory and it tries again.
 pub const CANNOT_WRITE_DUMPS: &str = "cannot write dumps; keeping the data";

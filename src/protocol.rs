@@ -20,8 +20,9 @@ use crate::routing::ClusterConfig;
 /// Bumped on any incompatible change of the messages below. 2: [`ReportResponse::Replaced`]
 /// (a server of version 1 would take it for a lost coordinator and write stale dumps).
 /// 3: [`ControlResponse::ShutDown`] describes the dump files (for the dumps manifest).
-/// 4: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore).
+/// 5: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).

@@ -64,13 +64,17 @@ pub struct ClusterConfig {
     /// `serving[slot]` is the id of the server that answers for that slot's keys: `slot`
     /// itself normally, its secondary while it is being recovered.
     pub serving: Vec<u32>,
+    /// The servers are being filled from an earlier run's dumps (a planned restart): under
+    /// this configuration no server writes dumps, since its tables hold part of the set at
+    /// most and its files still hold all of it. Never published to clients.
+    pub restoring: bool,
 }
 
 impl ClusterConfig {
     /// A configuration in which every server serves its own slot.
     pub fn new(epoch: u64, servers: Vec<ServerAddr>) -> Self {
         let serving = (0..servers.len() as u32).collect();
-        ClusterConfig { epoch, servers, serving }
+        ClusterConfig { epoch, servers, serving, restoring: false }
     }
 
     pub fn len(&self) -> u32 {

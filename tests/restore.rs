@@ -5,7 +5,7 @@
 
 mod support;
 
-use ftkv::coord::manifest::MANIFEST;
+use ftkv::manifest::MANIFEST;
 use std::collections::{BTreeMap, HashMap};
 use support::cluster::{Cluster, files_in};
 
@@ -69,6 +69,25 @@ fn restart(cluster: &mut Cluster, extra: &[&str]) {
 
 fn stop(cluster: &mut Cluster) {
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
+}
+
+/// A stop that wrote no `dumps.manifest` (killed before it, or a server lost just before):
+/// the next start gathers the servers' own manifests, checked against the stopped
+/// coordinator's state; a server's whose manifest is missing too is restored from its
+/// neighbour's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_without_its_manifest_is_gathered_from_the_servers_own() {
+    let data = data(600);
+    let mut cluster = stopped_with(3, &data).await;
+    std::fs::remove_file(cluster.path(MANIFEST)).unwrap();
+    std::fs::remove_file(cluster.path("server_1.manifest")).unwrap();
+    restart(&mut cluster, &[]);
+    assert_eq!(cluster.restored.as_deref().map(|l| l.contains("600 keys")), Some(true));
+    assert_readable(&cluster, &data).await;
+    let gathered = cluster.coord_log();
+    assert!(gathered.contains("server 1 wrote no dumps of its own"), "{gathered}");
+    stop(&mut cluster);
+    cluster.assert_dumps_match(&finals(&data));
 }
 
 /// Restart after ctrl+d: every key is back, the line says how many, and the next ctrl+d
@@ -213,22 +232,39 @@ async fn a_damaged_set_is_refused_and_left_as_it_was() {
     assert_readable(&cluster, &data).await;
 }
 
-/// Dump files without a manifest (an older version, a shutdown that did not finish) are
-/// refused; `--fresh` starts empty and moves the set aside, intact.
+/// The set's files: six dumps, three servers' manifests and the set's manifest.
+fn set_of(cluster: &Cluster) -> BTreeMap<String, Vec<u8>> {
+    let set: BTreeMap<String, Vec<u8>> = cluster
+        .files()
+        .into_iter()
+        .filter(|(name, _)| {
+            name.starts_with("server_") && !name.ends_with(".log") || name == MANIFEST
+        })
+        .collect();
+    assert_eq!(
+        set.len(),
+        10,
+        "six dumps, three servers' manifests and the set's: {:?}",
+        set.keys()
+    );
+    set
+}
+
+/// Dump files without any manifest (an older version) are refused; `--fresh` starts empty
+/// and moves the set aside, intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dumps_without_a_manifest_are_refused_and_fresh_moves_a_set_aside() {
     let data = data(200);
     let mut cluster = stopped_with(3, &data).await;
-    let set: BTreeMap<String, Vec<u8>> = cluster
-        .files()
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("server_") || name == MANIFEST)
-        .collect();
-    assert_eq!(set.len(), 7, "six dumps and the manifest");
-    let manifest = std::fs::read(cluster.path(MANIFEST)).unwrap();
-    std::fs::remove_file(cluster.path(MANIFEST)).unwrap();
+    let set = set_of(&cluster);
+    let manifests: Vec<&String> = set.keys().filter(|name| name.ends_with("manifest")).collect();
+    for name in &manifests {
+        std::fs::remove_file(cluster.path(name)).unwrap();
+    }
     assert_refused(&cluster, &[], &["no dumps manifest", "--fresh"]);
-    std::fs::write(cluster.path(MANIFEST), manifest).unwrap();
+    for name in manifests {
+        std::fs::write(cluster.path(name), &set[name]).unwrap();
+    }
 
     restart(&mut cluster, &["--fresh"]);
     assert!(cluster.restored.is_none());

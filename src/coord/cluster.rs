@@ -17,7 +17,6 @@ use tracing::{error, info, warn};
 use super::events::loss_cause;
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
-use super::manifest::{MANIFEST, Manifest, write_atomically};
 use super::process::Processes;
 use super::progress::Tracker;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
@@ -27,6 +26,7 @@ use super::state::CoordState;
 use super::store::Store;
 use crate::error::{Error, Result};
 use crate::lines;
+use crate::manifest::{MANIFEST, Manifest, write_atomically};
 use crate::protocol::{ControlRequest, ControlResponse, CopyStats, EventKind, ServerState};
 use crate::routing::ClusterConfig;
 
@@ -86,9 +86,6 @@ pub struct Cluster {
     /// Since when the coordinator has been running without a stall: silence before that
     /// is no evidence against a server (see `on_tick`).
     listening_since: Instant,
-    /// The servers are being filled from an earlier run's dumps: stopping now must not let
-    /// them write their partial tables over those dumps (see `shutdown`).
-    restoring: bool,
     /// The recovery's steps as watchers see them (each change is an event).
     tracker: Tracker,
 }
@@ -121,7 +118,6 @@ impl Cluster {
             step_began: Instant::now(),
             last_tick: Instant::now(),
             listening_since: Instant::now(),
-            restoring: false,
             tracker: Tracker::default(),
         }
     }
@@ -550,7 +546,9 @@ impl Cluster {
         if let Some(install) = self.installing.take() {
             install.abort();
         }
-        if self.restoring {
+        // The servers are being filled from an earlier run's dumps: they write none (see
+        // `ClusterConfig::restoring`) and are killed; the set and its manifest stay.
+        if self.state.config.as_ref().is_some_and(|c| c.restoring) {
             warn!("stopped during the restore: servers killed without dumps; the set is kept");
             for member in self.state.members.clone() {
                 self.processes.kill(&member, member.incarnation);

@@ -9,18 +9,20 @@
 //! - `shutdown`: stopping in order with dumps;
 //! - `store`: the state file and its lock, from which a restarted coordinator takes the
 //!   running servers back;
-//! - `manifest` and `restore`: the dumps manifest written at an orderly shutdown, and the
-//!   restore of that set by the next start;
+//! - `begin`: whether a start takes running servers back, restores a set, or starts empty;
+//! - `restore` and `gather`: the restore of a set of dumps (described by the manifest an
+//!   orderly shutdown wrote, or gathered from the servers' own manifests);
 //! - `events`, `progress`, `watchers`: the event hub, a recovery's steps with their
 //!   durations, and `client watch`'s subscription;
 //! - `metrics` and `scrape`: the Prometheus metrics and their HTTP port (`--metrics`).
 
+mod begin;
 mod cluster;
 mod events;
+mod gather;
 mod launcher;
 mod links;
 mod liveness;
-pub mod manifest;
 mod metrics;
 mod process;
 mod progress;
@@ -49,6 +51,7 @@ use crate::listener::{self, Gate};
 use crate::protocol::Role;
 use crate::text::format_table;
 
+use begin::Begin;
 use cluster::Cluster;
 use launcher::Launcher;
 pub use launcher::default_server_bin;
@@ -141,13 +144,7 @@ fn serve_ports(
 pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
     let store = Store::lock(&opts.state_dir)?;
-    let (mut state, adopting) = initial_state(&opts, &store)?;
-    // Checked (and loaded) before anything is bound or started; a cluster taken back keeps
-    // its data and never restores.
-    let restore = match adopting {
-        true => None,
-        false => restore::prepare(&opts.dump_dir, &opts.specs, opts.fresh)?,
-    };
+    let (mut state, begin) = begin::begin(&opts, &store).await?;
     let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
     let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
     state.clients_port = clients.local_addr()?.port();
@@ -156,7 +153,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         "ftkv coordinator: clients port {}, servers port {}",
         state.clients_port, state.servers_port
     );
-    if adopting {
+    if matches!(begin, Begin::TakeBack) {
         println!("taking back the running cluster of {}", store.path().display());
     }
 
@@ -179,9 +176,9 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let mut stop = stop_signal(opts.watch_stdin);
 
     let starting = async {
-        match adopting {
-            true => cluster.readopt(&mut events, &mut internal).await,
-            false => cluster.start(restore, &mut events, &mut internal).await,
+        match begin {
+            Begin::TakeBack => cluster.readopt(&mut events, &mut internal).await,
+            Begin::New(restore) => cluster.start(restore, &mut events, &mut internal).await,
         }
     };
     let started = tokio::select! {
@@ -213,26 +210,6 @@ async fn serve_metrics(addr: &str, shared: &Arc<Shared>, cancel: &CancellationTo
     Ok(())
 }
 
-/// The state a coordinator that died left running (true: to be taken back), or a new one.
-fn initial_state(opts: &CoordOptions, store: &Store) -> Result<(CoordState, bool)> {
-    match store.load()? {
-        Some(state) if state.running && state.config.is_some() => {
-            same_cluster(&state, &opts.specs, store)?;
-            Ok((state, true))
-        }
-        // Stopped in order, or died before the first configuration (its servers never
-        // joined, so they exit on their own): start anew.
-        _ => {
-            let state = CoordState {
-                clients_port: opts.clients_port,
-                servers_port: opts.servers_port,
-                ..CoordState::new(&opts.specs, new_token()?)
-            };
-            Ok((state, false))
-        }
-    }
-}
-
 /// How to start this cluster's servers.
 fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
     Launcher {
@@ -248,19 +225,4 @@ fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
         advertise_host: opts.advertise_host.clone(),
         orphan_timeout: opts.orphan_timeout,
     }
-}
-
-/// A restarted coordinator takes back only the cluster its configuration file describes.
-fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Result<()> {
-    let running: Vec<&ServerSpec> = state.members.iter().map(|m| &m.spec).collect();
-    if running.iter().copied().eq(specs.iter()) {
-        return Ok(());
-    }
-    Err(Error::Unavailable(format!(
-        "{} holds a running cluster of {} servers that the configuration file ({} servers) \
-         does not describe; start with the same file, or stop that cluster first",
-        store.path().display(),
-        running.len(),
-        specs.len()
-    )))
 }

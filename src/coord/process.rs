@@ -60,11 +60,35 @@ impl Process {
     }
 }
 
+/// Whether process `pid` (0: none) runs `server_bin` (a zombie, or a pid reused by another
+/// program, does not).
+pub fn runs_server(pid: u32, server_bin: &Path) -> bool {
+    pid != 0 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == server_bin)
+}
+
+/// Whether every server of `members` is a local process that is gone.
+pub fn all_gone(members: &[Member], server_bin: &Path) -> bool {
+    members.iter().all(|m| matches!(m.spec.host, Host::Local(_)) && !runs_server(m.pid, server_bin))
+}
+
+/// Kills the local servers of `members` that still run (another coordinator's), and waits
+/// up to five seconds for them to be gone.
+pub async fn kill_all(members: &[Member], server_bin: &Path) {
+    for member in members.iter().filter(|m| matches!(m.spec.host, Host::Local(_))) {
+        kill_orphan(member.pid, server_bin);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while members.iter().any(|m| runs_server(m.pid, server_bin))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// SIGKILL to `pid` if it still runs `server_bin`: it is not our child, so its pid may
 /// belong to another program by now.
 fn kill_orphan(pid: u32, server_bin: &Path) {
-    let running = std::fs::read_link(format!("/proc/{pid}/exe"));
-    if running.is_ok_and(|exe| exe == server_bin) {
+    if runs_server(pid, server_bin) {
         info!(pid, "killing a server started by an earlier coordinator");
         // SAFETY: kill(2) with a pid checked just above; no memory is involved.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::manifest::{self, MANIFEST, Manifest, dump_name};
 use crate::client::Client;
 use crate::client::line::{Command, Parsed, parse_line};
 use crate::config::{Host, ServerSpec};
 use crate::connection::Connection;
+use crate::manifest::{self, BEING_FILLED, MANIFEST, Manifest, ServerDumps, dump_name};
 use crate::protocol::{ClientRequestRef, ClientResponse, DumpFile, Hello, Op, Role};
 use crate::routing::{ClusterConfig, ServerAddr, primary_of, secondary_of, slot_of};
 
@@ -81,9 +81,26 @@ pub struct Restore {
     pub entries: Entries,
     /// Bytes of keys and values.
     pub bytes: u64,
-    /// When the set was written (the manifest's time).
+    /// When the set was written (the manifest's time), and the epoch it was written at.
     pub time: String,
-    pub manifest_path: PathBuf,
+    pub epoch: u64,
+    /// The dump directory it is in.
+    pub dir: PathBuf,
+}
+
+impl Restore {
+    /// Once the set's keys live in the servers, its manifests go: the servers' own first,
+    /// the set's last, so that while `dumps.manifest` is there a start knows that this did
+    /// not finish (`Cluster::readopt` finishes it). The dump files stay until the servers
+    /// write theirs over them.
+    pub fn consume(dir: &Path) -> std::io::Result<()> {
+        let files = manifest::set_files(dir)?;
+        for name in files.iter().filter(|f| manifest::is_server_manifest_name(f)) {
+            std::fs::remove_file(dir.join(name))?;
+        }
+        std::fs::remove_file(dir.join(MANIFEST))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
 }
 
 /// What a start does with the dump directory: moves the set aside (`fresh`), loads the set
@@ -148,7 +165,7 @@ pub fn load(dir: &Path) -> Result<Restore, RestoreError> {
     let bytes = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
     let took_ms = began.elapsed().as_millis() as u64;
     tracing::info!(keys = entries.len(), bytes, took_ms, "dumps loaded and checked");
-    Ok(Restore { entries, bytes, time: manifest.time, manifest_path })
+    Ok(Restore { entries, bytes, time: manifest.time, epoch: manifest.epoch, dir: dir.into() })
 }
 
 /// Every server's primary and secondary dump, loaded and checked ([`load_file`]).
@@ -158,13 +175,13 @@ fn load_files(dir: &Path, manifest: &Manifest) -> Result<(Vec<Loaded>, Vec<Loade
     // restore's load, and the files are independent.
     let (primaries, secondaries) = std::thread::scope(|scope| {
         let spawn =
-            |entry, complete, slot| scope.spawn(move || load_file(dir, entry, complete, n, slot));
+            |entry, server, slot| scope.spawn(move || load_file(dir, entry, server, n, slot));
         let threads: Vec<_> = manifest
             .servers
             .iter()
             .map(|s| {
-                let primary = spawn(&s.primary, s.complete, s.id);
-                (primary, spawn(&s.secondary, s.complete, primary_of(s.id, n)))
+                let primary = spawn(&s.primary, s, s.id);
+                (primary, spawn(&s.secondary, s, primary_of(s.id, n)))
             })
             .collect();
         let join =
@@ -187,8 +204,8 @@ fn load_files(dir: &Path, manifest: &Manifest) -> Result<(Vec<Loaded>, Vec<Loade
 enum Loaded {
     Usable(Entries),
     Missing,
-    /// Present and sound, but its server's copy was not complete.
-    Incomplete,
+    /// Its server's copy was not complete, for this reason (the file is not read).
+    Incomplete(String),
 }
 
 impl Loaded {
@@ -196,21 +213,26 @@ impl Loaded {
         match self {
             Loaded::Usable(_) => FileState::Usable,
             Loaded::Missing => FileState::Missing,
-            Loaded::Incomplete => FileState::Incomplete,
+            Loaded::Incomplete(_) => FileState::Incomplete,
         }
     }
 }
 
-/// Reads one file of the set and checks it against its manifest entry; every key in it
+/// Reads one file of `server`'s and checks it against its manifest entry; every key in it
 /// must be one of `slot`'s (under the manifest's `n`). A file that is absent is
-/// [`Loaded::Missing`]; one that is present but does not match is an error.
+/// [`Loaded::Missing`]; one that is present but does not match is an error; one of a
+/// server whose copy was incomplete is not read.
 fn load_file(
     dir: &Path,
     entry: &DumpFile,
-    complete: bool,
+    server: &ServerDumps,
     n: u32,
     slot: u32,
 ) -> Result<Loaded, RestoreError> {
+    if !server.complete {
+        let why = server.why_incomplete.as_deref().unwrap_or(BEING_FILLED);
+        return Ok(Loaded::Incomplete(why.to_string()));
+    }
     let path = dir.join(&entry.name);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -233,7 +255,7 @@ fn load_file(
         let key = crate::text::quote(key);
         return Err(file_error(format!("key {key} does not belong in it among {n} servers")));
     }
-    Ok(if complete { Loaded::Usable(entries) } else { Loaded::Incomplete })
+    Ok(Loaded::Usable(entries))
 }
 
 /// Size and MD5 against the manifest's entry.
@@ -316,7 +338,7 @@ fn describe_missing(
 ) -> String {
     let what = |file: &Loaded, name: String| match file {
         Loaded::Missing => format!("{name} is missing"),
-        Loaded::Incomplete => format!("{name} is incomplete (its server was being recovered)"),
+        Loaded::Incomplete(why) => format!("{name} is not usable ({why})"),
         Loaded::Usable(_) => format!("{name} is usable"),
     };
     let parts: Vec<String> = owners

@@ -73,6 +73,15 @@ pub struct CoordState {
     /// every server started.
     pub config: Option<ClusterConfig>,
     pub recovery: Option<Recovery>,
+    /// The epoch of the first configuration: past every epoch of the runs whose dumps this
+    /// one restored, so that a server's manifest left from an earlier run is told from this
+    /// run's by its epoch alone (see `gather`).
+    #[serde(default = "first_epoch")]
+    pub first_epoch: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 impl CoordState {
@@ -99,6 +108,7 @@ impl CoordState {
             members,
             config: None,
             recovery: None,
+            first_epoch: first_epoch(),
         }
     }
 
@@ -121,7 +131,7 @@ impl CoordState {
 
     /// The first configuration: every server serves its own keys.
     pub fn initial_config(&self) -> ClusterConfig {
-        ClusterConfig::new(1, self.members.iter().map(Member::addr).collect())
+        ClusterConfig::new(self.first_epoch, self.members.iter().map(Member::addr).collect())
     }
 
     pub fn status(&self) -> StatusReport {

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use tracing::{error, info, warn};
 
 use crate::lines;
+use crate::manifest::{FORMAT, ServerManifest, server_manifest_name, utc_time, write_atomically};
 use crate::protocol::{DumpFile, Dumps};
+use crate::routing::Replica;
 use crate::server::{Server, Table};
 
 /// Pause between attempts at writing dumps that failed.
@@ -36,6 +38,14 @@ impl DumpKind {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// How a failure to write it is named.
+    fn what(self) -> &'static str {
+        match self {
+            DumpKind::Primary => "primary dump",
+            DumpKind::Secondary => "secondary dump",
+        }
     }
 }
 
@@ -66,15 +76,16 @@ impl FileStamp {
     }
 }
 
-/// Why dumps were not written: each dump that failed, and why.
+/// Why dumps were not written: each file that failed ("primary dump", "dump manifest"...),
+/// and why.
 #[derive(Debug, thiserror::Error)]
-pub struct DumpsFailed(pub Vec<(DumpKind, std::io::Error)>);
+pub struct DumpsFailed(pub Vec<(&'static str, std::io::Error)>);
 
 impl fmt::Display for DumpsFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (kind, e)) in self.0.iter().enumerate() {
+        for (i, (what, e)) in self.0.iter().enumerate() {
             let sep = if i == 0 { "" } else { "; " };
-            write!(f, "{sep}{kind} dump: {e}")?;
+            write!(f, "{sep}{what}: {e}")?;
         }
         Ok(())
     }
@@ -86,6 +97,8 @@ impl fmt::Display for DumpsFailed {
 #[derive(Debug, Default)]
 pub struct DumpRound {
     files: [Option<DumpFile>; 2],
+    /// The server's manifest ([`ServerManifest`]) is written, after both files.
+    manifest_written: bool,
 }
 
 impl DumpRound {
@@ -142,17 +155,14 @@ impl OwnDumps {
 }
 
 impl Server {
-    /// Writes the dumps `round` still misses; returns both once both are written (`None`:
-    /// nothing to write, see below). Each missing dump is tried even if another failed.
+    /// Writes the dumps `round` still misses, then the server's manifest; returns both
+    /// dumps once all three are written (`None`: nothing to write, see below). Each missing
+    /// dump is tried even if another failed.
     pub(super) fn dump(&self, round: &mut DumpRound) -> Result<Option<Dumps>, DumpsFailed> {
         let mut own = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
-        if self.incarnation == 0 && self.config().is_none() {
-            // A first start that never got a configuration (the start failed), so empty:
-            // empty dumps would only overwrite those of an earlier run. (A replacement does
-            // write its empty ones: what is there is from the instance it replaced.)
-            info!("no configuration ever installed: no dumps written");
+        let Some(description) = self.describe_dumps() else {
             return Ok(None);
-        }
+        };
         let mut failed = Vec::new();
         for kind in round.missing() {
             match self.table(kind).dump(&self.dump_path(kind)) {
@@ -160,19 +170,64 @@ impl Server {
                     own.record(kind, FileStamp::of(&meta));
                     round.written(kind, file);
                 }
-                Err(e) => failed.push((kind, e)),
+                Err(e) => failed.push((kind.what(), e)),
             }
         }
         if let Some(dumps) = round.complete() {
-            let (primary, secondary) = (dumps.primary.keys, dumps.secondary.keys);
-            info!(primary, secondary, dir = %self.dump_dir.display(), "{}", lines::DUMPS_WRITTEN);
-            return Ok(Some(dumps));
+            if !round.manifest_written {
+                let manifest = description(dumps.clone());
+                let name = server_manifest_name(self.id);
+                match write_atomically(&self.dump_dir, &name, &manifest.encode()) {
+                    Ok(()) => round.manifest_written = true,
+                    Err(e) => failed.push(("dump manifest", e)),
+                }
+            }
+            if round.manifest_written {
+                let (primary, secondary) = (dumps.primary.keys, dumps.secondary.keys);
+                let dir = self.dump_dir.display();
+                info!(primary, secondary, %dir, "{}", lines::DUMPS_WRITTEN);
+                return Ok(Some(dumps));
+            }
         }
         let failed = DumpsFailed(failed);
         if own.failed() {
             error!(error = %failed, failures = own.failures, "{}", lines::CANNOT_WRITE_DUMPS);
         }
         Err(failed)
+    }
+
+    /// What this server's manifest will say of the dumps it is about to write, or `None`
+    /// when it must write none:
+    /// - a first start that never got a configuration (the start failed), so empty: empty
+    ///   dumps would only overwrite those of an earlier run. (A replacement does write its
+    ///   empty ones: what is there is from the instance it replaced.)
+    /// - a restore under way: the files still hold the whole set being restored, its
+    ///   tables part of it at most.
+    fn describe_dumps(&self) -> Option<impl FnOnce(Dumps) -> ServerManifest + use<>> {
+        let config = self.config();
+        if config.as_ref().is_some_and(|c| c.restoring) {
+            info!("{}", lines::NO_DUMPS_DURING_RESTORE);
+            return None;
+        }
+        if self.incarnation == 0 && config.is_none() {
+            info!("no configuration ever installed: no dumps written");
+            return None;
+        }
+        let me = config.as_ref().and_then(|c| c.servers.get(self.id as usize));
+        let complete =
+            me.is_some_and(|me| me.incarnation == self.incarnation && me.state == Replica::Up);
+        let (id, incarnation) = (self.id, self.incarnation);
+        let epoch = config.as_ref().map_or(0, |c| c.epoch);
+        Some(move |Dumps { primary, secondary }| ServerManifest {
+            format: FORMAT,
+            id,
+            incarnation,
+            epoch,
+            time: utc_time(SystemTime::now()),
+            complete,
+            primary,
+            secondary,
+        })
     }
 
     /// Retries [`dump`](Self::dump) every second until both dumps are written: with nobody
@@ -272,8 +327,8 @@ mod tests {
     #[test]
     fn a_failure_names_each_dump_that_failed() {
         let failed = DumpsFailed(vec![
-            (DumpKind::Primary, std::io::Error::other("disk full")),
-            (DumpKind::Secondary, std::io::Error::other("is a directory")),
+            (DumpKind::Primary.what(), std::io::Error::other("disk full")),
+            (DumpKind::Secondary.what(), std::io::Error::other("is a directory")),
         ]);
         assert_eq!(failed.to_string(), "primary dump: disk full; secondary dump: is a directory");
     }

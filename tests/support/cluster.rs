@@ -133,6 +133,12 @@ impl Cluster {
     /// before), in the cluster's process group, and waits until it is ready.
     /// If the group is gone (everything in it exited), the new coordinator leads a new one.
     pub fn restart_coord(&mut self, extra: &[&str]) {
+        self.spawn_coord_again(extra);
+        self.await_ready();
+    }
+
+    /// [`restart_coord`](Self::restart_coord) without waiting until it is ready.
+    pub fn spawn_coord_again(&mut self, extra: &[&str]) {
         let (coord, stdin, stdout) = match spawn_coord(self.dir.path(), &[], extra, self.pgid) {
             Ok(spawned) => spawned,
             Err(_) => {
@@ -142,7 +148,21 @@ impl Cluster {
             }
         };
         (self.coord, self.stdin, self.stdout) = (coord, stdin, stdout);
-        self.await_ready();
+    }
+
+    /// Reads the coordinator's standard output until a line that starts with `prefix`
+    /// (within `limit`), and returns it.
+    pub fn await_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.stdout.recv_timeout(left) else {
+                panic!("no line {prefix:?} from the coordinator; log:\n{}", self.coord_log());
+            };
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
     }
 
     /// Runs a coordinator in the cluster's directory that is expected to refuse to start

@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod history;
 pub mod load;
 pub mod netns;
+pub mod set;
 pub mod sockets;

@@ -26,33 +26,36 @@ impl Cluster {
                 ControlLink::connect(member.id, &member.control_addr(), &self.shared.token).await?;
             self.links[member.id as usize] = Some(link);
         }
-        let config = self.state.initial_config();
+        let mut config = self.state.initial_config();
+        config.restoring = restore.is_some();
         self.configure(&config).await?;
         if let Some(set) = restore {
-            self.restore(set, &config).await?;
+            config = self.restore(set, config).await?;
         }
         self.open_to_clients(config);
         Ok(())
     }
 
-    /// Writes an earlier run's set into the configured servers (see [`restore::write_in`]).
-    /// The configuration is published only afterwards, so clients see all of it or nothing:
-    /// the simplest correct way, since a client can reach the servers only through the
-    /// configuration (a stale one from an older cluster carries a newer epoch, which the
-    /// servers refuse), and it costs no new state in the servers. Until the restore is over,
-    /// a stop kills the servers without dumps, and the set and its manifest stay as they
-    /// were; afterwards the manifest is removed (the servers' tables are newer from now on).
-    async fn restore(&mut self, set: Restore, config: &ClusterConfig) -> Result<()> {
-        self.restoring = true;
+    /// Writes an earlier run's set into the servers, configured with `filling` (which says
+    /// that a restore is under way: no server writes dumps over the set meanwhile, and a
+    /// coordinator killed now starts the restore again; see `begin`), then configures
+    /// them to serve and returns that configuration, still unpublished: clients see all of
+    /// the set or nothing, the simplest correct way, since a client reaches the servers
+    /// only through the configuration, and it costs no new state in the servers. Then the
+    /// set's manifests go ([`Restore::consume`]): the servers' tables are newer from now on.
+    async fn restore(&mut self, set: Restore, filling: ClusterConfig) -> Result<ClusterConfig> {
         let (keys, bytes, began) = (set.entries.len(), set.bytes, Instant::now());
+        info!(keys, bytes, time = %set.time, "{}", lines::RESTORING);
+        println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORING, set.time);
         let coordinator = format!("127.0.0.1:{}", self.state.clients_port);
-        restore::write_in(set.entries, config.clone(), coordinator).await?;
-        std::fs::remove_file(&set.manifest_path)?;
-        self.restoring = false;
+        restore::write_in(set.entries, filling.clone(), coordinator).await?;
+        let serving = ClusterConfig { epoch: filling.epoch + 1, restoring: false, ..filling };
+        self.configure(&serving).await?;
+        Restore::consume(&set.dir)?;
         let took_ms = began.elapsed().as_millis() as u64;
         info!(keys, bytes, took_ms, time = %set.time, "{}", lines::RESTORED);
         println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORED, set.time);
-        Ok(())
+        Ok(serving)
     }
 
     /// Installs the cluster's first configuration (after a start, or a restart of the
@@ -95,6 +98,12 @@ impl Cluster {
         let recovering = self.state.recovery.as_ref().map(|r| r.failed);
         for member in &mut self.state.members {
             member.live = false;
+        }
+        let dir = self.processes.launcher.dump_dir.clone();
+        if dir.join(MANIFEST).exists() {
+            // The coordinator died right after a restore, before its set's manifests were
+            // gone: the servers' tables are newer than the set.
+            Restore::consume(&dir)?;
         }
         let expected = self.state.len() - u32::from(recovering.is_some());
         let newest = self.await_rejoin(events, internal, recovering).await?;

@@ -1,8 +1,16 @@
-//! The dumps manifest, `<dump-dir>/dumps.manifest`: written by the coordinator last, after an
-//! orderly shutdown in which every server wrote its dumps, so that its presence says the set
-//! is whole. It lists each server's two files (name, size, key count, MD5, as the servers
-//! reported them: the coordinator does not read remote servers' files) and whether that
-//! server's copy was complete. A restarted coordinator restores the set from it (`restore`).
+//! The manifests of a set of dumps.
+//!
+//! - `<dump-dir>/dumps.manifest` ([`Manifest`]): written by the coordinator last, after an
+//!   orderly shutdown in which every server wrote its dumps, so that its presence says the
+//!   set is whole. It lists each server's two files (name, size, key count, MD5, as the
+//!   servers reported them: the coordinator does not read remote servers' files) and whether
+//!   that server's copy was complete. A restarted coordinator restores the set from it
+//!   (`coord::restore`).
+//! - `server_<id>.manifest` ([`ServerManifest`]): written by a server after its two files,
+//!   whoever asked for them (a shutdown, or the server itself once its coordinator stayed
+//!   away for the orphan timeout). A coordinator that finds every server of its cluster gone
+//!   builds the set's manifest from these and its own state (which says which incarnation
+//!   of each server held which keys).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,9 +31,15 @@ pub struct ServerDumps {
     /// False for a replacement whose recovery copy had not been handed its keys when the
     /// service stopped: its files may lack keys (their copies are on its neighbours).
     pub complete: bool,
+    /// Why not, when not complete (for the message that refuses a set without a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_incomplete: Option<String>,
     pub primary: DumpFile,
     pub secondary: DumpFile,
 }
+
+/// What [`ServerDumps::why_incomplete`] says of a replacement being filled at a shutdown.
+pub const BEING_FILLED: &str = "its server was being recovered";
 
 /// The whole set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +67,9 @@ impl Manifest {
             .zip(dumps)
             .map(|(id, dumps)| {
                 let Dumps { primary, secondary } = dumps.clone()?;
-                Some(ServerDumps { id, complete: recovering != Some(id), primary, secondary })
+                let complete = recovering != Some(id);
+                let why_incomplete = (!complete).then(|| BEING_FILLED.to_string());
+                Some(ServerDumps { id, complete, why_incomplete, primary, secondary })
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Manifest {
@@ -97,6 +113,53 @@ impl Manifest {
     }
 }
 
+/// What one server wrote about its own dumps, next to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerManifest {
+    pub format: u32,
+    pub id: u32,
+    /// Which start of server `id` wrote the files: only the incarnation the coordinator's
+    /// state names held the newest copy of its keys.
+    pub incarnation: u64,
+    /// The configuration it had last.
+    pub epoch: u64,
+    pub time: String,
+    /// Its tables held every key of its slot and of its predecessor's: it was up in its
+    /// configuration (not a replacement still being filled), and no restore was under way.
+    pub complete: bool,
+    pub primary: DumpFile,
+    pub secondary: DumpFile,
+}
+
+impl ServerManifest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses and checks a server's manifest: the format, and that it describes server
+    /// `id`'s own files.
+    pub fn decode(bytes: &[u8], id: u32) -> Result<ServerManifest, String> {
+        let manifest: ServerManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if manifest.format != FORMAT {
+            return Err(format!("format {} (this coordinator reads {FORMAT})", manifest.format));
+        }
+        let names = (dump_name(id, "primary"), dump_name(id, "secondary"));
+        if manifest.id != id
+            || (&manifest.primary.name, &manifest.secondary.name) != (&names.0, &names.1)
+        {
+            return Err(format!("it does not describe server {id}'s files"));
+        }
+        Ok(manifest)
+    }
+}
+
+/// `server_<id>.manifest`.
+pub fn server_manifest_name(id: u32) -> String {
+    dump_name(id, "manifest")
+}
+
 /// `server_<id>.<kind>`.
 pub fn dump_name(id: u32, kind: &str) -> String {
     format!("server_{id}.{kind}")
@@ -128,12 +191,19 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
     written
 }
 
-/// The dump files and the manifest in `dir` (what `--fresh` moves aside).
+/// Whether `name` is a server's manifest's name (`server_<id>.manifest`).
+pub fn is_server_manifest_name(name: &str) -> bool {
+    name.strip_prefix("server_")
+        .and_then(|rest| rest.strip_suffix(".manifest"))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The dump files and the manifests in `dir` (what `--fresh` moves aside).
 pub fn set_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if is_dump_name(&name) || name == MANIFEST {
+        if is_dump_name(&name) || is_server_manifest_name(&name) || name == MANIFEST {
             names.push(name);
         }
     }
@@ -246,6 +316,10 @@ mod tests {
         for other in ["server_.primary", "server_1.primary.tmp", "server_x.primary", "server_1.log"]
         {
             assert!(!is_dump_name(other), "{other}");
+        }
+        assert!(is_server_manifest_name("server_3.manifest"));
+        for other in ["server_.manifest", "server_3.manifest.tmp", "server_3.primary", MANIFEST] {
+            assert!(!is_server_manifest_name(other), "{other}");
         }
     }
 }
