@@ -234,3 +234,35 @@ fn watch_shows_a_rollback_and_the_retry() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// A watcher that subscribes and never reads, with a small receive buffer: once its socket
+/// is full the coordinator's write to it waits, and after the write deadline (5 s) the
+/// coordinator drops it (the coordinator's end is no longer established), while the
+/// cluster serves as usual meanwhile.
+#[test]
+fn a_watcher_that_never_reads_is_dropped() {
+    let cluster = Cluster::start(3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr: std::net::SocketAddr = cluster.coord_addr().parse().unwrap();
+    let (_stalled, port) = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let port = stream.local_addr().unwrap().port();
+        let mut conn = Connection::new(stream).unwrap();
+        conn.send(&Hello::new(Role::Client, &[])).await.unwrap();
+        conn.send(&CoordRequest::Watch).await.unwrap();
+        (conn, port)
+    });
+    let ours = || {
+        support::sockets::established(cluster.clients_port)
+            .into_iter()
+            .find(|q| q.remote_port == port)
+    };
+    let backed_up = wait_until(Duration::from_secs(60), || ours().is_some_and(|q| q.send > 0));
+    assert!(backed_up, "the coordinator's writes to the watcher back up");
+    assert_eq!(cluster.run_client(&["P", "k", "v"], "").code, 0, "clients served meanwhile");
+    let dropped = wait_until(Duration::from_secs(60), || ours().is_none());
+    assert!(dropped, "the coordinator dropped the watcher that does not read");
+    assert_eq!(cluster.run_client(&["G", "k"], "").code, 0);
+}

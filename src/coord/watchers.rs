@@ -3,7 +3,8 @@
 //!
 //! A watcher is served by its own connection task. The event loop only `try_send`s into
 //! its bounded queue (see `events`); a watcher that stops reading blocks nothing but this
-//! task, which ends once a write has waited [`FRAME_DEADLINE`] or its queue overflowed.
+//! task, which ends once a write has waited [`FRAME_DEADLINE`] (its socket's small send
+//! buffer full) or its queue overflowed.
 
 use std::time::Duration;
 
@@ -17,6 +18,11 @@ use crate::protocol::{ClusterSnapshot, CoordRequest, CoordResponse, WatchMessage
 
 /// How often a watcher gets a snapshot (its screen refreshes about as often).
 pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// The kernel's send buffer of a watcher's socket (doubled by Linux): a few seconds of
+/// snapshots. A watcher that stops reading fills it, and its next write then waits out
+/// [`FRAME_DEADLINE`]; without the cap the buffer grows to megabytes and takes many
+/// minutes to fill.
+const WATCHER_SEND_BUFFER: usize = 8 * 1024;
 
 /// The cluster now: what the clients port publishes, the servers' last counters, and the
 /// recovery in progress.
@@ -34,6 +40,7 @@ pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
         return Err(Error::Protocol(format!("more than {MAX_WATCHERS} watchers; refused")));
     };
     let (mut reader, mut writer) = conn.split();
+    writer.cap_send_buffer(WATCHER_SEND_BUFFER)?;
     writer.queue(&CoordResponse::Watch(WatchMessage::Snapshot(snapshot(shared))))?;
     for event in recent {
         writer.queue(&CoordResponse::Watch(WatchMessage::Event(event)))?;
