@@ -24,6 +24,8 @@ use crate::protocol::{ClusterSnapshot, EventKind, RecoveryProgress, ServerState}
 const FRAME: Duration = Duration::from_millis(100);
 /// Time between two attempts to reach a lost coordinator.
 const RETRY: Duration = Duration::from_millis(500);
+/// Steps done shown in the recovery panel (the last ones; rollbacks add steps).
+const SHOWN_STEPS: usize = 6;
 
 pub async fn run(coordinator: &str) -> Result<(), String> {
     let (keys_tx, keys) = mpsc::unbounded_channel();
@@ -101,10 +103,13 @@ async fn watch(
 
 fn render(frame: &mut Frame, model: &Model, coordinator: &str, link: &str) {
     let servers = model.snapshot.as_ref().map_or(0, |s| s.status.servers.len()) as u16;
+    let progress = model.snapshot.as_ref().and_then(|s| s.recovery.as_ref());
+    // A line per step shown (at most 6 done and the current one), and the summary line.
+    let steps = progress.map_or(1, |p| p.done.len().min(SHOWN_STEPS) as u16 + 1);
     let [head, table, recovery, events] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(servers + 3),
-        Constraint::Length(10),
+        Constraint::Length(steps + 3),
         Constraint::Min(3),
     ])
     .areas(frame.area());
@@ -116,7 +121,6 @@ fn render(frame: &mut Frame, model: &Model, coordinator: &str, link: &str) {
     );
     if let Some(snapshot) = &model.snapshot {
         frame.render_widget(servers_table(snapshot), table);
-        let progress = snapshot.recovery.as_ref();
         frame.render_widget(recovery_panel(progress, model), recovery);
     }
     render_events(frame, model, events);
@@ -158,7 +162,10 @@ fn servers_table(snapshot: &ClusterSnapshot) -> Table<'static> {
         );
         Row::new(cells)
     });
-    let widths = [3, 16, 8, 11, 10, 10, 8, 16, 10].map(Constraint::Length);
+    let widths = [2, 0, 7, 10, 8, 9, 7, 12, 10].map(|w| match w {
+        0 => Constraint::Fill(1),
+        w => Constraint::Length(w),
+    });
     Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(Block::bordered().title(" servers "))
@@ -177,7 +184,7 @@ fn recovery_panel(progress: Option<&RecoveryProgress>, model: &Model) -> Paragra
         "server {}, attempt {}, {} ms so far",
         p.server, p.attempts, p.total_ms
     ))];
-    let skip = p.done.len().saturating_sub(6);
+    let skip = p.done.len().saturating_sub(SHOWN_STEPS);
     for step in &p.done[skip..] {
         lines.push(Line::from(format!("  done  {:<26} {:>6} ms", step.step, step.ms)));
     }
