@@ -248,6 +248,28 @@ impl ConnWriter {
         self.queue(msg)?;
         self.flush().await
     }
+
+    /// Caps the kernel's send buffer of this socket at about `bytes` (SO_SNDBUF, which
+    /// also turns its growth off): for a peer that may stop reading, what waits for it stays
+    /// small, and a write to it blocks soon enough for a deadline to notice.
+    pub fn cap_send_buffer(&self, bytes: usize) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: an int option read from a live local, on a descriptor this half keeps open.
+        let set = unsafe {
+            libc::setsockopt(
+                self.stream.as_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        match set {
+            0 => Ok(()),
+            _ => Err(Error::Io(std::io::Error::last_os_error())),
+        }
+    }
 }
 
 /// A framed connection; [`split`](Self::split) it to read and write from separate tasks.

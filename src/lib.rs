@@ -7,7 +7,8 @@
 //! - `coord` ([`coord`]): spawns the servers, hands out the epoch-stamped configuration,
 //!   watches heartbeats, grants leases, and shuts everything down in order.
 //! - `client` ([`client`]): routes each key to its owner (MD5 mod N), keeps connections
-//!   open, and retries across configuration changes until a deadline.
+//!   open, and retries across configuration changes until a deadline; `client bench`
+//!   ([`bench`](mod@bench)) is its load generator, `client watch` ([`watch`]) the cluster live.
 //!
 //! The wire format lives in [`protocol`] and [`connection`]; key placement in [`routing`].
 
@@ -26,5 +27,6 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod text;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -22,7 +22,8 @@ use crate::routing::ClusterConfig;
 /// 3: [`ControlResponse::ShutDown`] describes the dump files (for the dumps manifest).
 /// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore),
 /// [`ControlRequest::Load`].
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -251,14 +252,18 @@ pub struct Dumps {
 pub enum CoordRequest {
     GetConfig,
     Status,
+    /// Subscribe: answered by a stream of [`CoordResponse::Watch`] until the connection
+    /// closes (`client watch`). Nothing else is read on that connection afterwards.
+    Watch,
 }
 
 /// Coordinator -> client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CoordResponse {
     /// `None` while the cluster is still starting.
     Config(Option<ClusterConfig>),
     Status(StatusReport),
+    Watch(WatchMessage),
 }
 
 /// State of one server as the coordinator sees it.
@@ -329,8 +334,9 @@ pub enum ReportRequest {
     /// Sent right after the hello (again after each reconnect); `epoch`: the newest
     /// configuration the server holds (0: none).
     Started { ports: BoundPorts, pid: u32, incarnation: u64, epoch: u64 },
-    /// Sent periodically; answered with a lease.
-    Heartbeat,
+    /// Sent periodically; answered with a lease. Carries the server's counters, so that
+    /// watching and metrics cost no message per operation.
+    Heartbeat(ServerStats),
     /// Recovery steps 3 and 4: the snapshot streamed `into` the new server's table for
     /// configuration `epoch` is fully acknowledged.
     Updated { into: TableKind, epoch: u64, copied: CopyStats },
@@ -346,4 +352,148 @@ pub enum ReportResponse {
     /// A newer start of this server id took its place: it must exit without writing dumps
     /// (they would overwrite the newer data).
     Replaced,
+}
+
+/// Which kind of client operation a counter counts (index into [`ServerStats::ops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Get = 0,
+    Put = 1,
+    Del = 2,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 3] = [OpKind::Get, OpKind::Put, OpKind::Del];
+
+    pub fn of(op: &Op) -> Self {
+        match op {
+            Op::Get { .. } => OpKind::Get,
+            Op::Put { .. } => OpKind::Put,
+            Op::Del { .. } => OpKind::Del,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::Del => "del",
+        }
+    }
+}
+
+/// A server's counters, sent with every heartbeat (`client watch`, `coord --metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    pub primary_keys: u64,
+    pub secondary_keys: u64,
+    /// Bytes of keys and values in each table.
+    pub primary_bytes: u64,
+    pub secondary_bytes: u64,
+    /// Client operations answered since this server started, by [`OpKind`], each as
+    /// `[done, refused]`.
+    pub ops: [[u64; 2]; 3],
+    /// Writes waiting for their copy's acknowledgement (both streams): the replication lag.
+    pub repl_queue: u64,
+    pub repl_queue_bytes: u64,
+}
+
+impl ServerStats {
+    /// Operations answered, of every kind and outcome.
+    pub fn total_ops(&self) -> u64 {
+        self.ops.iter().flatten().sum()
+    }
+}
+
+/// One message of a [`CoordRequest::Watch`] stream: a snapshot first and then every
+/// 100 ms, and every event as it happens (a recovery's steps take milliseconds each, less
+/// than a snapshot's interval).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WatchMessage {
+    Snapshot(ClusterSnapshot),
+    Event(ClusterEvent),
+}
+
+/// The cluster as the coordinator sees it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSnapshot {
+    pub status: StatusReport,
+    /// Per server id: its last heartbeat's counters and its operations per second
+    /// (`None`: none heard from its current start yet).
+    pub stats: Vec<Option<(ServerStats, f64)>>,
+    pub recovery: Option<RecoveryProgress>,
+}
+
+/// A recovery in progress: the steps done with their durations, and the current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryProgress {
+    pub server: u32,
+    pub attempts: u32,
+    pub done: Vec<StepTime>,
+    /// The current step and how long it has run so far.
+    pub current: StepTime,
+    pub total_ms: u64,
+}
+
+/// A recovery step ("0 lease wait", "2 copy", ...) and how long it took (or has taken).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub step: String,
+    pub ms: u64,
+}
+
+/// Something that happened, stamped with the coordinator's wall clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// `cause`: a short label (`process_exited`, `heartbeat_timeout`, ...).
+    ServerLost {
+        server: u32,
+        pid: u32,
+        why: String,
+        cause: String,
+    },
+    RecoveryStarted {
+        server: u32,
+    },
+    StepDone {
+        server: u32,
+        step: String,
+        ms: u64,
+    },
+    /// The lost server's keys are served again (by its secondary), `ms` after the loss.
+    KeysServed {
+        server: u32,
+        ms: u64,
+    },
+    ServerStarted {
+        server: u32,
+        pid: u32,
+        incarnation: u64,
+    },
+    RolledBack {
+        server: u32,
+        why: String,
+        attempt: u32,
+    },
+    RecoveryComplete {
+        server: u32,
+        ms: u64,
+        keys: u64,
+        bytes: u64,
+        attempts: u32,
+    },
+    ConfigPublished {
+        epoch: u64,
+    },
+    /// The service is shutting down on a fault (two servers lost).
+    Fatal {
+        why: String,
+    },
 }

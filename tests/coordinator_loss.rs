@@ -156,7 +156,7 @@ async fn servers_re_attach_to_whoever_takes_the_coordinators_port() {
                 let first: Option<ReportRequest> = conn.recv().await.unwrap();
                 let _ = started_tx.send((id, first));
                 conn.send(&ReportResponse::Welcome).await.unwrap();
-                while let Ok(Some(ReportRequest::Heartbeat)) = conn.recv().await {
+                while let Ok(Some(ReportRequest::Heartbeat(_))) = conn.recv().await {
                     let lease = ReportResponse::Lease { lease_ms: LEASE.as_millis() as u64 };
                     if conn.send(&lease).await.is_err() {
                         return;

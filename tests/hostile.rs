@@ -220,7 +220,7 @@ async fn forged_control_messages_without_the_token_change_nothing() {
         // A heartbeat for another server on the coordinator's servers port.
         let bytes = conversation(
             &Hello::new(Role::Server { id: 1, incarnation: 0 }, &token),
-            &[encode(&ReportRequest::Heartbeat).unwrap()],
+            &[encode(&ReportRequest::Heartbeat(Default::default())).unwrap()],
         );
         send_and_close(cluster.servers_port, &bytes).await;
     }

@@ -14,7 +14,8 @@ use tokio::runtime::Runtime;
 
 /// The ftkv client. Reads `P "key" "value"`, `G "key"` and `D "key"` lines from the
 /// terminal, a pipe or FILE; or runs one operation given as words (`P key value`);
-/// or `status [--json]`; or `bench [-n -c -d -P -t -r --duration]` (`bench --help`).
+/// or `status [--json]`; or `bench [-n -c -d -P -t -r --duration]` (`bench --help`); or
+/// `watch` (the cluster live; q quits).
 #[derive(Parser, Debug)]
 #[command(version, disable_help_flag = true)]
 struct Args {
@@ -36,7 +37,8 @@ struct Args {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
-    /// One operation (`P key value`, `G key`, `D key`), `status [--json]`, or `bench ...`.
+    /// One operation (`P key value`, `G key`, `D key`), `status [--json]`, `bench ...`, or
+    /// `watch`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     words: Vec<String>,
 }
@@ -65,6 +67,9 @@ fn start(args: Args) -> Result<Outcome, String> {
     }
     if args.words.first().map(String::as_str) == Some("bench") {
         return bench(coordinator, timeout, &args.words[1..]);
+    }
+    if args.words.first().map(String::as_str) == Some("watch") {
+        return watch(coordinator, &args.words[1..]);
     }
     let client = Client::new(coordinator, timeout);
     let runtime = LetGo(Some(Runtime::new().map_err(|e| e.to_string())?));
@@ -233,6 +238,17 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
         ))?;
         Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
     })
+}
+
+/// `client watch`: full-screen on a terminal, event lines otherwise.
+fn watch(coordinator: String, rest: &[String]) -> Result<Outcome, String> {
+    if !rest.is_empty() {
+        return Err(format!("watch takes no arguments, found {rest:?}"));
+    }
+    let runtime = LetGo(Some(Runtime::new().map_err(|e| e.to_string())?));
+    let terminal = std::io::stdout().is_terminal();
+    runtime.block_on(ftkv::watch::run(coordinator, terminal))?;
+    Ok(Outcome::Ok)
 }
 
 /// Writes `text` to standard output; a failure (a full disk) is an error, not a panic.

@@ -69,6 +69,10 @@ struct Args {
     /// new directory dumps-<UTC time> instead of restoring them (nothing is deleted).
     #[arg(long)]
     fresh: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; port 0: any
+    /// free port, printed at start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 fn main() {
@@ -131,6 +135,7 @@ fn start(args: Args) -> Result<(), String> {
         state_dir: absolute(args.state_dir)?,
         orphan_timeout: args.orphan_timeout,
         fresh: args.fresh,
+        metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));

@@ -14,9 +14,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::events::loss_cause;
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
 use super::process::Processes;
+use super::progress::Tracker;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::restore::{self, Restore};
 use super::shutdown::{StopSignal, stop_servers};
@@ -25,7 +27,7 @@ use super::store::Store;
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::manifest::{MANIFEST, Manifest, write_atomically};
-use crate::protocol::{ControlRequest, ControlResponse, CopyStats, ServerState};
+use crate::protocol::{ControlRequest, ControlResponse, CopyStats, EventKind, ServerState};
 use crate::routing::ClusterConfig;
 
 /// How long all servers may take to start and report.
@@ -84,6 +86,8 @@ pub struct Cluster {
     /// Since when the coordinator has been running without a stall: silence before that
     /// is no evidence against a server (see `on_tick`).
     listening_since: Instant,
+    /// The recovery's steps as watchers see them (each change is an event).
+    tracker: Tracker,
 }
 
 impl Cluster {
@@ -114,7 +118,16 @@ impl Cluster {
             step_began: Instant::now(),
             last_tick: Instant::now(),
             listening_since: Instant::now(),
+            tracker: Tracker::default(),
         }
+    }
+
+    /// Shows the recovery's current step to the tracker: a step done is an event.
+    fn track(&mut self) {
+        for event in self.tracker.look(self.state.recovery.as_ref(), Instant::now()) {
+            self.shared.hub.emit(event);
+        }
+        self.shared.hub.set_recovery(self.tracker.track());
     }
 
     /// Writes the state down, if it changed since the last write. Called before anything it
@@ -189,6 +202,7 @@ impl Cluster {
                 }
                 member.started(ports, pid, link);
                 info!(id, incarnation, ?ports, pid, "replacement server started");
+                self.shared.hub.emit(EventKind::ServerStarted { server: id, pid, incarnation });
                 let addr = member.control_addr();
                 self.open_link(id, incarnation, addr);
             }
@@ -293,8 +307,14 @@ impl Cluster {
         for id in silent {
             self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
         }
+        self.tick_recovery(now);
+    }
+
+    /// Drives the recovery's deadlines.
+    fn tick_recovery(&mut self, now: Instant) {
         if let (Some(recovery), Some(config)) = (&mut self.state.recovery, &self.state.config) {
             let actions = recovery.tick(now, config);
+            self.track();
             self.perform(actions);
         }
     }
@@ -319,6 +339,9 @@ impl Cluster {
         self.links[id as usize] = None;
         let incarnation = member.incarnation;
         warn!(id, incarnation, reason = %why, "server lost");
+        let (pid, cause) = (member.pid, loss_cause(&why, exited).to_string());
+        self.shared.hub.forget(id);
+        self.shared.hub.emit(EventKind::ServerLost { server: id, pid, why: why.clone(), cause });
         if self.state.recovery.is_some() {
             return self.feed(Input::Lost { id, incarnation });
         }
@@ -338,11 +361,10 @@ impl Cluster {
         self.copied = CopyStats::default();
         self.step_began = now;
         self.state.recovery = Some(recovery);
+        self.track();
         self.persist();
         self.publish();
-        let config = self.state.config.as_ref().expect("configured before any loss");
-        let actions = self.state.recovery.as_mut().map(|r| r.tick(now, config));
-        self.perform(actions.unwrap_or_default());
+        self.tick_recovery(now);
     }
 
     fn feed(&mut self, input: Input) {
@@ -350,6 +372,7 @@ impl Cluster {
             return;
         };
         let actions = recovery.step(input, Instant::now(), config);
+        self.track();
         self.perform(actions);
     }
 
@@ -363,6 +386,7 @@ impl Cluster {
         };
         for action in actions {
             self.log_action(a, &action);
+            self.announce(a, &action);
             match action {
                 Action::Install { serial, config, stages, not_before } => {
                     self.state.config = Some(config.clone());
@@ -422,9 +446,31 @@ impl Cluster {
         }
     }
 
+    /// Tells watchers and metrics of a rollback, a fatal failure or a recovery complete
+    /// (before it is carried out: the copy's sizes are still those of this attempt).
+    fn announce(&self, a: u32, action: &Action) {
+        let event = match action {
+            Action::RollBack { why, .. } => {
+                let attempt = self.state.recovery.as_ref().map_or(0, |r| r.attempts);
+                EventKind::RolledBack { server: a, why: why.clone(), attempt }
+            }
+            Action::Shutdown { why } => EventKind::Fatal { why: why.clone() },
+            Action::Finished { took, attempts } => EventKind::RecoveryComplete {
+                server: a,
+                ms: took.as_millis() as u64,
+                keys: self.copied.entries,
+                bytes: self.copied.bytes,
+                attempts: *attempts,
+            },
+            _ => return,
+        };
+        self.shared.hub.emit(event);
+    }
+
     fn publish_config(&mut self, epoch: u64) {
         if let Some(config) = self.state.config.clone().filter(|c| c.epoch == epoch) {
             info!(epoch, serving = ?config.serving, "configuration published");
+            self.shared.hub.emit(EventKind::ConfigPublished { epoch });
             self.shared.view.send_modify(|view| view.config = Some(config));
         }
     }

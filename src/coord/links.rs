@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::events::Hub;
 use super::liveness::{Lease, Liveness};
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
@@ -59,6 +60,8 @@ pub struct Shared {
     pub liveness: Liveness,
     pub events: mpsc::UnboundedSender<Event>,
     pub view: watch::Sender<View>,
+    /// Events and the servers' counters, for watchers and metrics.
+    pub hub: Hub,
     /// Numbers the report links: a server that re-attaches has a new one, and the end of
     /// its old one is no evidence against it.
     links: AtomicU64,
@@ -73,7 +76,8 @@ impl Shared {
         view: watch::Sender<View>,
     ) -> Self {
         let links = AtomicU64::new(0);
-        Shared { token, liveness: Liveness::new(servers, lease), events, view, links }
+        let liveness = Liveness::new(servers, lease);
+        Shared { token, liveness, events, view, hub: Hub::new(servers), links }
     }
 
     fn next_link(&self) -> u64 {
@@ -88,6 +92,7 @@ pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<(
         let response = match request {
             CoordRequest::GetConfig => CoordResponse::Config(view.config),
             CoordRequest::Status => CoordResponse::Status(view.status),
+            CoordRequest::Watch => return super::watchers::serve_watch(&shared, conn).await,
         };
         conn.send(&response).await?;
     }
@@ -117,7 +122,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     let lease_ms = liveness.lease.granted.as_millis() as u64;
     let outcome = async {
         while let Some(request) = conn.recv::<ReportRequest>().await? {
-            if matches!(request, ReportRequest::Heartbeat) {
+            if matches!(request, ReportRequest::Heartbeat(_)) {
                 // Recorded before the incarnation check: see `Liveness::fence`.
                 liveness.heartbeat(id);
             }
@@ -126,7 +131,10 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
                 return Err(Error::Protocol("report from a replaced server".into()));
             }
             match request {
-                ReportRequest::Heartbeat => conn.send(&ReportResponse::Lease { lease_ms }).await?,
+                ReportRequest::Heartbeat(stats) => {
+                    shared.hub.heard(id, incarnation, stats);
+                    conn.send(&ReportResponse::Lease { lease_ms }).await?
+                }
                 ReportRequest::Updated { into, epoch, copied } => {
                     let _ = shared.events.send(Event::Updated { id, into, epoch, copied });
                     conn.send(&ReportResponse::Welcome).await?;

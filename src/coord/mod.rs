@@ -11,20 +11,28 @@
 //!   running servers back;
 //! - `begin`: whether a start takes running servers back, restores a set, or starts empty;
 //! - `restore` and `gather`: the restore of a set of dumps (described by the manifest an
-//!   orderly shutdown wrote, or gathered from the servers' own manifests).
+//!   orderly shutdown wrote, or gathered from the servers' own manifests);
+//! - `events`, `progress`, `watchers`: the event hub, a recovery's steps with their
+//!   durations, and `client watch`'s subscription;
+//! - `metrics` and `scrape`: the Prometheus metrics and their HTTP port (`--metrics`).
 
 mod begin;
 mod cluster;
+mod events;
 mod gather;
 mod launcher;
 mod links;
 mod liveness;
+mod metrics;
 mod process;
+mod progress;
 pub mod recovery;
 pub mod restore;
+mod scrape;
 mod shutdown;
 mod state;
 mod store;
+mod watchers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +96,8 @@ pub struct CoordOptions {
     pub orphan_timeout: Duration,
     /// Start empty, moving an earlier set of dumps aside instead of restoring it.
     pub fresh: bool,
+    /// Serve `/metrics` (Prometheus text format) on this `ADDR:PORT`; off when `None`.
+    pub metrics: Option<String>,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -156,6 +166,9 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     serve_ports(clients, reports, &shared, &tracker, &cancel);
+    if let Some(addr) = &opts.metrics {
+        serve_metrics(addr, &shared, &cancel).await?;
+    }
 
     let processes = Processes::new(launcher(&opts, &state));
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
@@ -187,6 +200,14 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// Serves `/metrics` on `addr` (`--metrics`) until `cancel`; prints where.
+async fn serve_metrics(addr: &str, shared: &Arc<Shared>, cancel: &CancellationToken) -> Result<()> {
+    let port = scrape::serve(addr, shared.clone(), cancel.clone()).await?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    println!("metrics: http://{host}:{port}/metrics");
+    Ok(())
 }
 
 /// How to start this cluster's servers.

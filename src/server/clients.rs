@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::connection::{ConnWriter, Connection};
 use crate::error::{Error, Result};
-use crate::protocol::{ClientRequest, ClientResponse, ClientResponseRef, Op};
+use crate::protocol::{ClientRequest, ClientResponse, ClientResponseRef, Op, OpKind};
 use crate::server::{Applied, Server};
 
 /// Most requests read ahead of their answers on one connection.
@@ -22,8 +22,12 @@ const PIPELINE_DEPTH: usize = 1024;
 
 enum Answer {
     Now(ClientResponse),
-    Get { key: Vec<u8>, epoch: u64 },
-    Write(oneshot::Receiver<Applied>),
+    Get {
+        key: Vec<u8>,
+        epoch: u64,
+    },
+    /// A PUT or DEL in flight.
+    Write(OpKind, oneshot::Receiver<Applied>),
 }
 
 enum Event {
@@ -57,7 +61,7 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
         let event = {
             let head_write = async {
                 match queue.front_mut() {
-                    Some(Answer::Write(done)) => done.await,
+                    Some(Answer::Write(_, done)) => done.await,
                     _ => std::future::pending().await,
                 }
             };
@@ -78,7 +82,9 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
                 // Shutting down with the write in flight: its outcome is unknown, so close
                 // without an answer rather than claim either way.
                 let done = done.map_err(|_| Error::Closed)?;
-                queue.pop_front();
+                if let Some(Answer::Write(kind, _)) = queue.pop_front() {
+                    server.ops.count(kind, true);
+                }
                 writer.feed(&applied(done)).await?;
                 unflushed = true;
             }
@@ -99,12 +105,18 @@ async fn answer_ready(
     while let Some(front) = queue.front_mut() {
         match front {
             Answer::Now(response) => writer.queue(response)?,
-            Answer::Get { key, epoch } => server.read(key, *epoch, |value| match value {
-                Ok(value) => writer.queue(&ClientResponseRef::Value(value)),
-                Err(refusal) => writer.queue(&ClientResponse::Refused(refusal)),
+            Answer::Get { key, epoch } => server.read(key, *epoch, |value| {
+                server.ops.count(OpKind::Get, value.is_ok());
+                match value {
+                    Ok(value) => writer.queue(&ClientResponseRef::Value(value)),
+                    Err(refusal) => writer.queue(&ClientResponse::Refused(refusal)),
+                }
             })?,
-            Answer::Write(done) => match done.try_recv() {
-                Ok(done) => writer.queue(&applied(done))?,
+            Answer::Write(kind, done) => match done.try_recv() {
+                Ok(done) => {
+                    server.ops.count(*kind, true);
+                    writer.queue(&applied(done))?
+                }
                 Err(oneshot::error::TryRecvError::Empty) => break,
                 Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
             },
@@ -117,14 +129,19 @@ async fn answer_ready(
 }
 
 async fn accept(server: &Server, ClientRequest { epoch, op }: ClientRequest) -> Answer {
+    let kind = OpKind::of(&op);
     if let Err(refusal) = op.check_limits() {
+        server.ops.count(kind, false);
         return Answer::Now(ClientResponse::Refused(refusal));
     }
     if let Op::Get { key } = op {
         return Answer::Get { key, epoch };
     }
     match server.write(op, epoch).await {
-        Ok(done) => Answer::Write(done),
-        Err(refusal) => Answer::Now(ClientResponse::Refused(refusal)),
+        Ok(done) => Answer::Write(kind, done),
+        Err(refusal) => {
+            server.ops.count(kind, false);
+            Answer::Now(ClientResponse::Refused(refusal))
+        }
     }
 }

@@ -161,7 +161,7 @@ impl ReportLink {
                 _ = tokio::time::sleep_until(next_beat) => {
                     let sent = Instant::now();
                     next_beat = sent + opts.heartbeat;
-                    conn.send(&ReportRequest::Heartbeat).await?;
+                    conn.send(&ReportRequest::Heartbeat(server.stats())).await?;
                     match answer(conn, server).await? {
                         ReportResponse::Lease { lease_ms } => {
                             server.lease.renew(sent, Duration::from_millis(lease_ms));

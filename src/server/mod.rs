@@ -11,6 +11,7 @@ mod load;
 mod orphan;
 mod outstanding;
 mod replication;
+mod stats;
 mod table;
 mod window;
 
@@ -29,7 +30,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::listener::{self, Gate};
-use crate::protocol::{Op, Refusal, Role, TableKind};
+use crate::protocol::{Op, Refusal, Role, ServerStats, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 use errors::{ConfigRefused, StreamRefused};
 
@@ -92,6 +93,8 @@ pub struct Server {
     /// otherwise write the same temporary files. Holds which files this start wrote (to tell
     /// them from a newer start's) and the count of failed dumps.
     dumping: Mutex<dumps::OwnDumps>,
+    /// Client operations answered, for the heartbeat's counters.
+    ops: stats::OpCounters,
     cancel: CancellationToken,
 }
 
@@ -121,8 +124,24 @@ impl Server {
             config_changes: tokio::sync::Mutex::new(()),
             dump_dir: opts.dump_dir.clone(),
             dumping: Mutex::new(dumps::OwnDumps::default()),
+            ops: stats::OpCounters::default(),
             cancel,
         }
+    }
+
+    /// The counters sent with the next heartbeat.
+    fn stats(&self) -> ServerStats {
+        let mut stats = ServerStats {
+            primary_keys: self.primary.len() as u64,
+            secondary_keys: self.secondary.len() as u64,
+            primary_bytes: self.primary.bytes(),
+            secondary_bytes: self.secondary.bytes(),
+            repl_queue: (self.own.outstanding() + self.adopted.outstanding()) as u64,
+            repl_queue_bytes: self.own.queued_bytes() + self.adopted.queued_bytes(),
+            ..ServerStats::default()
+        };
+        self.ops.read_into(&mut stats);
+        stats
     }
 
     fn config(&self) -> RwLockReadGuard<'_, Option<ClusterConfig>> {

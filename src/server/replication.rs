@@ -189,6 +189,11 @@ impl Replicator {
         self.outstanding.get()
     }
 
+    /// Bytes of the writes queued and not yet answered.
+    pub fn queued_bytes(&self) -> u64 {
+        QUEUE_BYTES.saturating_sub(self.budget.available_permits()) as u64
+    }
+
     /// Waits (up to `limit`) until every submitted write was answered.
     pub async fn settle(&self, limit: Duration) -> bool {
         self.outstanding.settle(limit).await

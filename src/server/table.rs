@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
@@ -26,6 +27,9 @@ type Map = std::collections::HashMap<Box<[u8]>, Box<[u8]>, ahash::RandomState>;
 #[derive(Default)]
 pub struct Table {
     map: Mutex<Map>,
+    /// Bytes of keys and values held, changed under the map's lock (read without it, for
+    /// the heartbeat's counters).
+    bytes: AtomicU64,
 }
 
 impl Table {
@@ -45,12 +49,32 @@ impl Table {
     pub fn apply(&self, op: Op) -> Applied {
         match op {
             Op::Put { key, value } => {
-                self.lock().insert(key.into_boxed_slice(), value.into_boxed_slice());
+                self.insert(&mut self.lock(), key, value);
                 Applied::Stored
             }
-            Op::Del { key } => Applied::Deleted { existed: self.lock().remove(&key[..]).is_some() },
+            Op::Del { key } => Applied::Deleted { existed: self.remove(&mut self.lock(), &key) },
             Op::Get { .. } => Applied::Stored,
         }
+    }
+
+    fn insert(&self, map: &mut Map, key: Vec<u8>, value: Vec<u8>) {
+        let (klen, vlen) = (key.len() as u64, value.len() as u64);
+        match map.insert(key.into_boxed_slice(), value.into_boxed_slice()) {
+            Some(old) => self.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed),
+            None => self.bytes.fetch_add(klen, Ordering::Relaxed),
+        };
+        self.bytes.fetch_add(vlen, Ordering::Relaxed);
+    }
+
+    fn remove(&self, map: &mut Map, key: &[u8]) -> bool {
+        let Some((k, v)) = map.remove_entry(key) else { return false };
+        self.bytes.fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Applies a batch under one lock acquisition.
@@ -58,11 +82,9 @@ impl Table {
         let mut map = self.lock();
         for op in ops {
             match op {
-                Op::Put { key, value } => {
-                    map.insert(key.into_boxed_slice(), value.into_boxed_slice());
-                }
+                Op::Put { key, value } => self.insert(&mut map, key, value),
                 Op::Del { key } => {
-                    map.remove(&key[..]);
+                    self.remove(&mut map, &key);
                 }
                 Op::Get { .. } => {}
             }
@@ -171,5 +193,18 @@ mod tests {
         assert_eq!((file.name.as_str(), file.bytes, file.keys), ("server_0.primary", 10, 1));
         // printf 'P "k" "v"\n' | md5sum
         assert_eq!(file.md5, "cb2b86ef34d96136557be67b5709a944");
+    }
+
+    #[test]
+    fn bytes_follow_puts_overwrites_and_deletes() {
+        let table = Table::default();
+        let put = |k: &str, v: &str| Op::Put { key: k.into(), value: v.into() };
+        table.apply(put("key", "value"));
+        assert_eq!(table.bytes(), 8);
+        table.apply_all([put("key", "v"), put("k2", "")]);
+        assert_eq!(table.bytes(), 6);
+        table.apply(Op::Del { key: b"key".to_vec() });
+        table.apply(Op::Del { key: b"nothing".to_vec() });
+        assert_eq!(table.bytes(), 2);
     }
 }

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub coord_host: String,
     /// Prefix that runs the client program where clients live (e.g. `ip netns exec ...`).
     pub client_prefix: Vec<String>,
+    /// The port of `/metrics`, when started with `--metrics`.
+    pub metrics_port: Option<u16>,
 }
 
 impl Cluster {
@@ -79,6 +81,7 @@ impl Cluster {
             pids: Vec::new(),
             coord_host: "127.0.0.1".into(),
             client_prefix: Vec::new(),
+            metrics_port: None,
         };
         cluster.await_ready();
         assert_eq!(cluster.pids.len(), cluster.servers(), "pids from the coordinator's table");
@@ -103,6 +106,9 @@ impl Cluster {
                 self.servers_port = servers.parse().unwrap();
             } else if let Some(pid) = table_pid(&line) {
                 self.pids.push(pid);
+            } else if let Some(url) = line.strip_prefix("metrics: http://") {
+                let port = url.trim_end_matches("/metrics").rsplit_once(':').unwrap().1;
+                self.metrics_port = Some(port.parse().unwrap());
             } else if line.starts_with(ftkv::lines::RESTORED) {
                 self.restored = Some(line);
             } else if line.starts_with("cluster ready") {
