@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need and is not there yet: cargo-nextest, and for the remote-host
 # tests (network namespaces with an sshd each, cut off with nftables) iproute2, openssh and
-# nftables from Debian's packages. Those tests need root; without root they skip, and so does
-# this script's package step.
+# nftables from Debian's packages, bsdutils (`script`) and tmux for the client's terminal
+# tests. Packages need root, and so do the remote-host tests: without root those skip, the
+# tmux tests skip if tmux is missing, and this script's package step is skipped. As root a
+# missing tool fails its tests.
 set -euo pipefail
 
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -16,6 +18,7 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -202,6 +202,7 @@ fn repl_on_a_terminal_has_a_prompt_and_history() {
     let command = format!("{CLIENT} -h 127.0.0.1 -p {}", cluster.clients_port);
     let mut script = Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("FTKV_HISTORY", cluster.path("history"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -4,6 +4,7 @@
 
 pub(crate) mod conns;
 pub mod line;
+pub mod repl;
 pub mod session;
 
 use std::sync::Arc;

@@ -7,3 +7,4 @@ pub mod history;
 pub mod load;
 pub mod netns;
 pub mod sockets;
+pub mod tmux;
