@@ -274,6 +274,8 @@ impl Worker {
                 phase.op.name(),
                 phase.timeout
             ));
+            report.gave_up += 1;
+            phase.stop();
             phase.count_done();
         } else {
             report.retries += 1;

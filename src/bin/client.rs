@@ -184,28 +184,42 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
             .build()
             .map_err(|e| e.to_string())?,
     ));
-    runtime.block_on(async {
-        let mut bench = Bench::connect(options).await?;
-        out(&format!("{}\n", bench.summary()))?;
-        let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
-        for kind in bench.phases() {
-            let report = bench.run_phase(kind).await;
-            out(&format!("{}\n", report.line()))?;
-            for sample in &report.error_samples {
-                eprintln!("client bench: {sample}");
-            }
-            errors += report.errors;
-            retries += report.retries;
-            answers += report.ok + report.errors;
-            if kind != PhaseKind::Fill {
-                absent += report.absent;
-            }
+    runtime.block_on(run_bench(options))
+}
+
+/// Runs every phase, printing a line for each, then the totals. A phase in which requests
+/// failed for a whole `--timeout` ends the run with an error: the service is unavailable,
+/// and the phases after it would only wait out their deadlines too.
+async fn run_bench(options: BenchOptions) -> Result<Outcome, String> {
+    let timeout = options.timeout;
+    let mut bench = Bench::connect(options).await?;
+    out(&format!("{}\n", bench.summary()))?;
+    let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
+    for kind in bench.phases() {
+        let report = bench.run_phase(kind).await;
+        out(&format!("{}\n", report.line()))?;
+        for sample in &report.error_samples {
+            eprintln!("client bench: {sample}");
         }
-        out(&format!(
-            "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys\n"
-        ))?;
-        Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
-    })
+        if report.gave_up > 0 {
+            return Err(format!(
+                "stopped in {}: {} requests failed for a whole --timeout of {timeout:?} (the \
+                 service is unavailable: is the coordinator running?)",
+                kind.name(),
+                report.gave_up,
+            ));
+        }
+        errors += report.errors;
+        retries += report.retries;
+        answers += report.ok + report.errors;
+        if kind != PhaseKind::Fill {
+            absent += report.absent;
+        }
+    }
+    out(&format!(
+        "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys\n"
+    ))?;
+    Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
 }
 
 /// Writes `text` to standard output; a failure (a full disk) is an error, not a panic.
