@@ -5,9 +5,11 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use ftkv::routing::slot_of;
-use support::cluster::{CLIENT, Cluster, kill};
+use support::cluster::{CLIENT, Cluster, kill, wait_until};
+use support::sockets;
 use support::tmux::Tmux;
 
 /// The client on a terminal, on `cluster`, with `env` (`NAME=value` words for env(1)).
@@ -43,11 +45,17 @@ fn pasted_and_typed_ahead_lines_all_run_in_order() {
     // Typed while an operation runs: its key's owner is paused, so the GET waits.
     tmux.keys(&["P \"slow\" \"s\"", "Enter"]);
     tmux.wait_for("value[\"slow\"] <- \"s\"");
-    let owner = cluster.pids[slot_of(b"slow", 3) as usize];
-    kill(owner, "STOP");
-    tmux.keys(&["G \"slow\"", "Enter", "P \"e\" \"5\"", "Enter", "G \"e\"", "Enter"]);
-    let screen = tmux.screen();
-    kill(owner, "CONT");
+    let owner = slot_of(b"slow", 3) as usize;
+    let port = cluster.status()["servers"][owner]["client_port"].as_u64().unwrap() as u16;
+    kill(cluster.pids[owner], "STOP");
+    tmux.keys(&["G \"slow\"", "Enter"]);
+    // The GET waits unread in the paused server's socket: the editor has returned its line,
+    // and the next keys reach the terminal while the operation runs.
+    let sent = || sockets::established(port).iter().any(|q| q.recv > 0);
+    assert!(wait_until(Duration::from_secs(10), sent), "the GET was not sent");
+    tmux.keys(&["P \"e\" \"5\"", "Enter", "G \"e\"", "Enter"]);
+    let screen = tmux.wait_for("G \"e\"");
+    kill(cluster.pids[owner], "CONT");
     assert!(!screen.contains("value[\"e\"]"), "ran before the GET it followed:\n{screen}");
     let screen = tmux.wait_for("value[\"e\"] == \"5\"");
 
