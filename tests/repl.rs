@@ -28,6 +28,21 @@ fn stored(cluster: &Cluster, keys: &[&str]) -> String {
     run.stdout
 }
 
+/// The pid and clients port of the server that owns `key` (of 3).
+fn owner_of(cluster: &Cluster, key: &[u8]) -> (u32, u16) {
+    let owner = slot_of(key, 3) as usize;
+    let port = cluster.status()["servers"][owner]["client_port"].as_u64().unwrap() as u16;
+    (cluster.pids[owner], port)
+}
+
+/// Types `line` and Enter, then waits until the operation is surely under way: its request
+/// waits unread in the socket of the server on `port`, paused.
+fn start_waiting(tmux: &Tmux, line: &str, port: u16) {
+    tmux.keys(&[line, "Enter"]);
+    let sent = || sockets::established(port).iter().any(|q| q.recv > 0);
+    assert!(wait_until(Duration::from_secs(10), sent), "{line} was not sent");
+}
+
 #[test]
 fn pasted_and_typed_ahead_lines_all_run_in_order() {
     let cluster = Cluster::start(3);
@@ -45,17 +60,14 @@ fn pasted_and_typed_ahead_lines_all_run_in_order() {
     // Typed while an operation runs: its key's owner is paused, so the GET waits.
     tmux.keys(&["P \"slow\" \"s\"", "Enter"]);
     tmux.wait_for("value[\"slow\"] <- \"s\"");
-    let owner = slot_of(b"slow", 3) as usize;
-    let port = cluster.status()["servers"][owner]["client_port"].as_u64().unwrap() as u16;
-    kill(cluster.pids[owner], "STOP");
-    tmux.keys(&["G \"slow\"", "Enter"]);
-    // The GET waits unread in the paused server's socket: the editor has returned its line,
-    // and the next keys reach the terminal while the operation runs.
-    let sent = || sockets::established(port).iter().any(|q| q.recv > 0);
-    assert!(wait_until(Duration::from_secs(10), sent), "the GET was not sent");
+    let (owner, port) = owner_of(&cluster, b"slow");
+    kill(owner, "STOP");
+    // The editor has returned the GET's line: the next keys reach the terminal while the
+    // operation runs.
+    start_waiting(&tmux, "G \"slow\"", port);
     tmux.keys(&["P \"e\" \"5\"", "Enter", "G \"e\"", "Enter"]);
     let screen = tmux.wait_for("G \"e\"");
-    kill(cluster.pids[owner], "CONT");
+    kill(owner, "CONT");
     assert!(!screen.contains("value[\"e\"]"), "ran before the GET it followed:\n{screen}");
     let screen = tmux.wait_for("value[\"e\"] == \"5\"");
 
@@ -139,4 +151,33 @@ fn a_history_file_that_cannot_be_written_is_said_once() {
     assert!(screen.contains("value[\"y\"] <- \"2\""), "{screen}");
     tmux.keys(&["C-d"]);
     assert_eq!(tmux.wait_exit(), 0);
+}
+
+/// Ctrl+c while an operation runs abandons it (it fails, and the exit status says so) and
+/// the session goes on: the next operations get their own answers, not the abandoned one's,
+/// which comes late. A ctrl+d typed while an operation runs leaves once it is done.
+#[test]
+fn ctrl_c_abandons_the_operation_that_runs() {
+    let cluster = Cluster::start(3);
+    let env = format!("FTKV_HISTORY={}", cluster.path("history").display());
+    let Some(tmux) = client_on_a_terminal(&cluster, &env) else { return };
+    tmux.keys(&["P \"slow\" \"s\"", "Enter"]);
+    tmux.wait_for("value[\"slow\"] <- \"s\"");
+    let (owner, port) = owner_of(&cluster, b"slow");
+    kill(owner, "STOP");
+    start_waiting(&tmux, "G \"slow\"", port);
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("Operation #2 failed with: Interrupted");
+    kill(owner, "CONT");
+    tmux.keys(&["P \"slow\" \"t\"", "Enter", "G \"slow\"", "Enter"]);
+    tmux.wait_for("value[\"slow\"] == \"t\"");
+
+    kill(owner, "STOP");
+    start_waiting(&tmux, "G \"slow\"", port);
+    tmux.keys(&["C-d"]);
+    kill(owner, "CONT");
+    assert_eq!(tmux.wait_exit(), 2, "an operation failed");
+    let screen = tmux.screen();
+    assert_eq!(screen.matches("value[\"slow\"] == \"t\"").count(), 2, "{screen}");
+    assert_eq!(screen.matches("failed with").count(), 1, "{screen}");
 }

@@ -208,6 +208,14 @@ impl Client {
     }
 
     /// This client's connections to the servers, for the load generator's workers.
+    /// Closes every connection, to the servers and to the coordinator: after an operation
+    /// was abandoned midway (ctrl+c), an answer to it may still come on one of them, and
+    /// would be taken for the answer to the next request.
+    pub fn close_connections(&mut self) {
+        self.servers = ServerConns::default();
+        self.coord_conn = None;
+    }
+
     pub(crate) fn servers(&mut self) -> &mut ServerConns {
         &mut self.servers
     }

@@ -6,8 +6,8 @@
 //! - the editor keeps the bytes it read past the line it returns (rustyline's `buffer-redux`
 //!   feature; without it, a paste of three lines ran the first and dropped the others, which
 //!   had been read into a buffer thrown away with the line);
-//! - while an operation runs the terminal is in its ordinary mode, so keys typed then wait in
-//!   the kernel's buffer and the editor reads them next;
+//! - keys typed while an operation runs wait in the kernel's buffer and the editor reads them
+//!   next (`TypeAhead`);
 //! - a bracketed paste (the terminal marks pasted text) is taken as typed, so each pasted
 //!   line runs at once; rustyline's own handling inserted the whole paste into one line, which
 //!   was then one invalid operation. A text that reaches the editor as one line with newlines
@@ -16,10 +16,13 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use futures::FutureExt;
+use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Cmd, Config, Editor, KeyCode, KeyEvent, Modifiers};
 use tokio::runtime::Runtime;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::client::session::Session;
 
@@ -38,7 +41,8 @@ pub const HELP: &str = r#"Operations, one per line (keys and values in double qu
 Escapes inside quotes: \" \\ \n (newline) \t (tab) \xNN (any byte, two hex digits).
 Blank lines and lines starting with # are skipped.
   help              this text
-  quit, exit        leave (ctrl+d too); ctrl+c drops the line being typed
+  quit, exit        leave (ctrl+d too)
+ctrl+c drops the line being typed, or abandons the operation that runs.
 Pasted lines run one after the other; up and down arrows recall earlier lines."#;
 
 /// Where the history is kept: `$FTKV_HISTORY` if set and not empty, else
@@ -70,7 +74,12 @@ pub fn run_lines(
 /// The interactive session on a terminal, until `quit`, `exit` or ctrl+d.
 pub fn run_terminal(runtime: &Runtime, session: &mut Session) -> Result<(), String> {
     let mut editor = editor().map_err(|e| format!("line editor: {e}"))?;
+    let _typed_ahead = TypeAhead::hold();
     let mut history = History::load(&mut editor, history_path());
+    let mut sigint = {
+        let _context = runtime.enter();
+        signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?
+    };
     loop {
         let text = match editor.readline("> ") {
             Ok(text) => text,
@@ -83,8 +92,54 @@ pub fn run_terminal(runtime: &Runtime, session: &mut Session) -> Result<(), Stri
             match Word::of(line) {
                 Word::Quit => return Ok(()),
                 Word::Help => println!("{}", help_text(history.path.as_deref())),
-                Word::Operation => runtime.block_on(session.run_line(line)),
+                Word::Operation => run_operation(runtime, session, &mut sigint, line),
             }
+        }
+    }
+}
+
+/// Runs one line; ctrl+c (SIGINT: the terminal's signals are on while it runs) abandons it.
+fn run_operation(runtime: &Runtime, session: &mut Session, sigint: &mut Signal, line: &str) {
+    runtime.block_on(async {
+        // A SIGINT from before (sent by another process) is not this operation's.
+        while let Some(Some(())) = sigint.recv().now_or_never() {}
+        tokio::select! {
+            biased;
+            () = session.run_line(line) => {}
+            _ = sigint.recv() => session.interrupted(),
+        }
+    });
+}
+
+/// The terminal for the whole session, out of canonical mode: the editor switches it to raw
+/// mode while it reads a line and back to this, so while an operation runs what is typed
+/// stays bytes in the kernel's buffer for the editor to read next, as it would have read
+/// them. In canonical mode the kernel itself took a ctrl+d typed then as an end of file that
+/// the editor never saw. Echo stays on (what is typed ahead shows at once) and so do signals
+/// (ctrl+c interrupts the operation, and the kernel drops what was typed ahead with it). Put
+/// back as it was when dropped (at `quit`, ctrl+d or an error).
+struct TypeAhead {
+    saved: Option<Termios>,
+}
+
+impl TypeAhead {
+    fn hold() -> TypeAhead {
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut held = saved.clone();
+            held.local_flags.remove(LocalFlags::ICANON | LocalFlags::IEXTEN);
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, &held);
+        }
+        TypeAhead { saved }
+    }
+}
+
+impl Drop for TypeAhead {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // TCSANOW, not TCSAFLUSH: what was typed ahead stays.
+            let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
         }
     }
 }

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// What the shell around the program prints before its exit status (and `]` after).
+const EXITED: &str = "[exited with ";
 /// The one session of each test's tmux server.
 const SESSION: &str = "ftkv";
 /// How long a wait for the screen lasts before the test fails.
@@ -22,7 +24,10 @@ pub struct Tmux {
 
 impl Tmux {
     /// Runs `command` (a shell command line) on a new terminal; the pane stays after it
-    /// exits, so that its last screen and exit status can be read. `None`: no tmux, not root.
+    /// exits, so that its last screen can be read, and a shell around it prints its exit
+    /// status there (tmux left some programs unreaped, a zombie with no status to show,
+    /// for seconds). The shell traps SIGINT, which a ctrl+c sends it too, so that it waits
+    /// for the program whatever the program does with its own. `None`: no tmux, not root.
     pub fn start(command: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
             // SAFETY: geteuid(2) has no preconditions.
@@ -33,24 +38,10 @@ impl Tmux {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmux = Tmux { socket: format!("ftkv-test-{}-{n}", std::process::id()) };
-        let started = tmux.run(&[
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            SESSION,
-            "-x",
-            "200",
-            "-y",
-            "50",
-            command,
-            ";",
-            "set-option",
-            "-g",
-            "remain-on-exit",
-            "on",
-        ]);
+        let shell = format!("trap : INT; {command}; echo \"{EXITED}$?]\"");
+        let session = ["new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", &shell];
+        let keep = ["set-option", "-g", "remain-on-exit", "on"];
+        let started = tmux.run(&[&["-f", "/dev/null"][..], &session, &[";"], &keep].concat());
         assert!(started.status.success(), "tmux: {}", String::from_utf8_lossy(&started.stderr));
         Some(tmux)
     }
@@ -102,23 +93,10 @@ impl Tmux {
 
     /// Waits until the program has exited; returns its exit status.
     pub fn wait_exit(&self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let out = self.run(&[
-                "display-message",
-                "-p",
-                "-t",
-                SESSION,
-                "#{pane_dead} #{pane_dead_status}",
-            ]);
-            // The status comes a little after the pane is dead (the pty closes first).
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if let ["1", status] = text.split_whitespace().collect::<Vec<_>>()[..] {
-                return status.parse().expect("exit status");
-            }
-            assert!(Instant::now() < deadline, "still running:\n{}", self.screen());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let screen = self.wait_for(EXITED);
+        let (_, rest) = screen.rsplit_once(EXITED).unwrap();
+        let status = rest.split_once(']').map(|(status, _)| status);
+        status.and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("exit status:\n{screen}"))
     }
 }
 
