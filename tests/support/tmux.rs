@@ -1,5 +1,5 @@
 //! A real terminal for tests: one program in a tmux session of its own (its own server
-//! socket, 200x50), driven with `send-keys` and `paste-buffer`, read with `capture-pane`.
+//! socket, in a temporary directory; 200x50), driven with `send-keys` and `paste-buffer`, read with `capture-pane`.
 //! Waits poll the screen until a text appears or a deadline passes. The tmux server is
 //! killed on drop.
 //!
@@ -8,7 +8,6 @@
 //! otherwise, as the tests that need root do.
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the shell around the program prints before its exit status (and `]` after).
@@ -19,7 +18,9 @@ const SESSION: &str = "ftkv";
 const WAIT: Duration = Duration::from_secs(15);
 
 pub struct Tmux {
-    socket: String,
+    /// Holds the server's socket, so that none is left behind (tmux leaves its socket file
+    /// when killed).
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -35,9 +36,7 @@ impl Tmux {
             eprintln!("skipped: tmux is not installed (scripts/test-deps.sh installs it as root)");
             return None;
         }
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmux = Tmux { socket: format!("ftkv-test-{}-{n}", std::process::id()) };
+        let tmux = Tmux { dir: tempfile::tempdir().unwrap() };
         let shell = format!("trap : INT; {command}; echo \"{EXITED}$?]\"");
         let session = ["new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", &shell];
         let keep = ["set-option", "-g", "remain-on-exit", "on"];
@@ -49,7 +48,7 @@ impl Tmux {
     fn run(&self, args: &[&str]) -> Output {
         // Not the tmux the tests may run in: its variable would pick the default target.
         let mut tmux = Command::new("tmux");
-        tmux.env_remove("TMUX").args(["-L", &self.socket]).args(args);
+        tmux.env_remove("TMUX").arg("-S").arg(self.dir.path().join("socket")).args(args);
         tmux.output().expect("run tmux")
     }
 
