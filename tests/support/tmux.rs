@@ -1,7 +1,7 @@
-//! A real terminal for tests: one program in a tmux session of its own (its own server
-//! socket, in a temporary directory; 200x50), driven with `send-keys` and `paste-buffer`, read with `capture-pane`.
-//! Waits poll the screen until a text appears or a deadline passes. The tmux server is
-//! killed on drop.
+//! A real terminal for tests: one program in a tmux session of its own (its own server,
+//! its socket in a temporary directory; 200x50), driven with `send-keys` and
+//! `paste-buffer`, read with `capture-pane`. Waits poll the screen until a text appears or a
+//! deadline passes. The tmux server is killed on drop.
 //!
 //! tmux is installed by scripts/test-deps.sh, as root. Without it a test fails when run as
 //! root (CI: a missing install step must not pass as a skip) and skips with a message
