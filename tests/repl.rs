@@ -95,15 +95,28 @@ fn pasted_and_typed_ahead_lines_all_run_in_order() {
         "a second client reads every value"
     );
 
-    tmux.keys(&["help", "Enter"]);
-    let screen = tmux.wait_for(&format!("History file: {}", history.display()));
-    for text in ["P \"key\" \"value\"", "G \"key\"", "D \"key\"", "\\xNN", "quit, exit"] {
-        assert!(screen.contains(text), "help names {text}:\n{screen}");
-    }
     tmux.keys(&["quit", "Enter"]);
     assert_eq!(tmux.wait_exit(), 0);
     let kept = std::fs::read_to_string(&history).unwrap();
     assert!(kept.contains("P \"b\" \"2\"\n") && kept.contains("G \"e\"\n"), "{kept}");
+}
+
+/// `help` lists the operations, the escapes and the history file; `exit` leaves. (No
+/// operation runs: the client asks no coordinator.)
+#[test]
+fn help_lists_the_operations_and_exit_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    let command = format!("env FTKV_HISTORY={} {CLIENT} -p 1", history.display());
+    let Some(tmux) = Tmux::start(&command) else { return };
+    tmux.wait_for("> ");
+    tmux.keys(&["help", "Enter"]);
+    let screen = tmux.wait_for(&format!("History file: {}", history.display()));
+    for text in ["P \"key\" \"value\"", "G \"key\"", "D \"key\"", "\\xNN", "quit, exit", "ctrl+c"] {
+        assert!(screen.contains(text), "help names {text}:\n{screen}");
+    }
+    tmux.keys(&["exit", "Enter"]);
+    assert_eq!(tmux.wait_exit(), 0);
 }
 
 /// The history is `$HOME/.ftkv_history` by default: after a restart of the client, the up
