@@ -119,6 +119,7 @@ impl Worker {
                 if let Ok(config) = self.client.refresh_config(deadline).await {
                     self.config = config;
                 }
+                self.client.close_coordinator();
             }
         }
     }

@@ -213,6 +213,14 @@ impl Client {
     /// would be taken for the answer to the next request.
     pub fn close_connections(&mut self) {
         self.servers = ServerConns::default();
+        self.close_coordinator();
+    }
+
+    /// Closes the connection to the coordinator. The load generator's workers do after each
+    /// refresh: thousands of them each keeping one open would fill the coordinator's clients
+    /// port (1024 connections), and those it turned away would go on with an old
+    /// configuration until their requests gave up.
+    pub(crate) fn close_coordinator(&mut self) {
         self.coord_conn = None;
     }
 
