@@ -28,6 +28,12 @@ fn stored(cluster: &Cluster, keys: &[&str]) -> String {
     run.stdout
 }
 
+/// A cluster whose servers may be paused for a while without being replaced: a pause of a
+/// few hundred milliseconds on a loaded machine must not start a recovery.
+fn patient_cluster() -> Cluster {
+    Cluster::start_with(3, &["-t", "5"])
+}
+
 /// The pid and clients port of the server that owns `key` (of 3).
 fn owner_of(cluster: &Cluster, key: &[u8]) -> (u32, u16) {
     let owner = slot_of(key, 3) as usize;
@@ -45,7 +51,7 @@ fn start_waiting(tmux: &Tmux, line: &str, port: u16) {
 
 #[test]
 fn pasted_and_typed_ahead_lines_all_run_in_order() {
-    let cluster = Cluster::start(3);
+    let cluster = patient_cluster();
     let history = cluster.path("history");
     let env = format!("FTKV_HISTORY={}", history.display());
     let Some(tmux) = client_on_a_terminal(&cluster, &env) else { return };
@@ -171,7 +177,7 @@ fn a_history_file_that_cannot_be_written_is_said_once() {
 /// which comes late. A ctrl+d typed while an operation runs leaves once it is done.
 #[test]
 fn ctrl_c_abandons_the_operation_that_runs() {
-    let cluster = Cluster::start(3);
+    let cluster = patient_cluster();
     let env = format!("FTKV_HISTORY={}", cluster.path("history").display());
     let Some(tmux) = client_on_a_terminal(&cluster, &env) else { return };
     tmux.keys(&["P \"slow\" \"s\"", "Enter"]);
