@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need and is not there yet: cargo-nextest, and for the remote-host
 # tests (network namespaces with an sshd each, cut off with nftables) iproute2, openssh and
-# nftables from Debian's packages; tmux for `client watch`'s terminal test, and prometheus
-# (with promtool) for the metrics test. Those tests need root; without root they skip, and so does
-# this script's package step.
+# nftables from Debian's packages, bsdutils (`script`) and tmux for the client's terminal
+# tests (the REPL, `client watch`), prometheus (with promtool) for the metrics test. Packages
+# need root, and so do the remote-host tests: without root those skip, as do the tool tests
+# whose tool is missing, and this script's package step is skipped. As root a missing tool
+# fails its tests.
 set -euo pipefail
 
 if ! cargo nextest --version >/dev/null 2>&1; then

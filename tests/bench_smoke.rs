@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::cluster::Cluster;
+use support::cluster::{CLIENT, Cluster};
 
 /// The ops/s of a `<name>: <ops> ops/s p50=<us>us p99=<us>us p99.9=<us>us` line.
 fn parse_line(stdout: &str, name: &str) -> f64 {
@@ -66,4 +66,56 @@ fn bench_get_alone_fills_first_and_bad_flags_fail() {
     let run = cluster.run_client(&["bench", "-P", "0"], "");
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("-P"), "{}", run.stderr);
+}
+
+/// The coordinator killed while a bench runs: the run stops in the phase it was in, with a
+/// message and exit status 2 (it went on into its get phase, and printed zero latencies).
+#[test]
+fn bench_stops_with_an_error_when_the_coordinator_dies() {
+    use std::io::BufRead;
+    let mut cluster = Cluster::start(3);
+    let port = cluster.clients_port.to_string();
+    let mut bench = std::process::Command::new(CLIENT)
+        .args(["-h", "127.0.0.1", "-p", &port, "--timeout", "1"])
+        .args(["bench", "-n", "1000000000", "-c", "4", "-t", "put,get"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(bench.stdout.take().unwrap());
+    let mut summary = String::new();
+    stdout.read_line(&mut summary).unwrap();
+    assert!(summary.starts_with("ftkv bench: 3 servers"), "{summary}");
+    cluster.kill_coord();
+    let began = std::time::Instant::now();
+    let out = bench.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{rest}{err}");
+    assert!(err.contains("stopped in put") && err.contains("is the coordinator running"), "{err}");
+    assert!(!rest.contains("get:") && !rest.contains("=0us"), "no get phase: {rest}");
+    assert!(began.elapsed() < std::time::Duration::from_secs(15), "{:?}", began.elapsed());
+}
+
+/// A `-c` that the servers or the open-file limit cannot take is refused up front, naming
+/// the limit (past the servers' limit the connections were closed without a word).
+#[test]
+fn bench_connections_past_a_limit_are_refused_naming_it() {
+    let cluster = Cluster::start(3);
+    let run = cluster.run_client(&["bench", "-c", "5000", "-n", "10"], "");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("-c 5000") && run.stderr.contains("at most 4096"),
+        "{}",
+        run.stderr
+    );
+    let command = format!(
+        "ulimit -n 200 && exec {CLIENT} -h 127.0.0.1 -p {} bench -c 100 -n 10",
+        cluster.clients_port
+    );
+    let out = std::process::Command::new("sh").args(["-c", &command]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("364 open files") && err.contains("may open 200"), "{err}");
 }

@@ -202,6 +202,7 @@ fn repl_on_a_terminal_has_a_prompt_and_history() {
     let command = format!("{CLIENT} -h 127.0.0.1 -p {}", cluster.clients_port);
     let mut script = Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("FTKV_HISTORY", cluster.path("history"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -397,4 +398,65 @@ fn a_file_and_an_operation_together_are_refused() {
     let out = Command::new(CLIENT).args(["-p", "1", "-f", "/dev/null", "G", "k"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("either -f FILE or an operation"));
+}
+
+/// `make all` while a program it installs runs (the service is up): it copies each to a
+/// temporary name and renames it over the old one (copying over a running program failed
+/// with "Text file busy"). Run on a copy of the Makefile, with the build left out
+/// (`CARGO=true`) and stand-ins for the built programs.
+#[test]
+fn make_all_installs_over_running_programs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let makefile = concat!(env!("CARGO_MANIFEST_DIR"), "/Makefile");
+    std::fs::copy(makefile, dir.path().join("Makefile")).unwrap();
+    let built = dir.path().join("target/release");
+    std::fs::create_dir_all(&built).unwrap();
+    for program in ["client", "server", "coord"] {
+        std::fs::write(built.join(program), format!("#!/bin/sh\necho new {program}\n")).unwrap();
+        std::fs::set_permissions(built.join(program), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let installed = dir.path().join("client");
+    std::fs::copy("/bin/sleep", &installed).unwrap();
+    let mut running = Command::new(&installed).arg("60").spawn().unwrap();
+    let out = Command::new("make")
+        .current_dir(dir.path())
+        .args(["all", "CARGO=true"])
+        .output()
+        .expect("make");
+    let _ = running.kill();
+    let _ = running.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for program in ["client", "server", "coord"] {
+        let run = Command::new(dir.path().join(program)).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), format!("new {program}\n"));
+    }
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|name| name.to_string_lossy().ends_with(".new")), "{left:?}");
+}
+
+/// `--heartbeat-ms 0` is refused with a message (it silently became 1 ms), by `coord` and
+/// by `server`, and so is a value past the largest.
+#[test]
+fn heartbeat_ms_0_is_refused() {
+    let config = "3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n";
+    for ms in ["0", "1800001"] {
+        let (code, err) = coord_with_config(
+            config,
+            &["-c", "0", "-s", "0", "-C", "cfg.txt", "--heartbeat-ms", ms],
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--heartbeat-ms") && err.contains("from 1 to 1800000"), "{err}");
+    }
+    let out = Command::new(SERVER)
+        .args(["-h", "127.0.0.1", "-m", "1", "-S", "0", "-n", "3", "--heartbeat-ms", "0"])
+        .env("FTKV_CLUSTER_TOKEN", "token")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--heartbeat-ms") && err.contains("from 1 to 1800000"), "{err}");
 }

@@ -54,6 +54,7 @@ impl Bench {
         let mut client = Client::new(options.coordinator.clone(), options.timeout);
         let deadline = Instant::now() + options.timeout;
         let config = client.config(deadline).await.map_err(|e| e.to_string())?;
+        options::check_open_files(options.connections, config.servers.len())?;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
         let mut seed = u64::from_le_bytes(seed);

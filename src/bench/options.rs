@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::protocol::MAX_VALUE_LEN;
+use crate::server::MAX_CLIENT_CONNECTIONS;
 
 /// The bench keeps a bit per key (which were written, so that a GET can be checked): 125 MB
 /// at this size. (At 10^12 it tried to allocate 125 GB and aborted.)
@@ -75,6 +76,15 @@ impl BenchOptions {
         if self.connections == 0 {
             return Err("-c must be at least 1".into());
         }
+        if self.connections > MAX_CLIENT_CONNECTIONS {
+            // Past it a server closes the connections it cannot take, which showed as
+            // unexplained broken connections.
+            return Err(format!(
+                "-c {} is more than a server serves: at most {MAX_CLIENT_CONNECTIONS} client \
+                 connections each (every worker opens one to each server)",
+                self.connections
+            ));
+        }
         if self.pipeline == 0 {
             return Err("-P must be at least 1".into());
         }
@@ -88,6 +98,25 @@ impl BenchOptions {
             return Err("-t names no test".into());
         }
         Ok(())
+    }
+}
+
+/// Descriptors the process needs beside its connections (standard streams, the runtime's,
+/// a connection to the coordinator, a log file).
+const SPARE_FILES: u64 = 64;
+
+/// Raises the open-file limit, then refuses a run whose connections would not fit in it:
+/// each of `connections` workers holds one to each of `servers` servers. (Past the limit the
+/// connects failed midway with "Too many open files", naming no limit.)
+pub(super) fn check_open_files(connections: usize, servers: usize) -> Result<(), String> {
+    crate::listener::raise_fd_limit();
+    let needed = (connections * servers) as u64 + SPARE_FILES;
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((limit, _)) if limit < needed => Err(format!(
+            "-c {connections} needs about {needed} open files ({connections} connections to \
+             each of {servers} servers) and this process may open {limit} (ulimit -n)"
+        )),
+        _ => Ok(()),
     }
 }
 

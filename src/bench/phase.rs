@@ -2,7 +2,7 @@
 //! while it runs: which requests are left to claim, how many are done, which keys are stored.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,6 +39,8 @@ pub(super) struct Phase {
     /// Keys in order (fill) or at random.
     pub(super) sequential: bool,
     claimed: AtomicU64,
+    /// A request gave up (no answer before its deadline): claim no more.
+    stopped: AtomicBool,
     /// Requests answered or given up: for the progress line.
     pub(super) done: AtomicU64,
     pub(super) stored: Arc<StoredKeys>,
@@ -79,6 +81,7 @@ impl Phase {
             limit,
             sequential,
             claimed: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             done: AtomicU64::new(0),
             stored,
             keys,
@@ -88,8 +91,12 @@ impl Phase {
         }
     }
 
-    /// Claims up to `want` new requests: `(first sequence number, count)`.
+    /// Claims up to `want` new requests: `(first sequence number, count)`; none once the
+    /// phase is stopped.
     pub(super) fn claim(&self, want: usize) -> (u64, usize) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return (0, 0);
+        }
         match self.limit {
             Limit::Requests(total) => {
                 let first = self.claimed.fetch_add(want as u64, Ordering::Relaxed);
@@ -100,6 +107,13 @@ impl Phase {
             }
             Limit::Until(_) => (0, 0),
         }
+    }
+
+    /// Ends the phase early: a request found the service unavailable for a whole deadline,
+    /// and the others would too (a run whose coordinator had died went on for every
+    /// request of every phase, each waiting out its deadline).
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Counts one request answered or given up.
@@ -120,6 +134,7 @@ mod tests {
             limit: Limit::Requests(10),
             sequential: true,
             claimed: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             done: AtomicU64::new(0),
             stored: Arc::new(StoredKeys::new(100)),
             keys: Arc::new(KeyPicker::new(100, 3)),
@@ -130,6 +145,27 @@ mod tests {
         assert_eq!(phase.claim(4), (0, 4));
         assert_eq!(phase.claim(4), (4, 4));
         assert_eq!(phase.claim(4), (8, 2));
+        assert_eq!(phase.claim(4).1, 0);
+    }
+
+    #[test]
+    fn a_stopped_phase_claims_nothing() {
+        let options = BenchOptions {
+            coordinator: String::new(),
+            requests: 10,
+            duration: None,
+            connections: 1,
+            value_size: 3,
+            pipeline: 4,
+            ops: vec![BenchOp::Put],
+            keyspace: 100,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        let keys = Arc::new(KeyPicker::new(100, 3));
+        let phase = Phase::new(PhaseKind::Fill, &options, Arc::new(StoredKeys::new(100)), keys);
+        assert_eq!(phase.claim(4), (0, 4));
+        phase.stop();
         assert_eq!(phase.claim(4).1, 0);
     }
 }

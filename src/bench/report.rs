@@ -17,6 +17,9 @@ pub struct Report {
     pub ok: u64,
     /// Requests that failed (wrong value, unexpected answer, deadline passed).
     pub errors: u64,
+    /// Of the errors, requests that had no answer before their deadline: the service is
+    /// unavailable (a coordinator that died, every server down), and the run stops.
+    pub gave_up: u64,
     /// Attempts repeated after a refusal, a broken connection or a lost answer.
     pub retries: u64,
     /// GETs that found no value (keys this run did not store).
@@ -35,6 +38,7 @@ impl Report {
             kind,
             ok: 0,
             errors: 0,
+            gave_up: 0,
             retries: 0,
             absent: 0,
             error_samples: Vec::new(),
@@ -67,6 +71,7 @@ impl Report {
     pub(super) fn merge(&mut self, share: Report) {
         self.ok += share.ok;
         self.errors += share.errors;
+        self.gave_up += share.gave_up;
         self.retries += share.retries;
         self.absent += share.absent;
         share.error_samples.into_iter().for_each(|what| self.keep(what));
@@ -84,7 +89,11 @@ impl Report {
 
     /// `put: 85000 ops/s p50=450us p99=1200us p99.9=2500us`, or for the fill phase
     /// `fill: 100000 keys in 1.23 s`. Tests and bench/compare.sh parse these lines.
+    /// A phase in which nothing succeeded says so (its latencies would all print as 0).
     pub fn line(&self) -> String {
+        if self.ok == 0 {
+            return format!("{}: no request succeeded ({} errors)", self.kind.name(), self.errors);
+        }
         match self.kind {
             PhaseKind::Fill => {
                 format!("fill: {} keys in {:.2} s", self.ok, self.elapsed.as_secs_f64())
@@ -122,6 +131,9 @@ mod tests {
         report.ok = 85_000;
         report.elapsed = Duration::from_secs(1);
         assert_eq!(report.line(), "put: 85000 ops/s p50=500us p99=990us p99.9=999us");
+        let mut failed = Report::new(PhaseKind::Measure(BenchOp::Get));
+        failed.error("gave up".into());
+        assert_eq!(failed.line(), "get: no request succeeded (1 errors)");
     }
 
     #[test]

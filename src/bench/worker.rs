@@ -119,6 +119,7 @@ impl Worker {
                 if let Ok(config) = self.client.refresh_config(deadline).await {
                     self.config = config;
                 }
+                self.client.close_coordinator();
             }
         }
     }
@@ -274,6 +275,8 @@ impl Worker {
                 phase.op.name(),
                 phase.timeout
             ));
+            report.gave_up += 1;
+            phase.stop();
             phase.count_done();
         } else {
             report.retries += 1;

@@ -1,6 +1,6 @@
 //! `client`: the ftkv command-line client (REPL, script file, one-shot, status, bench).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use clap::Parser;
 use ftkv::bench::{Bench, BenchOp, BenchOptions, PhaseKind};
 use ftkv::client::Client;
 use ftkv::client::line::parse_words;
+use ftkv::client::repl;
 use ftkv::client::session::{Outcome, Session, end_by_sigpipe, status_json};
 use ftkv::text::format_table;
 use tokio::runtime::Runtime;
@@ -88,41 +89,13 @@ fn start(args: Args) -> Result<Outcome, String> {
     if let Some(path) = &args.file {
         let file = std::fs::File::open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        run_lines(&runtime, &mut session, std::io::BufReader::new(file))?;
+        repl::run_lines(&runtime, &mut session, std::io::BufReader::new(file))?;
     } else if std::io::stdin().is_terminal() {
-        repl(&runtime, &mut session)?;
+        repl::run_terminal(&runtime, &mut session)?;
     } else {
-        run_lines(&runtime, &mut session, std::io::stdin().lock())?;
+        repl::run_lines(&runtime, &mut session, std::io::stdin().lock())?;
     }
     Ok(session.outcome())
-}
-
-fn run_lines(runtime: &Runtime, session: &mut Session, input: impl BufRead) -> Result<(), String> {
-    for line in input.split(b'\n') {
-        let line = line.map_err(|e| format!("reading input: {e}"))?;
-        match std::str::from_utf8(&line) {
-            Ok(line) => runtime.block_on(session.run_line(line)),
-            // Never stored altered: raw bytes would have become U+FFFD.
-            Err(_) => session.reject_line("not UTF-8 text: write other bytes as \\xNN"),
-        }
-    }
-    Ok(())
-}
-
-fn repl(runtime: &Runtime, session: &mut Session) -> Result<(), String> {
-    let mut editor = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
-    loop {
-        match editor.readline("> ") {
-            Ok(line) => {
-                let _ = editor.add_history_entry(line.as_str());
-                runtime.block_on(session.run_line(&line));
-            }
-            Err(
-                rustyline::error::ReadlineError::Eof | rustyline::error::ReadlineError::Interrupted,
-            ) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
 }
 
 fn status(runtime: &Runtime, session: &mut Session, rest: &[String]) -> Result<Outcome, String> {
@@ -216,28 +189,42 @@ fn bench(coordinator: String, timeout: Duration, rest: &[String]) -> Result<Outc
             .build()
             .map_err(|e| e.to_string())?,
     ));
-    runtime.block_on(async {
-        let mut bench = Bench::connect(options).await?;
-        out(&format!("{}\n", bench.summary()))?;
-        let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
-        for kind in bench.phases() {
-            let report = bench.run_phase(kind).await;
-            out(&format!("{}\n", report.line()))?;
-            for sample in &report.error_samples {
-                eprintln!("client bench: {sample}");
-            }
-            errors += report.errors;
-            retries += report.retries;
-            answers += report.ok + report.errors;
-            if kind != PhaseKind::Fill {
-                absent += report.absent;
-            }
+    runtime.block_on(run_bench(options))
+}
+
+/// Runs every phase, printing a line for each, then the totals. A phase in which requests
+/// failed for a whole `--timeout` ends the run with an error: the service is unavailable,
+/// and the phases after it would only wait out their deadlines too.
+async fn run_bench(options: BenchOptions) -> Result<Outcome, String> {
+    let timeout = options.timeout;
+    let mut bench = Bench::connect(options).await?;
+    out(&format!("{}\n", bench.summary()))?;
+    let (mut errors, mut retries, mut answers, mut absent) = (0, 0, 0, 0);
+    for kind in bench.phases() {
+        let report = bench.run_phase(kind).await;
+        out(&format!("{}\n", report.line()))?;
+        for sample in &report.error_samples {
+            eprintln!("client bench: {sample}");
         }
-        out(&format!(
-            "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys\n"
-        ))?;
-        Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
-    })
+        if report.gave_up > 0 {
+            return Err(format!(
+                "stopped in {}: {} requests failed for a whole --timeout of {timeout:?} (the \
+                 service is unavailable: is the coordinator running?)",
+                kind.name(),
+                report.gave_up,
+            ));
+        }
+        errors += report.errors;
+        retries += report.retries;
+        answers += report.ok + report.errors;
+        if kind != PhaseKind::Fill {
+            absent += report.absent;
+        }
+    }
+    out(&format!(
+        "checked: {answers} answers, {errors} errors, {retries} retries, {absent} gets of absent keys\n"
+    ))?;
+    Ok(if errors == 0 { Outcome::Ok } else { Outcome::Failed })
 }
 
 /// `client watch`: full-screen on a terminal, event lines otherwise.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ftkv::coord::{CoordOptions, default_server_bin, run};
-use ftkv::server::{DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
+use ftkv::server::{
+    DEFAULT_HEARTBEAT_MS, DEFAULT_ORPHAN_TIMEOUT, parse_heartbeat_ms, parse_orphan_timeout,
+};
 
 /// The ftkv coordinator. End of standard input (ctrl+d), SIGINT or SIGTERM shut the whole
 /// service down: every server writes server_<id>.primary and .secondary, then exits.
@@ -31,9 +33,9 @@ struct Args {
     /// try to re-attach to a restarted one before they write their dumps and exit.
     #[arg(long, value_name = "SECS", default_value = DEFAULT_ORPHAN_TIMEOUT, value_parser = parse_orphan_timeout)]
     orphan_timeout: Duration,
-    /// Server heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    heartbeat_ms: u64,
+    /// Server heartbeat interval in milliseconds (1 to 1800000).
+    #[arg(long, value_name = "MS", default_value = DEFAULT_HEARTBEAT_MS, value_parser = parse_heartbeat_ms)]
+    heartbeat_ms: Duration,
     /// The server binary (default: `server` beside this program).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -103,7 +105,7 @@ fn start(args: Args) -> Result<(), String> {
         return Err(format!("bad timeout {} (seconds, 0.05 to 3600)", args.timeout));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    let heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
+    let heartbeat = args.heartbeat_ms;
     if heartbeat * 2 > timeout {
         return Err(format!(
             "heartbeat interval {heartbeat:?} is too long for a timeout of {timeout:?} (at most half)"

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ftkv::server::{DEFAULT_ORPHAN_TIMEOUT, ServerOptions, parse_orphan_timeout, run};
+use ftkv::server::{
+    DEFAULT_HEARTBEAT_MS, DEFAULT_ORPHAN_TIMEOUT, ServerOptions, parse_heartbeat_ms,
+    parse_orphan_timeout, run,
+};
 
 /// An ftkv storage server. Started by `coord`, which passes the cluster token on standard
 /// input (or in FTKV_CLUSTER_TOKEN); it is never given on the command line.
@@ -53,9 +56,9 @@ struct Args {
     /// Which start of this id this is (set by coord).
     #[arg(long, default_value_t = 0)]
     incarnation: u64,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    heartbeat_ms: u64,
+    /// Heartbeat interval in milliseconds (1 to 1800000).
+    #[arg(long, value_name = "MS", default_value = DEFAULT_HEARTBEAT_MS, value_parser = parse_heartbeat_ms)]
+    heartbeat_ms: Duration,
     /// Seconds (fractions allowed, 0.05 to 86400) that a server which lost its coordinator
     /// keeps its data and tries to re-attach to a restarted one, before it writes its dumps
     /// and exits. It serves no client meanwhile once its lease ends.
@@ -155,7 +158,7 @@ fn start(args: Args) -> Result<(), String> {
         servers_port: args.servers_port,
         control_port: args.control_port,
         dump_dir,
-        heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
+        heartbeat: args.heartbeat_ms,
         incarnation: args.incarnation,
         orphan_timeout: args.orphan_timeout,
     };

@@ -4,6 +4,7 @@
 
 pub(crate) mod conns;
 pub mod line;
+pub mod repl;
 pub mod session;
 
 use std::sync::Arc;
@@ -207,6 +208,22 @@ impl Client {
     }
 
     /// This client's connections to the servers, for the load generator's workers.
+    /// Closes every connection, to the servers and to the coordinator: after an operation
+    /// was abandoned midway (ctrl+c), an answer to it may still come on one of them, and
+    /// would be taken for the answer to the next request.
+    pub fn close_connections(&mut self) {
+        self.servers = ServerConns::default();
+        self.close_coordinator();
+    }
+
+    /// Closes the connection to the coordinator. The load generator's workers do after each
+    /// refresh: thousands of them each keeping one open would fill the coordinator's clients
+    /// port (1024 connections), and those it turned away would go on with an old
+    /// configuration until their requests gave up.
+    pub(crate) fn close_coordinator(&mut self) {
+        self.coord_conn = None;
+    }
+
     pub(crate) fn servers(&mut self) -> &mut ServerConns {
         &mut self.servers
     }

@@ -80,6 +80,16 @@ impl Session {
         }
     }
 
+    /// The operation under way was abandoned (ctrl+c on a terminal): it fails, and every
+    /// connection is closed, since its answer may still come. A write may have been applied.
+    pub fn interrupted(&mut self) {
+        self.client.close_connections();
+        self.fail(
+            "Interrupted (ctrl+c: the operation was abandoned; a write may or may not have been applied)",
+            Outcome::Failed,
+        );
+    }
+
     fn fail(&mut self, reason: &str, outcome: Outcome) {
         eprintln!("Operation #{} failed with: {reason}", self.operations);
         self.worst = self.worst.max(outcome);

@@ -29,6 +29,24 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 /// Longest a Drain waits for in-flight writes (the coordinator waits a little longer).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
+/// Default `--heartbeat-ms`, as text, as the flags of `server` and `coord` take it.
+pub const DEFAULT_HEARTBEAT_MS: &str = "250";
+/// Largest `--heartbeat-ms`: half of the coordinator's largest timeout (3600 s), since a
+/// heartbeat interval is at most half the timeout.
+pub const MAX_HEARTBEAT_MS: u64 = 1_800_000;
+
+/// Parses `--heartbeat-ms MS`, a whole number from 1 to [`MAX_HEARTBEAT_MS`], for `server`
+/// and `coord`. 0 was taken as 1 ms without a word (a heartbeat a millisecond); a value
+/// past an `Instant`'s range would have panicked the server at its first heartbeat.
+pub fn parse_heartbeat_ms(text: &str) -> std::result::Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(ms @ 1..=MAX_HEARTBEAT_MS) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{text:?} is not a whole number of milliseconds from 1 to {MAX_HEARTBEAT_MS}"
+        )),
+    }
+}
+
 /// Commands from the coordinator.
 pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<()> {
     while let Some(request) = conn.recv::<ControlRequest>().await? {
@@ -209,4 +227,19 @@ fn expect_welcome(response: ReportResponse) -> Result<()> {
 async fn answer(conn: &mut Connection, server: &Server) -> Result<ReportResponse> {
     let limit = server.lease.remaining() + ORPHAN_GRACE;
     conn.reader.recv_within(limit, "waiting for the coordinator (cut off?)").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_ms_is_refused_at_0_and_past_the_largest() {
+        assert_eq!(parse_heartbeat_ms(DEFAULT_HEARTBEAT_MS), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_heartbeat_ms("1"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_heartbeat_ms("1800000"), Ok(Duration::from_secs(1800)));
+        for bad in ["0", "-1", "1800001", "0.5", "", "18446744073709551615"] {
+            assert!(parse_heartbeat_ms(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -34,6 +34,7 @@ use crate::protocol::{Op, Refusal, Role, ServerStats, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 use errors::{ConfigRefused, StreamRefused};
 
+pub use control::{DEFAULT_HEARTBEAT_MS, MAX_HEARTBEAT_MS, parse_heartbeat_ms};
 pub use lease::Lease;
 pub use orphan::{BadOrphanTimeout, DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
 pub use replication::{CaughtUp, Mode, Replicator, Target};
@@ -377,8 +378,9 @@ impl Server {
     }
 }
 
-/// Most connections served at once on each port.
-const MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Most connections served at once on each port. Past it a new client connection is
+/// closed after its hello (`client bench` refuses a `-c` above it up front).
+pub const MAX_CLIENT_CONNECTIONS: usize = 4096;
 const MAX_PEER_CONNECTIONS: usize = 64;
 const MAX_CONTROL_CONNECTIONS: usize = 16;
 

@@ -8,3 +8,4 @@ pub mod load;
 pub mod netns;
 pub mod set;
 pub mod sockets;
+pub mod tmux;
