@@ -40,7 +40,9 @@ fn metrics_cluster() -> (Cluster, u16) {
 fn have(tool: &str) -> bool {
     let found = Command::new(tool).arg("--version").output().is_ok();
     if !found {
-        eprintln!("skipped: {tool} not found (scripts/test-deps.sh installs it)");
+        // SAFETY: geteuid(2) has no preconditions.
+        assert!(unsafe { libc::geteuid() } != 0, "{tool} is missing: scripts/test-deps.sh");
+        eprintln!("skipped: {tool} not found (scripts/test-deps.sh installs it as root)");
     }
     found
 }

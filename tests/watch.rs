@@ -11,58 +11,7 @@ use std::time::{Duration, Instant};
 use ftkv::connection::Connection;
 use ftkv::protocol::{CoordRequest, Hello, Role};
 use support::cluster::{CLIENT, Cluster, kill, wait_until};
-
-/// A tmux server of this test's own (its own socket), running one command in a 200x50
-/// window; killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// `None` (the test skips) without tmux.
-    fn start(name: &str, command: &str) -> Option<Tmux> {
-        if Command::new("tmux").arg("-V").output().is_err() {
-            eprintln!("skipped: tmux not found (scripts/test-deps.sh installs it)");
-            return None;
-        }
-        let socket = format!("ftkv-{name}-{}", std::process::id());
-        let tmux = Tmux { socket };
-        let args = ["new-session", "-d", "-x", "200", "-y", "50", command];
-        assert!(tmux.run(&args).status.success(), "tmux new-session");
-        Some(tmux)
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("tmux")
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p"]).stdout).into_owned()
-    }
-
-    /// The screen once `cond` holds of it; panics with the last screen after `limit`.
-    fn wait_for(&self, limit: Duration, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let screen = self.screen();
-            if cond(&screen) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "never saw {what}; screen:\n{screen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.run(&["has-session"]).status.success()
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
+use support::tmux::Tmux;
 
 /// Whether the servers table shows server `id` with `pid`, running.
 fn row_shows(screen: &str, id: u32, pid: u32) -> bool {
@@ -87,24 +36,22 @@ const STEPS: [&str; 5] = [
 fn watch_on_a_terminal_shows_a_recovery_step_by_step() {
     let cluster = Cluster::start(3);
     let command = format!("{CLIENT} -h 127.0.0.1 -p {} watch", cluster.clients_port);
-    let Some(tmux) = Tmux::start("watch", &command) else { return };
-    let limit = Duration::from_secs(10);
-    tmux.wait_for(limit, "three servers running", |s| {
+    let Some(tmux) = Tmux::start(&command) else { return };
+    tmux.wait_until("three servers running", |s| {
         (0..3).all(|id| row_shows(s, id, cluster.pids[id as usize]))
     });
     let victim = cluster.pids[1];
     kill(victim, "KILL");
-    let screen =
-        tmux.wait_for(limit, "the recovery complete", |s| s.contains("server 1 recovered in"));
+    let screen = tmux.wait_for("server 1 recovered in");
     assert!(screen.contains(&format!("server 1 lost (pid {victim})")), "{screen}");
     for step in STEPS {
         assert!(screen.contains(&format!("server 1: {step}")), "{step}: {screen}");
     }
     let replacement = cluster.pid_of(1);
     assert_ne!(replacement, victim);
-    tmux.wait_for(limit, "server 1 running with its new pid", |s| row_shows(s, 1, replacement));
-    tmux.run(&["send-keys", "q"]);
-    assert!(wait_until(limit, || !tmux.running()), "q quits");
+    tmux.wait_until("server 1 running with its new pid", |s| row_shows(s, 1, replacement));
+    tmux.keys(&["q"]);
+    assert_eq!(tmux.wait_exit(), 0, "q quits");
 }
 
 /// Lines a child prints, as they come.

@@ -72,17 +72,23 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits until `text` is on the screen `count` times; returns the screen.
-    pub fn wait_for_count(&self, text: &str, count: usize) -> String {
+    /// Waits until `cond` holds of the screen; returns it. Fails naming `what`.
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             let screen = self.screen();
-            if screen.matches(text).count() >= count {
+            if cond(&screen) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "no {count} x {text:?} on the screen:\n{screen}");
+            assert!(Instant::now() < deadline, "never saw {what} on the screen:\n{screen}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until `text` is on the screen `count` times; returns the screen.
+    pub fn wait_for_count(&self, text: &str, count: usize) -> String {
+        let what = format!("{count} x {text:?}");
+        self.wait_until(&what, |screen| screen.matches(text).count() >= count)
     }
 
     /// Waits until `text` is on the screen; returns the screen.
