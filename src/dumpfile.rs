@@ -13,12 +13,12 @@ use crate::routing::slot_of;
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Reads `path`, checks it against `entry` ([`check_file`]), parses it, and checks that it
-/// holds `entry.keys` keys, every one of `slot`'s among `n` servers. `Ok(None)`: no such file.
+/// holds `entry.keys` keys, and with `placement` = `(n, slot)` that every one is `slot`'s
+/// among `n` servers. `Ok(None)`: no such file.
 pub fn load_file(
     path: &std::path::Path,
     entry: &DumpFile,
-    n: u32,
-    slot: u32,
+    placement: Option<(u32, u32)>,
 ) -> Result<Option<Entries>, String> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -30,7 +30,9 @@ pub fn load_file(
     if entries.len() as u64 != entry.keys {
         return Err(format!("{} keys, the manifest says {}", entries.len(), entry.keys));
     }
-    if let Some((key, _)) = entries.iter().find(|(key, _)| slot_of(key, n) != slot) {
+    if let Some((n, slot)) = placement
+        && let Some((key, _)) = entries.iter().find(|(key, _)| slot_of(key, n) != slot)
+    {
         let key = crate::text::quote(key);
         return Err(format!("key {key} does not belong in it among {n} servers"));
     }
