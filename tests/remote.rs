@@ -17,11 +17,18 @@ use support::netns::{Hosts, addr, run_in};
 const N: u32 = 3;
 const CLIENTS_HOST: usize = 4;
 
+/// The coordinator's flags for servers over ssh on `hosts`.
+fn remote_flags(hosts: &Hosts) -> Vec<String> {
+    let remote_dir = hosts.remote_dir().to_str().unwrap().to_string();
+    ["-t", "1", "--ssh-args", &hosts.ssh_args(), "--remote-dir", &remote_dir]
+        .map(String::from)
+        .to_vec()
+}
+
 /// A 3-server cluster over ssh on `hosts`, the coordinator on host 0, clients on host 4.
 fn remote_cluster(hosts: &Hosts) -> Cluster {
-    let remote_dir = hosts.remote_dir();
-    let ssh_args = hosts.ssh_args();
-    let extra = ["-t", "1", "--ssh-args", &ssh_args, "--remote-dir", remote_dir.to_str().unwrap()];
+    let flags = remote_flags(hosts);
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut cluster = Cluster::launch(&hosts.config(N as usize), &hosts.on(0), &extra);
     cluster.coord_host = addr(0);
     cluster.client_prefix = hosts.on(CLIENTS_HOST);
@@ -47,8 +54,10 @@ fn assert_remote_dumps(hosts: &Hosts, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>
     }
 }
 
+/// Serve, dump on their hosts at ctrl+d, and restore in place at the next start: each
+/// server loads its own files on its host (the coordinator holds only the manifest).
 #[test]
-fn servers_started_over_ssh_serve_and_dump_on_their_hosts() {
+fn servers_started_over_ssh_serve_dump_and_restore_on_their_hosts() {
     let Some(hosts) = Hosts::up("ftkv-a", 4) else { return };
     let mut cluster = remote_cluster(&hosts);
     for id in 0..N {
@@ -79,6 +88,17 @@ fn servers_started_over_ssh_serve_and_dump_on_their_hosts() {
     assert_remote_dumps(&hosts, &finals);
     let log = std::fs::read_to_string(hosts.remote_dir().join("server_0.log")).unwrap();
     assert!(log.contains(lines::DUMPS_WRITTEN), "the remote log says where the dumps went");
+
+    let flags = remote_flags(&hosts);
+    cluster.restart_coord(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let restored = cluster.restored.clone().unwrap_or_default();
+    assert!(restored.starts_with("restored 50 keys"), "{restored}");
+    let run = cluster.run_client(&["G", "k7"], "");
+    assert_eq!((run.code, run.stdout.as_str()), (0, "value[\"k7\"] == \"v7\"\n"));
+    assert!(cluster.ctrl_d().success());
+    let pids = cluster.pids.clone();
+    assert!(wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))));
+    assert_remote_dumps(&hosts, &finals);
 }
 
 /// Runs load from the clients' host while `fault` hits server `victim`, waits `hold`,

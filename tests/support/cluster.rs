@@ -44,6 +44,8 @@ pub struct Cluster {
     pub client_prefix: Vec<String>,
     /// The port of `/metrics`, when started with `--metrics`.
     pub metrics_port: Option<u16>,
+    /// Prefix the coordinator runs behind (restarts too).
+    coord_prefix: Vec<String>,
 }
 
 impl Cluster {
@@ -81,6 +83,7 @@ impl Cluster {
             pids: Vec::new(),
             coord_host: "127.0.0.1".into(),
             client_prefix: Vec::new(),
+            coord_prefix: prefix.to_vec(),
             metrics_port: None,
         };
         cluster.await_ready();
@@ -139,14 +142,16 @@ impl Cluster {
 
     /// [`restart_coord`](Self::restart_coord) without waiting until it is ready.
     pub fn spawn_coord_again(&mut self, extra: &[&str]) {
-        let (coord, stdin, stdout) = match spawn_coord(self.dir.path(), &[], extra, self.pgid) {
-            Ok(spawned) => spawned,
-            Err(_) => {
-                let spawned = spawn_coord(self.dir.path(), &[], extra, 0).expect("spawn coord");
-                self.pgid = spawned.0.id();
-                spawned
-            }
-        };
+        let (coord, stdin, stdout) =
+            match spawn_coord(self.dir.path(), &self.coord_prefix, extra, self.pgid) {
+                Ok(spawned) => spawned,
+                Err(_) => {
+                    let spawned = spawn_coord(self.dir.path(), &self.coord_prefix, extra, 0)
+                        .expect("spawn coord");
+                    self.pgid = spawned.0.id();
+                    spawned
+                }
+            };
         (self.coord, self.stdin, self.stdout) = (coord, stdin, stdout);
     }
 
