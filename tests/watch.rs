@@ -54,10 +54,16 @@ fn watch_on_a_terminal_shows_a_recovery_step_by_step() {
     assert_eq!(tmux.wait_exit(), 0, "q quits");
 }
 
-/// Lines a child prints, as they come.
-fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+/// `client watch` on `cluster`, its standard output a pipe, and the lines it prints, as
+/// they come.
+fn watch_through_a_pipe(cluster: &Cluster) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut watch = Command::new(CLIENT)
+        .args(["-h", "127.0.0.1", "-p", &cluster.clients_port.to_string(), "watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let out = BufReader::new(watch.stdout.take().unwrap());
     std::thread::spawn(move || {
         for line in out.lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -65,7 +71,7 @@ fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
             }
         }
     });
-    rx
+    (watch, rx)
 }
 
 /// Lines from `rx` up to and including the first that contains `end`.
@@ -85,12 +91,7 @@ fn lines_until(rx: &mpsc::Receiver<String>, end: &str, limit: Duration) -> Vec<S
 #[test]
 fn watch_through_a_pipe_prints_event_lines() {
     let cluster = Cluster::start(3);
-    let mut watch = Command::new(CLIENT)
-        .args(["-h", "127.0.0.1", "-p", &cluster.clients_port.to_string(), "watch"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = lines_of(&mut watch);
+    let (mut watch, rx) = watch_through_a_pipe(&cluster);
     let limit = Duration::from_secs(10);
     let opening = lines_until(&rx, "epoch 1", limit);
     for (id, pid) in cluster.pids.iter().enumerate() {
@@ -129,12 +130,7 @@ fn watchers_that_never_read_slow_nothing() {
         }
         stalled
     });
-    let mut watch = Command::new(CLIENT)
-        .args(["-h", "127.0.0.1", "-p", &cluster.clients_port.to_string(), "watch"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = lines_of(&mut watch);
+    let (mut watch, rx) = watch_through_a_pipe(&cluster);
     lines_until(&rx, "epoch 1", Duration::from_secs(10));
     kill(cluster.pids[0], "KILL");
     let lines = lines_until(&rx, "server 0 recovered in", Duration::from_secs(10));
@@ -165,12 +161,7 @@ fn watch_shows_a_rollback_and_the_retry() {
     let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
     std::fs::set_permissions(&wrapper, mode).unwrap();
     let cluster = Cluster::start_with(3, &["--server-bin", wrapper.to_str().unwrap()]);
-    let mut watch = Command::new(CLIENT)
-        .args(["-h", "127.0.0.1", "-p", &cluster.clients_port.to_string(), "watch"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = lines_of(&mut watch);
+    let (mut watch, rx) = watch_through_a_pipe(&cluster);
     lines_until(&rx, "epoch 1", Duration::from_secs(10));
     kill(cluster.pids[1], "KILL");
     let lines = lines_until(&rx, "server 1 recovered in", Duration::from_secs(15));
