@@ -205,7 +205,7 @@ pub enum ControlRequest {
     Shutdown,
     /// Under a restoring configuration (a restore with N unchanged), load the two dump
     /// files in the server's dump directory into its tables, each checked against its
-    /// entry (size, MD5, key count, every key's slot among `n`) before either table is
+    /// entry (size, MD5, key count; `n` must be its configuration's) before either table is
     /// touched. Answered by [`ControlResponse::Loaded`].
     Load { n: u32, primary: DumpFile, secondary: DumpFile },
 }
@@ -401,7 +401,8 @@ pub struct ServerStats {
 impl ServerStats {
     /// Operations answered, of every kind and outcome.
     pub fn total_ops(&self) -> u64 {
-        self.ops.iter().flatten().sum()
+        // Figures a peer sent: saturating, never a panic on overflow.
+        self.ops.iter().flatten().fold(0u64, |sum, &n| sum.saturating_add(n))
     }
 }
 

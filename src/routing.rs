@@ -66,7 +66,9 @@ pub struct ClusterConfig {
     pub serving: Vec<u32>,
     /// The servers are being filled from an earlier run's dumps (a planned restart): under
     /// this configuration no server writes dumps, since its tables hold part of the set at
-    /// most and its files still hold all of it. Never published to clients.
+    /// most and its files still hold all of it. Never published to clients. (Absent from a
+    /// state file written before it: false.)
+    #[serde(default)]
     pub restoring: bool,
 }
 
@@ -215,6 +217,16 @@ pub enum InvalidConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configuration from a state file written before `restoring` existed reads as not
+    /// restoring (an upgraded coordinator takes back what an older one left).
+    #[test]
+    fn a_configuration_without_restoring_reads_as_not_restoring() {
+        let config = ClusterConfig::for_tests(3);
+        let mut json = serde_json::to_value(&config).unwrap();
+        json.as_object_mut().unwrap().remove("restoring");
+        assert_eq!(serde_json::from_value::<ClusterConfig>(json).unwrap(), config);
+    }
 
     /// Digests checked against `printf %s KEY | md5sum`.
     #[test]

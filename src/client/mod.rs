@@ -207,7 +207,6 @@ impl Client {
         answer
     }
 
-    /// This client's connections to the servers, for the load generator's workers.
     /// Closes every connection, to the servers and to the coordinator: after an operation
     /// was abandoned midway (ctrl+c), an answer to it may still come on one of them, and
     /// would be taken for the answer to the next request.
@@ -224,6 +223,7 @@ impl Client {
         self.coord_conn = None;
     }
 
+    /// This client's connections to the servers, for the load generator's workers.
     pub(crate) fn servers(&mut self) -> &mut ServerConns {
         &mut self.servers
     }

@@ -72,13 +72,16 @@ pub fn all_gone(members: &[Member], server_bin: &Path) -> bool {
 }
 
 /// Kills the local servers of `members` that still run (another coordinator's), and waits
-/// up to five seconds for them to be gone.
+/// up to five seconds for them to be gone. Remote ones are left to their orphan timeout:
+/// under a restoring configuration they exit without writing dumps.
 pub async fn kill_all(members: &[Member], server_bin: &Path) {
-    for member in members.iter().filter(|m| matches!(m.spec.host, Host::Local(_))) {
+    let local: Vec<&Member> =
+        members.iter().filter(|m| matches!(m.spec.host, Host::Local(_))).collect();
+    for member in &local {
         kill_orphan(member.pid, server_bin);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while members.iter().any(|m| runs_server(m.pid, server_bin))
+    while local.iter().any(|m| runs_server(m.pid, server_bin))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;

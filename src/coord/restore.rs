@@ -1,17 +1,21 @@
 //! Restoring the dumps of a planned restart. A coordinator that starts a new cluster looks
 //! in its dump directory before it starts anything:
 //!
-//! - a [`Manifest`] (written last by an orderly shutdown): every dump file present is checked
-//!   against it (size, MD5, key count, and each key's placement under the manifest's N);
-//!   each key's value is taken from its owner's primary dump or, when that file is missing
-//!   or its server's copy incomplete, from the owner's successor's secondary dump
-//!   ([`choose_sources`]); once the servers run, every key is written through the normal
-//!   replicated path under the current N ([`write_in`]);
+//! - a [`Manifest`] (written last by an orderly shutdown, or gathered from the servers' own
+//!   manifests: `gather`): with N unchanged and every server's files complete, each server
+//!   loads its own files ([`SetData::InPlace`]; the coordinator checks the sizes first).
+//!   Otherwise every dump file present is checked against it (size, MD5, key count, and
+//!   each key's placement under the manifest's N); each key's value is taken from its
+//!   owner's primary dump or, when that file is missing or its server's copy incomplete,
+//!   from the owner's successor's secondary dump ([`choose_sources`]); once the servers
+//!   run, every key is written through the normal replicated path under the current N
+//!   ([`write_in`]);
 //! - dump files without a manifest: refused, since this run would write its dumps over
 //!   data it never had (`--fresh` moves them aside);
 //! - `--fresh`: the dump files and the manifest move into `dumps-<UTC time>`.
 //!
-//! Anything wrong is refused before a server is started or a file touched.
+//! Anything wrong is refused without a dump file or manifest touched; all but a file whose MD5
+//! does not match (found by the server that loads it in place) before a server is started.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,8 +91,8 @@ pub struct Restore {
 pub enum SetData {
     /// The number of servers is unchanged and every server's files are usable: each server
     /// loads its own two (`ControlRequest::Load`), all at once, from its own dump directory
-    /// (on its host: remote servers' sets restore too). The coordinator checked the size,
-    /// MD5 and line count of those it can read (local servers') before starting anything.
+    /// (on its host: remote servers' sets restore too). The coordinator checked the sizes
+    /// of those it can see (local servers') before starting anything.
     InPlace(Manifest),
     /// Rebuilt here from the usable files (N changed, or a server's files are missing or
     /// incomplete) and written through the cluster ([`write_in`]).
@@ -99,7 +103,9 @@ impl Restore {
     /// How many keys the set holds.
     pub fn keys(&self) -> u64 {
         match &self.data {
-            SetData::InPlace(manifest) => manifest.servers.iter().map(|s| s.primary.keys).sum(),
+            SetData::InPlace(manifest) => {
+                manifest.servers.iter().fold(0, |sum, s| sum.saturating_add(s.primary.keys))
+            }
             SetData::Rebuilt { entries, .. } => entries.len() as u64,
         }
     }

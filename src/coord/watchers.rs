@@ -47,6 +47,11 @@ pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
     }
     let mut ticker = tokio::time::interval(SNAPSHOT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A watcher only listens: its end (or anything it sends) ends the stream. One read for
+    // the whole stream, not one per turn of the loop: a frame trickled in would otherwise
+    // get a new deadline every turn and could be held half-read for as long as it likes.
+    let ended = reader.recv::<CoordRequest>();
+    tokio::pin!(ended);
     loop {
         tokio::time::timeout(FRAME_DEADLINE, writer.flush())
             .await
@@ -57,8 +62,7 @@ pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
                 None => return Err(Error::Protocol("watcher too slow; dropped".into())),
             },
             _ = ticker.tick() => WatchMessage::Snapshot(snapshot(shared)),
-            // A watcher only listens: its end (or anything it sends) ends the stream.
-            _ = reader.recv::<CoordRequest>() => return Ok(()),
+            _ = &mut ended => return Ok(()),
         };
         writer.queue(&CoordResponse::Watch(message))?;
         // Events that came meanwhile go in the same write.

@@ -27,8 +27,9 @@ type Map = std::collections::HashMap<Box<[u8]>, Box<[u8]>, ahash::RandomState>;
 #[derive(Default)]
 pub struct Table {
     map: Mutex<Map>,
-    /// Bytes of keys and values held, changed under the map's lock (read without it, for
-    /// the heartbeat's counters).
+    /// Keys, and bytes of keys and values, held: changed under the map's lock, read without
+    /// it (the heartbeat's counters must not wait behind a whole-table copy or load).
+    keys: AtomicU64,
     bytes: AtomicU64,
 }
 
@@ -61,13 +62,17 @@ impl Table {
         let (klen, vlen) = (key.len() as u64, value.len() as u64);
         match map.insert(key.into_boxed_slice(), value.into_boxed_slice()) {
             Some(old) => self.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed),
-            None => self.bytes.fetch_add(klen, Ordering::Relaxed),
+            None => {
+                self.keys.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(klen, Ordering::Relaxed)
+            }
         };
         self.bytes.fetch_add(vlen, Ordering::Relaxed);
     }
 
     fn remove(&self, map: &mut Map, key: &[u8]) -> bool {
         let Some((k, v)) = map.remove_entry(key) else { return false };
+        self.keys.fetch_sub(1, Ordering::Relaxed);
         self.bytes.fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
         true
     }
@@ -95,7 +100,9 @@ impl Table {
     pub fn extend(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
         let mut map = self.lock();
         map.reserve(entries.len());
-        map.extend(entries.into_iter().map(|(k, v)| (k.into_boxed_slice(), v.into_boxed_slice())));
+        for (key, value) in entries {
+            self.insert(&mut map, key, value);
+        }
     }
 
     /// A copy of every entry (recovery: the start of a new copy's stream).
@@ -103,8 +110,9 @@ impl Table {
         self.lock().iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
+    /// How many keys it holds, without the lock.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.keys.load(Ordering::Relaxed) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,16 +203,22 @@ mod tests {
         assert_eq!(file.md5, "cb2b86ef34d96136557be67b5709a944");
     }
 
+    /// Keys and bytes follow puts, overwrites, deletes and a restore's load (counted
+    /// without the lock, so they must be kept by every change).
     #[test]
-    fn bytes_follow_puts_overwrites_and_deletes() {
+    fn keys_and_bytes_follow_puts_overwrites_deletes_and_loads() {
         let table = Table::default();
         let put = |k: &str, v: &str| Op::Put { key: k.into(), value: v.into() };
         table.apply(put("key", "value"));
-        assert_eq!(table.bytes(), 8);
+        assert_eq!((table.len(), table.bytes()), (1, 8));
         table.apply_all([put("key", "v"), put("k2", "")]);
-        assert_eq!(table.bytes(), 6);
+        assert_eq!((table.len(), table.bytes()), (2, 6));
         table.apply(Op::Del { key: b"key".to_vec() });
         table.apply(Op::Del { key: b"nothing".to_vec() });
-        assert_eq!(table.bytes(), 2);
+        assert_eq!((table.len(), table.bytes()), (1, 2));
+        table.extend(vec![(b"a".to_vec(), b"bc".to_vec()), (b"k2".to_vec(), b"x".to_vec())]);
+        assert_eq!((table.len(), table.bytes()), (2, 6));
+        table.apply(Op::Del { key: b"a".to_vec() });
+        assert_eq!((table.len(), table.bytes()), (1, 3));
     }
 }
