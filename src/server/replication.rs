@@ -22,6 +22,7 @@
 //! other copy: it stays pending until acknowledged or until the mode becomes `Local`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -125,6 +126,8 @@ pub struct Replicator {
     mode: Arc<watch::Sender<Mode>>,
     outstanding: Arc<Outstanding>,
     budget: Arc<Semaphore>,
+    /// A stream to the other copy is open (reported in heartbeats).
+    connected: Arc<AtomicBool>,
 }
 
 impl Replicator {
@@ -140,6 +143,7 @@ impl Replicator {
         let (tx, rx) = mpsc::channel(QUEUE_OPS);
         let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
         let outstanding = Arc::new(Outstanding::default());
+        let connected = Arc::new(AtomicBool::new(false));
         let task = Task {
             role: Role::Server { id: me.0, incarnation: me.1 },
             token,
@@ -151,10 +155,11 @@ impl Replicator {
             snapshot_stats: CopyStats::default(),
             caught_up,
             outstanding: outstanding.clone(),
+            connected: connected.clone(),
         };
         tokio::spawn(task.run(cancel));
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        Replicator { tx, mode: Arc::new(mode_tx), outstanding, budget }
+        Replicator { tx, mode: Arc::new(mode_tx), outstanding, budget, connected }
     }
 
     /// Waits for room in the queue. The returned slot submits without waiting, so that
@@ -187,6 +192,17 @@ impl Replicator {
     /// Writes submitted and not yet answered.
     pub fn outstanding(&self) -> usize {
         self.outstanding.get()
+    }
+
+    /// How long writes have waited with none acknowledged (zero while none waits): the
+    /// coordinator declares the stream cut when this reaches its timeout.
+    pub fn stalled(&self) -> Duration {
+        self.outstanding.stalled()
+    }
+
+    /// Whether a stream to the other copy is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Bytes of the writes queued and not yet answered.
@@ -232,6 +248,23 @@ struct Task {
     snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
     outstanding: Arc<Outstanding>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Marks the stream open for as long as it lives.
+struct Open<'a>(&'a AtomicBool);
+
+impl<'a> Open<'a> {
+    fn mark(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Open(flag)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Task {
@@ -327,6 +360,8 @@ impl Task {
     /// Streams to `target` until the link fails or the mode changes.
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
         let (mut reader, mut writer) = self.open(target).await?;
+        let connected = self.connected.clone();
+        let _open = Open::mark(&connected);
         self.window.rewind();
         // Armed while entries are in flight: no acknowledgement by then means a stuck link.
         // One timer, moved on progress, rather than a new one on every turn of the loop.
