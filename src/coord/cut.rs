@@ -64,13 +64,16 @@ impl StreamReport {
     }
 }
 
-/// The detection rule (see the module documentation). `copy_steady_since`: since when the
-/// copy has been heard without a gap over a lease (`None`: it is silent now).
-pub fn is_cut(report: StreamReport, copy_steady_since: Option<Instant>, timeout: Duration) -> bool {
+/// The detection rule (see the module documentation). `steady_since`: since when the owner
+/// and the copy have been heard without a gap over a lease (`None`: silent now). Both must
+/// have been steady since the writes began to wait: a paused copy is its own loss, and a
+/// paused owner's writes waited through its own pause, which its heartbeat counts too.
+pub fn is_cut(report: StreamReport, steady_since: [Option<Instant>; 2], timeout: Duration) -> bool {
     let Some(waiting_since) = report.heard.checked_sub(report.stalled) else {
         return false;
     };
-    report.stalled >= timeout && copy_steady_since.is_some_and(|since| since <= waiting_since)
+    let steady = |since: Option<Instant>| since.is_some_and(|since| since <= waiting_since);
+    report.stalled >= timeout && steady_since.into_iter().all(steady)
 }
 
 /// What the event loop must do about a cut.
@@ -144,8 +147,8 @@ impl CutWatch {
             let report = reports[owner as usize];
             let fresh =
                 report.filter(|r| now.saturating_duration_since(r.heard) <= self.gap_limit());
-            let cut = !recovering
-                && fresh.is_some_and(|r| is_cut(r, self.steady_since[copy as usize], self.timeout));
+            let steady = [self.steady_since[owner as usize], self.steady_since[copy as usize]];
+            let cut = !recovering && fresh.is_some_and(|r| is_cut(r, steady, self.timeout));
             let episode = &mut self.cuts[owner as usize];
             match (cut, episode.as_mut()) {
                 (false, Some(_)) => {
@@ -218,20 +221,25 @@ mod tests {
     fn a_stall_of_the_timeout_with_a_steady_copy_is_a_cut() {
         let start = Instant::now();
         let heard = start + ms(3000);
-        assert!(is_cut(report(heard, 1000), Some(start), T));
-        assert!(is_cut(report(heard, 1500), Some(start), T));
-        assert!(!is_cut(report(heard, 999), Some(start), T), "under the timeout");
-        assert!(!is_cut(report(heard, 0), Some(start), T), "nothing waits");
+        let steady = [Some(start); 2];
+        assert!(is_cut(report(heard, 1000), steady, T));
+        assert!(is_cut(report(heard, 1500), steady, T));
+        assert!(!is_cut(report(heard, 999), steady, T), "under the timeout");
+        assert!(!is_cut(report(heard, 0), steady, T), "nothing waits");
     }
 
     #[test]
-    fn a_copy_silent_or_heard_again_only_lately_is_its_own_fault_not_a_cut() {
+    fn a_copy_or_owner_silent_or_heard_again_only_lately_is_no_cut() {
         let start = Instant::now();
         let heard = start + ms(3000);
-        assert!(!is_cut(report(heard, 1200), None, T), "the copy is silent now");
+        let owner = Some(start);
+        assert!(!is_cut(report(heard, 1200), [owner, None], T), "the copy is silent now");
         // The copy came back (a pause ended) after the writes began to wait.
-        assert!(!is_cut(report(heard, 1200), Some(start + ms(2000)), T));
-        assert!(is_cut(report(heard, 1200), Some(start + ms(1800)), T), "steady before");
+        assert!(!is_cut(report(heard, 1200), [owner, Some(start + ms(2000))], T));
+        let copy = Some(start + ms(1800));
+        assert!(is_cut(report(heard, 1200), [owner, copy], T), "steady before");
+        // The owner itself was paused: its writes waited through its own pause.
+        assert!(!is_cut(report(heard, 1200), [Some(start + ms(2900)), copy], T));
     }
 
     /// Heartbeats every 250 ms from `from` to `to` for all three servers, with the owner 0
@@ -261,8 +269,7 @@ mod tests {
         let replace = Verdict::Replace { owner: 0, copy: 1, stalled: ms(1000) };
         assert_eq!(verdicts, vec![(2000, replace)]);
         // Healed, then cut again at 4000 ms: within the backoff, held, said once.
-        let verdicts =
-            run(&mut watch, start, (2750, 6000), |t| t.saturating_sub(4000));
+        let verdicts = run(&mut watch, start, (2750, 6000), |t| t.saturating_sub(4000));
         let left = backoff(T) - ms(3000);
         assert_eq!(verdicts, vec![(5000, Verdict::Held { owner: 0, copy: 1, left })]);
         assert_eq!(watch.status().len(), 1, "the cut shows in status");
