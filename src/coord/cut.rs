@@ -81,8 +81,9 @@ pub fn is_cut(report: StreamReport, steady_since: [Option<Instant>; 2], timeout:
 pub enum Verdict {
     /// Replace `owner` (declare it lost): its stream to `copy` is cut.
     Replace { owner: u32, copy: u32, stalled: Duration },
-    /// A cut seen within the backoff of the last replacement: logged, nothing replaced.
-    Held { owner: u32, copy: u32, left: Duration },
+    /// A cut seen within the backoff of the last replacement: logged, nothing replaced;
+    /// `left`: the backoff's time left.
+    Held { owner: u32, copy: u32, stalled: Duration, left: Duration },
     /// A cut detected earlier is gone (acknowledgements flow again).
     Healed { owner: u32, copy: u32 },
 }
@@ -183,7 +184,7 @@ impl CutWatch {
             return None;
         }
         episode.held = true;
-        Some(Verdict::Held { owner, copy, left: ready - now })
+        Some(Verdict::Held { owner, copy, stalled, left: ready - now })
     }
 
     /// The cuts seen now, for `status`.
@@ -271,7 +272,8 @@ mod tests {
         // Healed, then cut again at 4000 ms: within the backoff, held, said once.
         let verdicts = run(&mut watch, start, (2750, 6000), |t| t.saturating_sub(4000));
         let left = backoff(T) - ms(3000);
-        assert_eq!(verdicts, vec![(5000, Verdict::Held { owner: 0, copy: 1, left })]);
+        let held = Verdict::Held { owner: 0, copy: 1, stalled: ms(1000), left };
+        assert_eq!(verdicts, vec![(5000, held)]);
         assert_eq!(watch.status().len(), 1, "the cut shows in status");
         assert_eq!(watch.status()[0].stalled_ms, 2000);
         // Healed: said, and status is clean.

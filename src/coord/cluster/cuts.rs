@@ -46,10 +46,10 @@ impl Cluster {
                 );
                 self.lost(owner, why, false);
             }
-            Verdict::Held { owner, copy, left } => {
-                let backoff_left_ms = left.as_millis() as u64;
-                warn!(owner, copy, backoff_left_ms, "{}", lines::CUT_HELD);
-                let stalled_ms = self.timeout.as_millis() as u64;
+            Verdict::Held { owner, copy, stalled, left } => {
+                let (stalled_ms, backoff_left_ms) =
+                    (stalled.as_millis() as u64, left.as_millis() as u64);
+                warn!(owner, copy, stalled_ms, backoff_left_ms, "{}", lines::CUT_HELD);
                 self.shared.hub.emit(EventKind::StreamCut {
                     owner,
                     copy,
