@@ -146,6 +146,16 @@ fn a_cut_between_a_server_and_its_copy_replaces_the_owner_within_the_timeout() {
         backs.last().unwrap()
     );
     let first = windows[0];
+    // The replacement joins while the cut lasts, and its copy from server 1 cannot cross
+    // it: writes must still be acknowledged (server 1 alone) until the link heals.
+    let late = first.cut_at + Duration::from_secs(3);
+    let late_acks = events
+        .iter()
+        .filter(|e| slot_of(&e.key, N) == CUT_SLOT && is_write(e) && answered(e))
+        .filter(|e| e.invoke > late && e.ret < first.healed_at)
+        .count();
+    println!("writes to the cut slot acknowledged from 3 s after the cut to its end: {late_acks}");
+    assert!(late_acks > 0, "writes to the cut slot held up again while the cut lasts");
     for key in keys.iter().filter(|k| slot_of(k, N) == CUT_SLOT) {
         let written = events.iter().any(|e| {
             &e.key == key

@@ -281,14 +281,7 @@ impl Task {
                             streaming_to = None;
                             self.apply_locally().await
                         }
-                        Mode::Stream(target) => {
-                            let fresh = streaming_to.as_ref().is_none_or(|t| !t.same_copy(&target));
-                            if fresh && target.snapshot {
-                                self.prepend_snapshot();
-                            }
-                            streaming_to = Some(target.clone());
-                            self.stream_to(&target).await
-                        }
+                        Mode::Stream(target) => self.stream_mode(target, &mut streaming_to).await,
                     }
                 } => outcome,
             };
@@ -304,6 +297,30 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Streams to `target`. A new copy that needs a snapshot gets it once a stream to it
+    /// is open (see [`open_applying_locally`](Self::open_applying_locally)); a copy already
+    /// streamed to keeps its stream going (its snapshot included).
+    async fn stream_mode(
+        &mut self,
+        target: Target,
+        streaming_to: &mut Option<Target>,
+    ) -> Result<()> {
+        let fresh = streaming_to.as_ref().is_none_or(|t| !t.same_copy(&target));
+        if fresh && target.snapshot && self.window.len() == 0 {
+            let Some(conn) = self.open_applying_locally(&target).await? else {
+                return Ok(()); // the mode changed first
+            };
+            self.prepend_snapshot();
+            *streaming_to = Some(target.clone());
+            return self.stream_on(conn, &target).await;
+        }
+        if fresh && target.snapshot {
+            self.prepend_snapshot();
+        }
+        *streaming_to = Some(target.clone());
+        self.stream_to(&target).await
     }
 
     /// Degraded mode: apply everything pending, then every new write, locally.
@@ -336,30 +353,78 @@ impl Task {
 
     /// Opens a stream to `target`: nothing is sent before the receiver accepted it.
     async fn open(&mut self, target: &Target) -> Result<(ConnReader, ConnWriter)> {
-        let hello = Hello::new(self.role, &self.token);
-        let mut conn = Connection::connect(&target.addr, &hello).await?;
         self.streams += 1;
-        let open = ReplMessage::Open {
-            into: target.into,
-            epoch: target.epoch,
-            target_incarnation: target.incarnation,
-            stream: self.streams,
-        };
-        match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
-            ReplAck::Opened => {}
-            ReplAck::Refused(why) => return Err(refused(why)),
-            ReplAck::Applied { .. } => {
-                return Err(Error::Protocol("acknowledgement before Opened".into()));
-            }
-        }
+        let conn = open_stream(self.role, &self.token, self.streams, target).await?;
         let queued = self.window.len();
         info!(to = %target.addr, into = ?target.into, queued, "replication stream open");
-        Ok(conn.split())
+        Ok(conn)
+    }
+
+    /// Recovery step 2, a new copy to fill: until a stream to it opens, writes apply here
+    /// alone, as in degraded mode, and the snapshot is taken only once it is open (so it
+    /// holds them; this task is the table's only writer). A new copy that cannot be reached
+    /// (a cut between the two hosts) then holds up no write: the recovery's copy deadline
+    /// rolls it back. `None`: the mode changed first. Only used with nothing in the window.
+    async fn open_applying_locally(
+        &mut self,
+        target: &Target,
+    ) -> Result<Option<(ConnReader, ConnWriter)>> {
+        loop {
+            self.streams += 1;
+            let open = open_stream(self.role, &self.token, self.streams, target);
+            tokio::pin!(open);
+            let failed = loop {
+                tokio::select! {
+                    biased;
+                    changed = self.mode.changed() => {
+                        changed.map_err(|_| Error::Closed)?;
+                        return Ok(None);
+                    }
+                    opened = &mut open => match opened {
+                        Ok(conn) => {
+                            info!(to = %target.addr, into = ?target.into, "replication stream open");
+                            return Ok(Some(conn));
+                        }
+                        Err(e) => break e,
+                    },
+                    pending = self.rx.recv() => {
+                        let Some(pending) = pending else { return Err(Error::Closed) };
+                        complete(&self.table, &self.outstanding, pending.into());
+                    }
+                }
+            };
+            warn!(to = %target.addr, error = %failed, "new copy not reachable; writes apply here alone");
+            let pause = tokio::time::sleep(RECONNECT_BACKOFF);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    biased;
+                    changed = self.mode.changed() => {
+                        changed.map_err(|_| Error::Closed)?;
+                        return Ok(None);
+                    }
+                    _ = &mut pause => break,
+                    pending = self.rx.recv() => {
+                        let Some(pending) = pending else { return Err(Error::Closed) };
+                        complete(&self.table, &self.outstanding, pending.into());
+                    }
+                }
+            }
+        }
     }
 
     /// Streams to `target` until the link fails or the mode changes.
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
-        let (mut reader, mut writer) = self.open(target).await?;
+        let conn = self.open(target).await?;
+        self.stream_on(conn, target).await
+    }
+
+    /// Streams on an open connection to `target` until it fails or the mode changes.
+    async fn stream_on(
+        &mut self,
+        (mut reader, mut writer): (ConnReader, ConnWriter),
+        target: &Target,
+    ) -> Result<()> {
         let connected = self.connected.clone();
         let _open = Open::mark(&connected);
         self.window.rewind();
@@ -476,6 +541,28 @@ fn complete(table: &Table, outstanding: &Outstanding, entry: Entry) {
         let applied = table.apply(entry.op);
         let _ = done.send(applied);
         outstanding.answered();
+    }
+}
+
+/// Connects to `target` and opens stream number `stream` on it: nothing is sent before
+/// the receiver accepted it.
+async fn open_stream(
+    role: Role,
+    token: &[u8],
+    stream: u64,
+    target: &Target,
+) -> Result<(ConnReader, ConnWriter)> {
+    let mut conn = Connection::connect(&target.addr, &Hello::new(role, token)).await?;
+    let open = ReplMessage::Open {
+        into: target.into,
+        epoch: target.epoch,
+        target_incarnation: target.incarnation,
+        stream,
+    };
+    match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
+        ReplAck::Opened => Ok(conn.split()),
+        ReplAck::Refused(why) => Err(refused(why)),
+        ReplAck::Applied { .. } => Err(Error::Protocol("acknowledgement before Opened".into())),
     }
 }
 
