@@ -20,8 +20,8 @@
 //!   i+1's own keys (a third of the service, unaffected by the cut) to i+2.
 //! - A cut is often one host's failing network card or port. If it is i's, the keys leave the
 //!   bad host, and the clients of i's keys (who may suffer from it too) move to i+1. If it is
-//!   i+1's, i+1's own outgoing stream stalls as well and is detected in its turn (after the
-//!   backoff), so the bad host is replaced then.
+//!   i+1's, i's keys land on the bad host; a stall of i+1's own stream is not judged while
+//!   i's recovery runs (see below), so that case is a second fault this does not handle.
 //! - Fencing needs nothing new: i is treated exactly as a lost server (no more leases, its
 //!   keys move only once its lease is surely over, its replication refused).
 //!
