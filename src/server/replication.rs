@@ -609,6 +609,10 @@ mod tests {
     /// A stand-in for the other copy: accepts one stream and records every key it applies.
     async fn copy_recording_keys() -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        copy_on(listener)
+    }
+
+    fn copy_on(listener: tokio::net::TcpListener) -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let addr = listener.local_addr().unwrap().to_string();
         let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
         let applied = keys.clone();
@@ -635,6 +639,40 @@ mod tests {
         let done = slot.submit(op);
         let applied = tokio::time::timeout(Duration::from_secs(5), done).await;
         assert_eq!(applied.expect("a write held for good").unwrap(), Applied::Stored);
+    }
+
+    /// Recovery step 2 towards a new copy that cannot be reached (a cut): writes are not held
+    /// up, they apply here alone; once the copy listens, its snapshot holds them all.
+    #[tokio::test]
+    async fn writes_to_a_new_copy_not_reachable_yet_apply_alone_and_reach_it_in_the_snapshot() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener); // connections are refused until it listens again
+        let table = Arc::new(Table::default());
+        let (caught_up, mut reports) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let replicator =
+            Replicator::start((0, 1), b"token".to_vec(), table.clone(), caught_up, cancel.clone());
+        replicator.set_mode(Mode::Stream(Target {
+            addr: addr.to_string(),
+            into: TableKind::Primary,
+            epoch: 3,
+            snapshot: true,
+            incarnation: 1,
+        }));
+        for i in 0..20 {
+            put(&replicator, format!("alone-{i}")).await; // each within 5 s, or it fails
+        }
+        assert_eq!(table.len(), 20);
+        let (_, copied) = copy_on(tokio::net::TcpListener::bind(addr).await.unwrap());
+        let report = tokio::time::timeout(Duration::from_secs(5), reports.recv()).await;
+        let report = report.expect("the copy caught up").unwrap();
+        assert_eq!(report.copied.entries, 20, "the snapshot holds the writes made alone");
+        put(&replicator, "after".into()).await;
+        let copied = copied.lock().unwrap().clone();
+        assert_eq!(copied.len(), 21);
+        assert_eq!(copied.last().unwrap(), b"after");
+        cancel.cancel();
     }
 
     #[tokio::test]
