@@ -57,3 +57,10 @@ pub const REATTACHED: &str = "re-attached to the coordinator";
 pub const NEVER_JOINED: &str = "never joined the cluster";
 /// every port (its log): a hello with the wrong cluster token was refused.
 pub const WRONG_TOKEN: &str = "wrong cluster token";
+/// coord: a server's replication stream to its copy is cut (writes wait `-t` unacknowledged,
+/// both still heard): the owner is replaced as a lost server.
+pub const CUT_REPLACING: &str = "replication stream cut; replacing its owner";
+/// coord: a cut seen within the backoff after the last cut-triggered replacement.
+pub const CUT_HELD: &str = "replication stream cut again within the backoff; not replacing";
+/// coord: a stream seen cut acknowledges writes again.
+pub const CUT_HEALED: &str = "replication stream flows again";

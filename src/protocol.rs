@@ -23,7 +23,7 @@ use crate::routing::ClusterConfig;
 /// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore),
 /// [`ControlRequest::Load`].
 /// 5: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -311,6 +311,20 @@ pub struct StatusReport {
     pub epoch: u64,
     pub servers: Vec<ServerStatus>,
     pub recovery: Option<RecoveryStatus>,
+    /// Replication streams the coordinator sees cut now (see `coord::cut`).
+    pub cuts: Vec<StreamCutStatus>,
+}
+
+/// A replication stream seen cut: `owner`'s writes to its copy on `copy` have waited
+/// `stalled_ms` with none acknowledged, as of its last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCutStatus {
+    pub owner: u32,
+    pub copy: u32,
+    pub stalled_ms: u64,
+    /// Whether the owner's stream was connected (a cut that drops packets keeps it so
+    /// until the stream's own timeout).
+    pub connected: bool,
 }
 
 /// Size of a recovery snapshot, for the coordinator's summary.
@@ -396,6 +410,11 @@ pub struct ServerStats {
     /// Writes waiting for their copy's acknowledgement (both streams): the replication lag.
     pub repl_queue: u64,
     pub repl_queue_bytes: u64,
+    /// The stream of this server's own writes to its secondary: how long writes have
+    /// waited with none acknowledged (0: none waits), and whether it is connected. The
+    /// coordinator declares the stream cut from these (`coord::cut`).
+    pub own_stalled_ms: u64,
+    pub own_connected: bool,
 }
 
 impl ServerStats {
@@ -496,5 +515,18 @@ pub enum EventKind {
     /// The service is shutting down on a fault (two servers lost).
     Fatal {
         why: String,
+    },
+    /// `owner`'s replication stream to `copy` is cut (writes waited `stalled_ms` with none
+    /// acknowledged); `replaced`: the owner is replaced (else: within the backoff).
+    StreamCut {
+        owner: u32,
+        copy: u32,
+        stalled_ms: u64,
+        replaced: bool,
+    },
+    /// A stream seen cut acknowledges writes again.
+    StreamHealed {
+        owner: u32,
+        copy: u32,
     },
 }

@@ -55,5 +55,12 @@ pub fn format_table(report: &StatusReport) -> String {
         ));
     }
     out.push_str(&format!("epoch {}\n", report.epoch));
+    for cut in &report.cuts {
+        let link = if cut.connected { "connected" } else { "not connected" };
+        out.push_str(&format!(
+            "replication {} -> {} cut: writes unacknowledged for {} ms ({link})\n",
+            cut.owner, cut.copy, cut.stalled_ms
+        ));
+    }
     out
 }

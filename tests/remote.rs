@@ -4,55 +4,17 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ftkv::lines;
-use ftkv::routing::{secondary_of, slot_of};
-use support::cluster::{Cluster, alive, kill, read_dump, wait_until};
-use support::history::{Event, Op as HistOp};
+use ftkv::routing::slot_of;
+use support::cluster::{Cluster, alive, kill, wait_until};
+use support::history::Event;
 use support::load::{Checked, Load, answered, stop_and_check};
 use support::netns::{Hosts, addr, run_in};
-
-const N: u32 = 3;
-const CLIENTS_HOST: usize = 4;
-
-/// The coordinator's flags for servers over ssh on `hosts`.
-fn remote_flags(hosts: &Hosts) -> Vec<String> {
-    let remote_dir = hosts.remote_dir().to_str().unwrap().to_string();
-    ["-t", "1", "--ssh-args", &hosts.ssh_args(), "--remote-dir", &remote_dir]
-        .map(String::from)
-        .to_vec()
-}
-
-/// A 3-server cluster over ssh on `hosts`, the coordinator on host 0, clients on host 4.
-fn remote_cluster(hosts: &Hosts) -> Cluster {
-    let flags = remote_flags(hosts);
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::launch(&hosts.config(N as usize), &hosts.on(0), &extra);
-    cluster.coord_host = addr(0);
-    cluster.client_prefix = hosts.on(CLIENTS_HOST);
-    cluster
-}
-
-/// The runtime the load runs on, inside the clients' host.
-fn load_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-/// Every final value is on its owner's primary dump and its secondary's dump (on the hosts).
-fn assert_remote_dumps(hosts: &Hosts, finals: &HashMap<Vec<u8>, Option<Vec<u8>>>) {
-    let dump =
-        |id: u32, kind: &str| read_dump(&hosts.remote_dir().join(format!("server_{id}.{kind}")));
-    let primaries: Vec<_> = (0..N).map(|id| dump(id, "primary")).collect();
-    let secondaries: Vec<_> = (0..N).map(|id| dump(id, "secondary")).collect();
-    for (key, value) in finals {
-        let owner = slot_of(key, N);
-        assert_eq!(primaries[owner as usize].get(key), value.as_ref(), "primary of {owner}");
-        let copy = secondary_of(owner, N) as usize;
-        assert_eq!(secondaries[copy].get(key), value.as_ref(), "secondary on {copy}");
-    }
-}
+use support::remote::{
+    CLIENTS_HOST, N, assert_remote_dumps, load_runtime, remote_cluster, remote_flags,
+};
 
 /// Serve, dump on their hosts at ctrl+d, and restore in place at the next start: each
 /// server loads its own files on its host (the coordinator holds only the manifest).
@@ -222,87 +184,4 @@ fn a_paused_remote_server_is_killed_over_ssh_and_replaced() {
             assert!(wait_until(Duration::from_secs(5), || !alive(pid)), "killed over ssh");
         },
     );
-}
-
-/// Only the link between server 0 and its copy (server 1) cut, both still reaching the
-/// coordinator and the clients. Nothing is replaced: server 0 cannot acknowledge a write it
-/// cannot copy, so its writes end as `Outcome unknown` until the link heals (never as
-/// stored), while reads of its keys and everything on the other slots go on; after healing,
-/// the queued writes reach the copy and new ones are acknowledged again.
-#[test]
-fn a_cut_between_a_server_and_its_copy_holds_its_writes_until_it_heals() {
-    let Some(hosts) = Hosts::up("ftkv-f", 4) else { return };
-    let cut_slot = 0u32;
-    let (owner_host, copy_host) = (cut_slot as usize + 1, secondary_of(cut_slot, N) as usize + 1);
-    let mut cluster = remote_cluster(&hosts);
-    let pids_now = |cluster: &Cluster| (0..N).map(|id| cluster.pid_of(id)).collect::<Vec<_>>();
-    let pids = pids_now(&cluster);
-    let coordinator = cluster.coord_addr();
-    let clients_ns = hosts.ns(CLIENTS_HOST);
-    let is_write = |e: &&Event| !matches!(e.op, HistOp::Get);
-    let (Checked { events, keys, finals, .. }, (cut_at, cut_until), healed_at, hosts) =
-        run_in(&clients_ns, move || {
-            let runtime = load_runtime();
-            runtime.block_on(async move {
-                let load = Load::start(coordinator.clone(), 8, 30, Duration::from_secs(10));
-                load.under_way().await;
-                // The windows are taken after the rules are in place and before they are lifted:
-                // under load, starting `nft` can take a good part of a second.
-                hosts.cut_between(owner_host, copy_host);
-                let cut_at = Instant::now();
-                // The cut lasts 5 s (the point of the test).
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let cut_until = Instant::now();
-                hosts.heal_between(owner_host);
-                let healed_at = Instant::now();
-                let acknowledged = |e: &Event| {
-                    e.invoke >= healed_at
-                        && slot_of(&e.key, N) == cut_slot
-                        && is_write(&e)
-                        && answered(e)
-                };
-                let back = load.wait_for(Duration::from_secs(10), acknowledged).await;
-                assert!(back, "writes to the cut slot are acknowledged again after healing");
-                let checked = stop_and_check(coordinator, load).await;
-                (checked, (cut_at, cut_until), healed_at, hosts)
-            })
-        });
-    let settled = cut_at + Duration::from_millis(200);
-    let during = |e: &&Event| e.ret > settled && e.ret < cut_until;
-    // Sent while the link was cut (one sent before may have been copied before).
-    let sent_during = |e: &&Event| e.invoke > cut_at && e.ret < cut_until;
-    let cut_keys: Vec<Vec<u8>> =
-        keys.iter().filter(|k| slot_of(k, N) == cut_slot).cloned().collect();
-    let on_cut = |e: &&Event| cut_keys.contains(&e.key);
-    let ok = |e: &&Event| answered(e);
-    let stored = events.iter().filter(sent_during).filter(on_cut).filter(is_write).find(ok);
-    assert!(
-        stored.is_none(),
-        "a write to the cut slot was acknowledged without its copy: sent {:?} after the cut, \
-         answered {:?} after: {stored:?}",
-        stored.map(|e| e.invoke - cut_at),
-        stored.map(|e| e.ret - cut_at),
-    );
-    assert!(
-        events.iter().filter(during).filter(on_cut).filter(is_write).count() > 0,
-        "writes to the cut slot were tried"
-    );
-    assert!(
-        events.iter().filter(during).filter(on_cut).filter(|e| !is_write(e)).any(|e| ok(&e)),
-        "reads of the cut slot go on"
-    );
-    assert!(
-        events.iter().filter(during).filter(|e| !on_cut(e)).filter(is_write).any(|e| ok(&e)),
-        "writes to the other slots go on"
-    );
-    let back = events
-        .iter()
-        .filter(|e| e.invoke >= healed_at && on_cut(e) && is_write(e) && ok(e))
-        .map(|e| e.ret - healed_at)
-        .min()
-        .expect("writes to the cut slot are acknowledged again after healing");
-    println!("writes to the cut slot acknowledged again {back:?} after healing");
-    assert_eq!(pids_now(&cluster), pids, "nothing was replaced");
-    assert!(cluster.ctrl_d().success());
-    assert_remote_dumps(&hosts, &finals);
 }

@@ -131,6 +131,18 @@ pub fn status_json(report: &StatusReport) -> String {
         .collect();
     let recovery =
         report.recovery.map(|r| serde_json::json!({ "server": r.server, "step": r.step }));
-    serde_json::json!({ "epoch": report.epoch, "servers": servers, "recovery": recovery })
+    let cuts: Vec<serde_json::Value> = report
+        .cuts
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "owner": c.owner,
+                "copy": c.copy,
+                "stalled_ms": c.stalled_ms,
+                "connected": c.connected,
+            })
+        })
+        .collect();
+    serde_json::json!({ "epoch": report.epoch, "servers": servers, "recovery": recovery, "cuts": cuts })
         .to_string()
 }

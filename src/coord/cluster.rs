@@ -3,6 +3,7 @@
 //! an [`Internal`] message. What to do about a loss is decided by the recovery state
 //! machine; [`Cluster::perform`] only carries its actions out.
 
+mod cuts;
 mod startup;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::cut::CutWatch;
 use super::events::loss_cause;
 use super::launcher::Started;
 use super::links::{ControlLink, Event, Shared};
@@ -88,6 +90,8 @@ pub struct Cluster {
     listening_since: Instant,
     /// The recovery's steps as watchers see them (each change is an event).
     tracker: Tracker,
+    /// Cuts between a server and its copy, from the heartbeats (see `coord::cut`).
+    cuts: CutWatch,
 }
 
 impl Cluster {
@@ -100,6 +104,7 @@ impl Cluster {
         internal_tx: mpsc::UnboundedSender<Internal>,
     ) -> Self {
         let links = state.members.iter().map(|_| None).collect();
+        let state_len = state.len();
         for member in &state.members {
             shared.liveness.fence(member.id, member.incarnation);
         }
@@ -119,6 +124,7 @@ impl Cluster {
             last_tick: Instant::now(),
             listening_since: Instant::now(),
             tracker: Tracker::default(),
+            cuts: CutWatch::new(state_len, timeout),
         }
     }
 
@@ -147,7 +153,9 @@ impl Cluster {
     }
 
     fn publish(&mut self) {
-        self.shared.view.send_modify(|view| view.status = self.state.status());
+        let mut status = self.state.status();
+        status.cuts = self.cuts.status();
+        self.shared.view.send_modify(|view| view.status = status);
     }
 
     /// Accepts only `incarnation` of server `id` from now on, in the state and at the ports
@@ -307,6 +315,7 @@ impl Cluster {
         for id in silent {
             self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
         }
+        self.check_cuts(now);
         self.tick_recovery(now);
     }
 

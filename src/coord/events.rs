@@ -149,6 +149,8 @@ pub fn loss_cause(why: &str, exited: bool) -> &'static str {
         "heartbeat_timeout"
     } else if why.starts_with("report link lost") {
         "report_link_lost"
+    } else if why.starts_with("replication stream") {
+        "stream_cut"
     } else {
         "not_back_after_restart"
     }

@@ -70,7 +70,10 @@ impl Metrics {
             EventKind::Fatal { .. } => fail("two_faults"),
             EventKind::StepDone { .. }
             | EventKind::ServerStarted { .. }
-            | EventKind::ConfigPublished { .. } => {}
+            | EventKind::ConfigPublished { .. }
+            // A replacement for a cut is counted by its ServerLost (cause `stream_cut`).
+            | EventKind::StreamCut { .. }
+            | EventKind::StreamHealed { .. } => {}
         }
     }
 
@@ -166,7 +169,8 @@ mod tests {
         let done =
             EventKind::RecoveryComplete { server: 1, ms: 30, keys: 1, bytes: 2, attempts: 2 };
         metrics.observe(&done);
-        let status = StatusReport { epoch: 7, servers: Vec::new(), recovery: None };
+        let status =
+            StatusReport { epoch: 7, servers: Vec::new(), recovery: None, cuts: Vec::new() };
         let text = metrics.encode(&ClusterSnapshot { status, stats: Vec::new(), recovery: None });
         for line in [
             "ftkv_epoch 7",

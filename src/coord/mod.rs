@@ -18,6 +18,7 @@
 
 mod begin;
 mod cluster;
+mod cut;
 mod events;
 mod gather;
 mod launcher;

@@ -154,6 +154,7 @@ impl CoordState {
                 .recovery
                 .as_ref()
                 .map(|r| RecoveryStatus { server: r.failed, step: r.step.number() }),
+            cuts: Vec::new(),
         }
     }
 }

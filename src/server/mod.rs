@@ -139,6 +139,8 @@ impl Server {
             secondary_bytes: self.secondary.bytes(),
             repl_queue: (self.own.outstanding() + self.adopted.outstanding()) as u64,
             repl_queue_bytes: self.own.queued_bytes() + self.adopted.queued_bytes(),
+            own_stalled_ms: self.own.stalled().as_millis() as u64,
+            own_connected: self.own.connected(),
             ..ServerStats::default()
         };
         self.ops.read_into(&mut stats);

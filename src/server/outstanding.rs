@@ -1,29 +1,64 @@
 //! The count of a replicator's writes submitted and not yet answered, and a wait until there
-//! are none (a slot handed away, a drain), woken by the last answer instead of polling.
+//! are none (a slot handed away, a drain), woken by the last answer instead of polling. It
+//! also keeps when the stream last made progress, so that a heartbeat can say how long
+//! writes have waited without an acknowledgement (the coordinator's cut detection).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-#[derive(Default)]
 pub(super) struct Outstanding {
     count: AtomicUsize,
+    /// Microseconds from `origin` to the last progress: a write answered, or the first
+    /// write submitted while none was outstanding.
+    progress: AtomicU64,
+    origin: Instant,
     /// Callers inside [`settle`](Self::settle). Only then does the last answer wake anybody:
     /// waking takes the [`Notify`]'s lock, which the write path must not pay for nothing.
     settling: AtomicUsize,
     idle: Notify,
 }
 
+impl Default for Outstanding {
+    fn default() -> Self {
+        Outstanding {
+            count: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
+            origin: Instant::now(),
+            settling: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+}
+
 impl Outstanding {
     /// A write was submitted.
     pub fn add(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.count.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.progressed();
+        }
+    }
+
+    fn progressed(&self) {
+        let micros = self.origin.elapsed().as_micros() as u64;
+        self.progress.store(micros, Ordering::Relaxed);
+    }
+
+    /// How long writes have waited without any being answered: since the last answer, or
+    /// since the oldest write if it came after that. Zero while none waits.
+    pub fn stalled(&self) -> Duration {
+        if self.get() == 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_micros(self.progress.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(since)
     }
 
     /// A write was answered.
     pub fn answered(&self) {
+        self.progressed();
         // SeqCst on both sides: either this sees the settler, or the settler (which counts
         // itself in before it reads the count) sees the count this left.
         if self.count.fetch_sub(1, Ordering::SeqCst) == 1
@@ -97,6 +132,22 @@ mod tests {
         assert!(settle.await.unwrap());
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(outstanding.settling.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_counts_from_the_last_answer_or_the_first_write_waiting() {
+        let outstanding = Outstanding::default();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(outstanding.stalled(), Duration::ZERO, "nothing waits");
+        outstanding.add();
+        tokio::time::advance(Duration::from_millis(700)).await;
+        outstanding.add();
+        assert_eq!(outstanding.stalled(), Duration::from_millis(700), "from the first write");
+        outstanding.answered();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(outstanding.stalled(), Duration::from_millis(300), "from the last answer");
+        outstanding.answered();
+        assert_eq!(outstanding.stalled(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

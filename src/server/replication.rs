@@ -22,6 +22,7 @@
 //! other copy: it stays pending until acknowledged or until the mode becomes `Local`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -125,6 +126,8 @@ pub struct Replicator {
     mode: Arc<watch::Sender<Mode>>,
     outstanding: Arc<Outstanding>,
     budget: Arc<Semaphore>,
+    /// A stream to the other copy is open (reported in heartbeats).
+    connected: Arc<AtomicBool>,
 }
 
 impl Replicator {
@@ -140,6 +143,7 @@ impl Replicator {
         let (tx, rx) = mpsc::channel(QUEUE_OPS);
         let (mode_tx, mode_rx) = watch::channel(Mode::Waiting);
         let outstanding = Arc::new(Outstanding::default());
+        let connected = Arc::new(AtomicBool::new(false));
         let task = Task {
             role: Role::Server { id: me.0, incarnation: me.1 },
             token,
@@ -151,10 +155,11 @@ impl Replicator {
             snapshot_stats: CopyStats::default(),
             caught_up,
             outstanding: outstanding.clone(),
+            connected: connected.clone(),
         };
         tokio::spawn(task.run(cancel));
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-        Replicator { tx, mode: Arc::new(mode_tx), outstanding, budget }
+        Replicator { tx, mode: Arc::new(mode_tx), outstanding, budget, connected }
     }
 
     /// Waits for room in the queue. The returned slot submits without waiting, so that
@@ -187,6 +192,17 @@ impl Replicator {
     /// Writes submitted and not yet answered.
     pub fn outstanding(&self) -> usize {
         self.outstanding.get()
+    }
+
+    /// How long writes have waited with none acknowledged (zero while none waits): the
+    /// coordinator declares the stream cut when this reaches its timeout.
+    pub fn stalled(&self) -> Duration {
+        self.outstanding.stalled()
+    }
+
+    /// Whether a stream to the other copy is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Bytes of the writes queued and not yet answered.
@@ -232,6 +248,23 @@ struct Task {
     snapshot_stats: CopyStats,
     caught_up: mpsc::UnboundedSender<CaughtUp>,
     outstanding: Arc<Outstanding>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Marks the stream open for as long as it lives.
+struct Open<'a>(&'a AtomicBool);
+
+impl<'a> Open<'a> {
+    fn mark(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Open(flag)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Task {
@@ -248,14 +281,7 @@ impl Task {
                             streaming_to = None;
                             self.apply_locally().await
                         }
-                        Mode::Stream(target) => {
-                            let fresh = streaming_to.as_ref().is_none_or(|t| !t.same_copy(&target));
-                            if fresh && target.snapshot {
-                                self.prepend_snapshot();
-                            }
-                            streaming_to = Some(target.clone());
-                            self.stream_to(&target).await
-                        }
+                        Mode::Stream(target) => self.stream_mode(target, &mut streaming_to).await,
                     }
                 } => outcome,
             };
@@ -271,6 +297,30 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Streams to `target`. A new copy that needs a snapshot gets it once a stream to it
+    /// is open (see [`open_applying_locally`](Self::open_applying_locally)); a copy already
+    /// streamed to keeps its stream going (its snapshot included).
+    async fn stream_mode(
+        &mut self,
+        target: Target,
+        streaming_to: &mut Option<Target>,
+    ) -> Result<()> {
+        let fresh = streaming_to.as_ref().is_none_or(|t| !t.same_copy(&target));
+        if fresh && target.snapshot && self.window.len() == 0 {
+            let Some(conn) = self.open_applying_locally(&target).await? else {
+                return Ok(()); // the mode changed first
+            };
+            self.prepend_snapshot();
+            *streaming_to = Some(target.clone());
+            return self.stream_on(conn, &target).await;
+        }
+        if fresh && target.snapshot {
+            self.prepend_snapshot();
+        }
+        *streaming_to = Some(target.clone());
+        self.stream_to(&target).await
     }
 
     /// Degraded mode: apply everything pending, then every new write, locally.
@@ -303,30 +353,80 @@ impl Task {
 
     /// Opens a stream to `target`: nothing is sent before the receiver accepted it.
     async fn open(&mut self, target: &Target) -> Result<(ConnReader, ConnWriter)> {
-        let hello = Hello::new(self.role, &self.token);
-        let mut conn = Connection::connect(&target.addr, &hello).await?;
         self.streams += 1;
-        let open = ReplMessage::Open {
-            into: target.into,
-            epoch: target.epoch,
-            target_incarnation: target.incarnation,
-            stream: self.streams,
-        };
-        match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
-            ReplAck::Opened => {}
-            ReplAck::Refused(why) => return Err(refused(why)),
-            ReplAck::Applied { .. } => {
-                return Err(Error::Protocol("acknowledgement before Opened".into()));
-            }
-        }
+        let conn = open_stream(self.role, &self.token, self.streams, target).await?;
         let queued = self.window.len();
         info!(to = %target.addr, into = ?target.into, queued, "replication stream open");
-        Ok(conn.split())
+        Ok(conn)
+    }
+
+    /// Recovery step 2, a new copy to fill: until a stream to it opens, writes apply here
+    /// alone, as in degraded mode, and the snapshot is taken only once it is open (so it
+    /// holds them; this task is the table's only writer). A new copy that cannot be reached
+    /// (a cut between the two hosts) then holds up no write: the recovery's copy deadline
+    /// rolls it back. `None`: the mode changed first. Only used with nothing in the window.
+    async fn open_applying_locally(
+        &mut self,
+        target: &Target,
+    ) -> Result<Option<(ConnReader, ConnWriter)>> {
+        loop {
+            self.streams += 1;
+            let open = open_stream(self.role, &self.token, self.streams, target);
+            tokio::pin!(open);
+            let failed = loop {
+                tokio::select! {
+                    biased;
+                    changed = self.mode.changed() => {
+                        changed.map_err(|_| Error::Closed)?;
+                        return Ok(None);
+                    }
+                    opened = &mut open => match opened {
+                        Ok(conn) => {
+                            info!(to = %target.addr, into = ?target.into, "replication stream open");
+                            return Ok(Some(conn));
+                        }
+                        Err(e) => break e,
+                    },
+                    pending = self.rx.recv() => {
+                        let Some(pending) = pending else { return Err(Error::Closed) };
+                        complete(&self.table, &self.outstanding, pending.into());
+                    }
+                }
+            };
+            warn!(to = %target.addr, error = %failed, "new copy not reachable; writes apply here alone");
+            let pause = tokio::time::sleep(RECONNECT_BACKOFF);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    biased;
+                    changed = self.mode.changed() => {
+                        changed.map_err(|_| Error::Closed)?;
+                        return Ok(None);
+                    }
+                    _ = &mut pause => break,
+                    pending = self.rx.recv() => {
+                        let Some(pending) = pending else { return Err(Error::Closed) };
+                        complete(&self.table, &self.outstanding, pending.into());
+                    }
+                }
+            }
+        }
     }
 
     /// Streams to `target` until the link fails or the mode changes.
     async fn stream_to(&mut self, target: &Target) -> Result<()> {
-        let (mut reader, mut writer) = self.open(target).await?;
+        let conn = self.open(target).await?;
+        self.stream_on(conn, target).await
+    }
+
+    /// Streams on an open connection to `target` until it fails or the mode changes.
+    async fn stream_on(
+        &mut self,
+        (mut reader, mut writer): (ConnReader, ConnWriter),
+        target: &Target,
+    ) -> Result<()> {
+        let connected = self.connected.clone();
+        let _open = Open::mark(&connected);
         self.window.rewind();
         // Armed while entries are in flight: no acknowledgement by then means a stuck link.
         // One timer, moved on progress, rather than a new one on every turn of the loop.
@@ -444,6 +544,28 @@ fn complete(table: &Table, outstanding: &Outstanding, entry: Entry) {
     }
 }
 
+/// Connects to `target` and opens stream number `stream` on it: nothing is sent before
+/// the receiver accepted it.
+async fn open_stream(
+    role: Role,
+    token: &[u8],
+    stream: u64,
+    target: &Target,
+) -> Result<(ConnReader, ConnWriter)> {
+    let mut conn = Connection::connect(&target.addr, &Hello::new(role, token)).await?;
+    let open = ReplMessage::Open {
+        into: target.into,
+        epoch: target.epoch,
+        target_incarnation: target.incarnation,
+        stream,
+    };
+    match conn.call(&open, ACK_TIMEOUT, "waiting for the stream to open").await? {
+        ReplAck::Opened => Ok(conn.split()),
+        ReplAck::Refused(why) => Err(refused(why)),
+        ReplAck::Applied { .. } => Err(Error::Protocol("acknowledgement before Opened".into())),
+    }
+}
+
 fn refused(why: String) -> Error {
     Error::Protocol(format!("stream refused: {why}"))
 }
@@ -487,6 +609,10 @@ mod tests {
     /// A stand-in for the other copy: accepts one stream and records every key it applies.
     async fn copy_recording_keys() -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        copy_on(listener)
+    }
+
+    fn copy_on(listener: tokio::net::TcpListener) -> (String, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
         let addr = listener.local_addr().unwrap().to_string();
         let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
         let applied = keys.clone();
@@ -513,6 +639,40 @@ mod tests {
         let done = slot.submit(op);
         let applied = tokio::time::timeout(Duration::from_secs(5), done).await;
         assert_eq!(applied.expect("a write held for good").unwrap(), Applied::Stored);
+    }
+
+    /// Recovery step 2 towards a new copy that cannot be reached (a cut): writes are not held
+    /// up, they apply here alone; once the copy listens, its snapshot holds them all.
+    #[tokio::test]
+    async fn writes_to_a_new_copy_not_reachable_yet_apply_alone_and_reach_it_in_the_snapshot() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener); // connections are refused until it listens again
+        let table = Arc::new(Table::default());
+        let (caught_up, mut reports) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let replicator =
+            Replicator::start((0, 1), b"token".to_vec(), table.clone(), caught_up, cancel.clone());
+        replicator.set_mode(Mode::Stream(Target {
+            addr: addr.to_string(),
+            into: TableKind::Primary,
+            epoch: 3,
+            snapshot: true,
+            incarnation: 1,
+        }));
+        for i in 0..20 {
+            put(&replicator, format!("alone-{i}")).await; // each within 5 s, or it fails
+        }
+        assert_eq!(table.len(), 20);
+        let (_, copied) = copy_on(tokio::net::TcpListener::bind(addr).await.unwrap());
+        let report = tokio::time::timeout(Duration::from_secs(5), reports.recv()).await;
+        let report = report.expect("the copy caught up").unwrap();
+        assert_eq!(report.copied.entries, 20, "the snapshot holds the writes made alone");
+        put(&replicator, "after".into()).await;
+        let copied = copied.lock().unwrap().clone();
+        assert_eq!(copied.len(), 21);
+        assert_eq!(copied.last().unwrap(), b"after");
+        cancel.cancel();
     }
 
     #[tokio::test]

@@ -56,6 +56,16 @@ pub fn describe(event: &EventKind) -> String {
         ),
         EventKind::ConfigPublished { epoch } => format!("epoch {epoch} published"),
         EventKind::Fatal { why } => format!("shutting down: {why}"),
+        EventKind::StreamCut { owner, copy, stalled_ms, replaced: true } => format!(
+            "server {owner}: replication to server {copy} cut ({stalled_ms} ms unacknowledged): \
+             replacing server {owner}"
+        ),
+        EventKind::StreamCut { owner, copy, replaced: false, .. } => format!(
+            "server {owner}: replication to server {copy} cut again: not replaced (backoff)"
+        ),
+        EventKind::StreamHealed { owner, copy } => {
+            format!("server {owner}: replication to server {copy} flows again")
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod history;
 pub mod load;
 pub mod netns;
+pub mod remote;
 pub mod set;
 pub mod sockets;
 pub mod tmux;

@@ -87,11 +87,25 @@ impl Hosts {
 
     /// nftables in host `i`: drop everything to and from host `peer` only.
     pub fn cut_between(&self, i: usize, peer: usize) {
-        let rules = format!(
-            "table inet ftkv_cut {{ chain input {{ type filter hook input priority 0; ip saddr {peer} drop; }}; \
-             chain output {{ type filter hook output priority 0; ip daddr {peer} drop; }}; }}",
-            peer = addr(peer)
-        );
+        self.cut_one_way(i, peer, true, true);
+    }
+
+    /// nftables in host `i`: drop what comes from host `peer` (`incoming`), what goes to it
+    /// (`outgoing`), or both. Removed by [`heal_between`](Self::heal_between).
+    pub fn cut_one_way(&self, i: usize, peer: usize, incoming: bool, outgoing: bool) {
+        let peer = addr(peer);
+        let mut rules = String::from("table inet ftkv_cut { ");
+        if incoming {
+            rules += &format!(
+                "chain input {{ type filter hook input priority 0; ip saddr {peer} drop; }}; "
+            );
+        }
+        if outgoing {
+            rules += &format!(
+                "chain output {{ type filter hook output priority 0; ip daddr {peer} drop; }}; "
+            );
+        }
+        rules += "}";
         let status = Command::new("ip")
             .args(["netns", "exec", &self.ns(i), "nft", &rules])
             .status()
