@@ -39,15 +39,19 @@ pub fn load_file(
     Ok(Some(entries))
 }
 
+/// A file's size against the manifest's entry.
+pub fn check_size(size: u64, entry: &DumpFile) -> Result<(), String> {
+    match size == entry.bytes {
+        true => Ok(()),
+        false => {
+            Err(format!("{size} bytes, the manifest says {} (truncated or changed)", entry.bytes))
+        }
+    }
+}
+
 /// Size and MD5 against the manifest's entry.
 pub fn check_file(bytes: &[u8], entry: &DumpFile) -> Result<(), String> {
-    if bytes.len() as u64 != entry.bytes {
-        return Err(format!(
-            "{} bytes, the manifest says {} (truncated or changed)",
-            bytes.len(),
-            entry.bytes
-        ));
-    }
+    check_size(bytes.len() as u64, entry)?;
     let md5: String = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
     if md5 != entry.md5 {
         return Err(format!("MD5 {md5}, the manifest says {} (corrupt or changed)", entry.md5));

@@ -91,9 +91,7 @@ impl Manifest {
     /// its own file names.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if manifest.format != FORMAT {
-            return Err(format!("format {} (this coordinator reads {FORMAT})", manifest.format));
-        }
+        check_format(manifest.format)?;
         if manifest.servers.len() != manifest.n as usize || manifest.n == 0 {
             return Err(format!(
                 "{} servers listed for n = {}",
@@ -102,10 +100,7 @@ impl Manifest {
             ));
         }
         for (id, server) in (0..).zip(&manifest.servers) {
-            let names = (dump_name(id, "primary"), dump_name(id, "secondary"));
-            if server.id != id
-                || (&server.primary.name, &server.secondary.name) != (&names.0, &names.1)
-            {
+            if !names_its_files(id, server.id, &server.primary, &server.secondary) {
                 return Err(format!("entry {id} is not server {id}'s files"));
             }
         }
@@ -142,17 +137,27 @@ impl ServerManifest {
     /// `id`'s own files.
     pub fn decode(bytes: &[u8], id: u32) -> Result<ServerManifest, String> {
         let manifest: ServerManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if manifest.format != FORMAT {
-            return Err(format!("format {} (this coordinator reads {FORMAT})", manifest.format));
-        }
-        let names = (dump_name(id, "primary"), dump_name(id, "secondary"));
-        if manifest.id != id
-            || (&manifest.primary.name, &manifest.secondary.name) != (&names.0, &names.1)
-        {
+        check_format(manifest.format)?;
+        if !names_its_files(id, manifest.id, &manifest.primary, &manifest.secondary) {
             return Err(format!("it does not describe server {id}'s files"));
         }
         Ok(manifest)
     }
+}
+
+/// Manifests of another format are refused.
+fn check_format(format: u32) -> Result<(), String> {
+    match format == FORMAT {
+        true => Ok(()),
+        false => Err(format!("format {format} (this coordinator reads {FORMAT})")),
+    }
+}
+
+/// Whether an entry that says it is server `named`'s, with these files, is server `id`'s.
+fn names_its_files(id: u32, named: u32, primary: &DumpFile, secondary: &DumpFile) -> bool {
+    named == id
+        && primary.name == dump_name(id, "primary")
+        && secondary.name == dump_name(id, "secondary")
 }
 
 /// `server_<id>.manifest`.

@@ -185,11 +185,7 @@ fn precheck(dir: &Path, manifest: &Manifest) -> Result<bool, RestoreError> {
             }
             Err(e) => return Err(io_error(format!("reading {}", path.display()))(e)),
         };
-        if size != entry.bytes {
-            let why =
-                format!("{size} bytes, the manifest says {} (truncated or changed)", entry.bytes);
-            return Err(RestoreError::File { path, why });
-        }
+        dumpfile::check_size(size, entry).map_err(|why| RestoreError::File { path, why })?;
     }
     Ok(all_there)
 }

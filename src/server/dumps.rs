@@ -160,7 +160,7 @@ impl Server {
     /// dump is tried even if another failed.
     pub(super) fn dump(&self, round: &mut DumpRound) -> Result<Option<Dumps>, DumpsFailed> {
         let mut own = self.dumping.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(description) = self.describe_dumps() else {
+        let Some((epoch, complete)) = self.dump_state() else {
             return Ok(None);
         };
         let mut failed = Vec::new();
@@ -175,9 +175,7 @@ impl Server {
         }
         if let Some(dumps) = round.complete() {
             if !round.manifest_written {
-                let manifest = description(dumps.clone());
-                let name = server_manifest_name(self.id);
-                match write_atomically(&self.dump_dir, &name, &manifest.encode()) {
+                match self.write_own_manifest(&dumps, epoch, complete) {
                     Ok(()) => round.manifest_written = true,
                     Err(e) => failed.push(("dump manifest", e)),
                 }
@@ -196,14 +194,14 @@ impl Server {
         Err(failed)
     }
 
-    /// What this server's manifest will say of the dumps it is about to write, or `None`
-    /// when it must write none:
+    /// The epoch of this server's configuration and whether its copy is complete (up in
+    /// it), for its manifest; `None` when it must write no dumps:
     /// - a first start that never got a configuration (the start failed), so empty: empty
     ///   dumps would only overwrite those of an earlier run. (A replacement does write its
     ///   empty ones: what is there is from the instance it replaced.)
     /// - a restore under way: the files still hold the whole set being restored, its
     ///   tables part of it at most.
-    fn describe_dumps(&self) -> Option<impl FnOnce(Dumps) -> ServerManifest + use<>> {
+    fn dump_state(&self) -> Option<(u64, bool)> {
         let config = self.config();
         if config.as_ref().is_some_and(|c| c.restoring) {
             info!("{}", lines::NO_DUMPS_DURING_RESTORE);
@@ -216,18 +214,22 @@ impl Server {
         let me = config.as_ref().and_then(|c| c.servers.get(self.id as usize));
         let complete =
             me.is_some_and(|me| me.incarnation == self.incarnation && me.state == Replica::Up);
-        let (id, incarnation) = (self.id, self.incarnation);
-        let epoch = config.as_ref().map_or(0, |c| c.epoch);
-        Some(move |Dumps { primary, secondary }| ServerManifest {
+        Some((config.as_ref().map_or(0, |c| c.epoch), complete))
+    }
+
+    /// `server_<id>.manifest`, after both files (see `crate::manifest`).
+    fn write_own_manifest(&self, dumps: &Dumps, epoch: u64, complete: bool) -> std::io::Result<()> {
+        let manifest = ServerManifest {
             format: FORMAT,
-            id,
-            incarnation,
+            id: self.id,
+            incarnation: self.incarnation,
             epoch,
             time: utc_time(SystemTime::now()),
             complete,
-            primary,
-            secondary,
-        })
+            primary: dumps.primary.clone(),
+            secondary: dumps.secondary.clone(),
+        };
+        write_atomically(&self.dump_dir, &server_manifest_name(self.id), &manifest.encode())
     }
 
     /// Retries [`dump`](Self::dump) every second until both dumps are written: with nobody

@@ -48,13 +48,13 @@ impl Server {
         });
         let (primaries, secondaries) = (primaries?, secondaries?);
         let (keys, secondaries_len) = (primaries.len() as u64, secondaries.len());
-        let bytes = primaries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let checked_ms = began.elapsed().as_millis() as u64;
         self.primary.extend(primaries);
         self.secondary.extend(secondaries);
         let took_ms = began.elapsed().as_millis() as u64;
         info!(primary = keys, secondary = secondaries_len, checked_ms, took_ms, "dumps loaded");
-        Ok((keys, bytes))
+        // The tables were empty (checked above): what they count now is the set's.
+        Ok((keys, self.primary.bytes()))
     }
 
     /// One of the two files, checked against its entry. Each key's place is not checked
@@ -68,5 +68,47 @@ impl Server {
             Ok(None) => Err(format!("dump file {shown}: missing")),
             Err(why) => Err(format!("dump file {shown}: {why}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use md5::{Digest, Md5};
+
+    use super::*;
+    use crate::server::tests::server;
+
+    /// Writes `text` as server 1's `kind` dump in `dir`; its entry, with `md5` if given.
+    fn dump(dir: &std::path::Path, kind: &str, text: &str, md5: Option<&str>) -> DumpFile {
+        let name = format!("server_1.{kind}");
+        std::fs::write(dir.join(&name), text).unwrap();
+        let real: String = Md5::digest(text).iter().map(|b| format!("{b:02x}")).collect();
+        let md5 = md5.map_or(real, str::to_string);
+        DumpFile { name, bytes: text.len() as u64, keys: text.lines().count() as u64, md5 }
+    }
+
+    /// Refused outside a restore; a file that does not match its entry is refused before
+    /// either table is touched; a matching pair loads, with its keys and bytes counted.
+    #[tokio::test]
+    async fn a_load_takes_only_matching_files_into_the_empty_tables_of_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = server().await;
+        server.dump_dir = dir.path().into();
+        let primary = dump(dir.path(), "primary", "P \"k\" \"value\"\n", None);
+        let secondary = dump(dir.path(), "secondary", "P \"j\" \"v\"\n", None);
+        let refused = server.load(3, &primary, &secondary).unwrap_err();
+        assert!(refused.contains("only taken into the empty tables of a restore"), "{refused}");
+
+        let mut restoring = server.config().clone().unwrap();
+        (restoring.epoch, restoring.restoring) = (2, true);
+        server.set_config(restoring).await.unwrap();
+        let corrupt = dump(dir.path(), "secondary", "P \"j\" \"v\"\n", Some("00"));
+        let refused = server.load(3, &primary, &corrupt).unwrap_err();
+        assert!(refused.contains("server_1.secondary") && refused.contains("MD5"), "{refused}");
+        assert!(server.primary.is_empty() && server.secondary.is_empty(), "nothing loaded");
+        assert!(server.load(4, &primary, &secondary).is_err(), "another number of servers");
+
+        assert_eq!(server.load(3, &primary, &secondary), Ok((1, 6)));
+        assert_eq!((server.primary.len(), server.secondary.len()), (1, 1));
     }
 }

@@ -481,7 +481,7 @@ mod tests {
     use crate::routing::ServerAddr;
 
     /// Server 1 of 3 (incarnation 0), configured at epoch 1 with every server up.
-    async fn server() -> Server {
+    pub(super) async fn server() -> Server {
         let opts = ServerOptions {
             id: 1,
             servers: 3,

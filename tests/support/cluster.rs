@@ -174,9 +174,8 @@ impl Cluster {
     /// (some refusals come after its servers started: it ignores its standard input, and
     /// one that did start is killed after 20 s); returns its output.
     pub fn refused_start(&self, extra: &[&str]) -> std::process::Output {
-        let mut coord = Command::new(COORD)
-            .current_dir(self.dir.path())
-            .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log", "--ignore-stdin"])
+        let mut coord = coord_in(self.dir.path(), "coord.log")
+            .arg("--ignore-stdin")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
