@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,11 +17,34 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::protocol::Role;
 
-/// Binds `host:port`; the error names the port and its role.
+/// Connections the kernel queues for a port before this process accepts them. Tokio's
+/// `TcpListener::bind` asks for 128: a burst of a few hundred connects (a benchmark's
+/// clients, a flood) while the accept loop waits for a core overflows that queue, and the
+/// kernel drops the SYNs beyond it, which the peers resend only after a second. So, as many
+/// as a server serves clients (the kernel caps it at `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `host:port` (address reuse on, as `TcpListener::bind` sets it, so that a restarted
+/// process gets its old port back), listening with [`LISTEN_BACKLOG`]; the error names the
+/// port and its role.
 pub async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
-    TcpListener::bind((host, port)).await.map_err(|e| {
+    let failed = |e: std::io::Error| {
         Error::Unavailable(format!("cannot listen on {host}:{port} ({what} port): {e}"))
-    })
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(failed)? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+        let listening = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        });
+        match listening {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| std::io::Error::other("the name has no address"))))
 }
 
 /// Who may use a port: the roles it accepts in a hello, and the cluster token it requires
