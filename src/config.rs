@@ -228,3 +228,40 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/cfg.txt"), "{e}");
     }
 }
+
+/// Coordinator addresses from a `-h` flag: `host[:port][,host[:port]...]`, each entry
+/// without a port on `port`. Clients and servers take several to find the leader among
+/// standby coordinators (`coord --etcd`).
+pub fn coordinator_addrs(hosts: &str, port: u16) -> Result<Vec<String>, String> {
+    hosts
+        .split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            match entry.rsplit_once(':') {
+                _ if entry.is_empty() => Err(format!("{hosts:?}: an empty coordinator address")),
+                Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => {
+                    Ok(entry.to_string())
+                }
+                Some(_) => Err(format!("{entry:?} is not host:port")),
+                None => Ok(format!("{entry}:{port}")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod coordinator_addrs_tests {
+    use super::coordinator_addrs;
+
+    #[test]
+    fn entries_take_the_default_port_unless_they_carry_one() {
+        assert_eq!(coordinator_addrs("localhost", 7000).unwrap(), ["localhost:7000"]);
+        assert_eq!(
+            coordinator_addrs("a, b:7001,10.0.0.3", 7000).unwrap(),
+            ["a:7000", "b:7001", "10.0.0.3:7000"]
+        );
+        for bad in ["", "a,,b", "a:", ":7000", "a:port", "a:70000"] {
+            assert!(coordinator_addrs(bad, 7000).is_err(), "{bad:?}");
+        }
+    }
+}

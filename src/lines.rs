@@ -64,3 +64,14 @@ pub const CUT_REPLACING: &str = "replication stream cut; replacing its owner";
 pub const CUT_HELD: &str = "replication stream cut again within the backoff; not replacing";
 /// coord: a stream seen cut acknowledges writes again.
 pub const CUT_HEALED: &str = "replication stream flows again";
+/// A coordinator elected through etcd waits as a standby (stdout and log).
+pub const STANDBY: &str = "standby";
+/// It won its election (stdout and log).
+pub const LEADING: &str = "leading";
+/// It stopped acting as the leader, and why (stdout and log).
+pub const STEPPED_DOWN: &str = "stepped down";
+/// It won, but the leader before it had shut the cluster down meanwhile.
+pub const CLUSTER_WAS_STOPPED: &str = "the cluster was shut down by its leader";
+/// Why a leader elected through etcd stopped: its lease may have run out.
+pub const AUTHORITY_LAPSED: &str =
+    "its etcd lease may have expired (no keep-alive answered in time)";

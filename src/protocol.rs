@@ -23,7 +23,7 @@ use crate::routing::ClusterConfig;
 /// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore),
 /// [`ControlRequest::Load`].
 /// 5: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -264,6 +264,11 @@ pub enum CoordResponse {
     Config(Option<ClusterConfig>),
     Status(StatusReport),
     Watch(WatchMessage),
+    /// From a standby coordinator (`coord --etcd`): ask the leader instead, at this
+    /// `host:port` of its clients port (`None` while no coordinator leads).
+    NotLeader {
+        leader: Option<String>,
+    },
 }
 
 /// State of one server as the coordinator sees it.
@@ -313,6 +318,21 @@ pub struct StatusReport {
     pub recovery: Option<RecoveryStatus>,
     /// Replication streams the coordinator sees cut now (see `coord::cut`).
     pub cuts: Vec<StreamCutStatus>,
+    /// With standby coordinators (`coord --etcd`): who leads, since when, who stands by.
+    pub coordinators: Option<Leadership>,
+}
+
+/// The coordinators of a cluster elected through etcd, as the leader sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    /// The cluster's name (`--cluster`): its prefix in etcd.
+    pub cluster: String,
+    /// The leader's clients port, `host:port`.
+    pub leader: String,
+    /// When it won its election (UTC, RFC 3339).
+    pub since: String,
+    /// The standbys' clients ports.
+    pub standbys: Vec<String>,
 }
 
 /// A replication stream seen cut: `owner`'s writes to its copy on `copy` have waited
@@ -360,12 +380,17 @@ pub enum ReportRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReportResponse {
     /// The server may serve clients for `lease_ms` from the moment it sent the heartbeat.
-    Lease { lease_ms: u64 },
+    /// `coordinators`: the servers ports (`host:port`) of every coordinator of the
+    /// cluster, leader first, where to look for the next leader if this one goes (empty
+    /// without standbys: the server keeps the address it was started with).
+    Lease { lease_ms: u64, coordinators: Vec<String> },
     /// Started (or Updated) acknowledged.
     Welcome,
     /// A newer start of this server id took its place: it must exit without writing dumps
     /// (they would overwrite the newer data).
     Replaced,
+    /// From a standby coordinator: the leader's servers port (`None` while none leads).
+    NotLeader { leader: Option<String> },
 }
 
 /// Which kind of client operation a counter counts (index into [`ServerStats::ops`]).

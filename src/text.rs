@@ -62,5 +62,12 @@ pub fn format_table(report: &StatusReport) -> String {
             cut.owner, cut.copy, cut.stalled_ms
         ));
     }
+    if let Some(c) = &report.coordinators {
+        let standbys = if c.standbys.is_empty() { "none".into() } else { c.standbys.join(", ") };
+        out.push_str(&format!(
+            "coordinator {} leads cluster {} since {}; standbys: {standbys}\n",
+            c.leader, c.cluster, c.since
+        ));
+    }
     out
 }

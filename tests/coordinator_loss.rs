@@ -157,7 +157,10 @@ async fn servers_re_attach_to_whoever_takes_the_coordinators_port() {
                 let _ = started_tx.send((id, first));
                 conn.send(&ReportResponse::Welcome).await.unwrap();
                 while let Ok(Some(ReportRequest::Heartbeat(_))) = conn.recv().await {
-                    let lease = ReportResponse::Lease { lease_ms: LEASE.as_millis() as u64 };
+                    let lease = ReportResponse::Lease {
+                        lease_ms: LEASE.as_millis() as u64,
+                        coordinators: Vec::new(),
+                    };
                     if conn.send(&lease).await.is_err() {
                         return;
                     }

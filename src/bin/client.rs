@@ -20,7 +20,8 @@ use tokio::runtime::Runtime;
 #[derive(Parser, Debug)]
 #[command(version, disable_help_flag = true)]
 struct Args {
-    /// Coordinator's host.
+    /// Coordinator's host; with standby coordinators, each one's, comma-separated, an
+    /// entry as host:port if its port differs from -p.
     #[arg(short = 'h', long = "host", default_value = "localhost")]
     host: String,
     /// Coordinator's clients port.
@@ -62,7 +63,7 @@ fn start(args: Args) -> Result<Outcome, String> {
         None => ftkv::logging::init(None, "error")?,
     }
     let timeout = seconds(args.timeout, "timeout")?;
-    let coordinator = format!("{}:{}", args.host, args.port);
+    let coordinator = ftkv::config::coordinator_addrs(&args.host, args.port)?.join(",");
     if args.file.is_some() && !args.words.is_empty() {
         return Err("give either -f FILE or an operation, not both".into());
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ftkv::coord::{CoordOptions, default_server_bin, run};
+use ftkv::coord::{CoordOptions, EtcdOptions, default_server_bin, run};
 use ftkv::server::{
     DEFAULT_HEARTBEAT_MS, DEFAULT_ORPHAN_TIMEOUT, parse_heartbeat_ms, parse_orphan_timeout,
 };
@@ -75,6 +75,21 @@ struct Args {
     /// free port, printed at start).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// Standby coordinators: keep the state in etcd at these client URLs (comma-separated,
+    /// e.g. http://10.0.0.1:2379,http://10.0.0.2:2379) instead of the state file. Every
+    /// coordinator started with the same etcd and --cluster joins one election: one leads,
+    /// the others stand by and take over when it is gone.
+    #[arg(long, value_name = "URLS")]
+    etcd: Option<String>,
+    /// The cluster's name in etcd (default: the configuration file's name without its
+    /// extension).
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    cluster: Option<String>,
+    /// Seconds of this coordinator's etcd lease: a leader that dies is replaced about this
+    /// long after (etcd grants at least 1.5 of its election timeouts, rounded up: 2 s at
+    /// its defaults, 1 s with --election-timeout 500).
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "etcd", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    etcd_ttl: u64,
 }
 
 fn main() {
@@ -112,6 +127,10 @@ fn start(args: Args) -> Result<(), String> {
         ));
     }
     let specs = ftkv::config::load(&args.config).map_err(|e| e.to_string())?;
+    let etcd = match args.etcd {
+        Some(urls) => Some(etcd_options(&urls, args.cluster, &args.config, args.etcd_ttl)?),
+        None => None,
+    };
     ftkv::logging::init(args.log.as_deref(), "info")?;
     let server_bin = match args.server_bin {
         Some(path) => path,
@@ -138,10 +157,35 @@ fn start(args: Args) -> Result<(), String> {
         orphan_timeout: args.orphan_timeout,
         fresh: args.fresh,
         metrics: args.metrics,
+        etcd,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(run(opts));
     // The stdin reader is a blocking read that cannot be cancelled: do not wait for it.
     runtime.shutdown_background();
     result.map_err(|e| e.to_string())
+}
+
+/// `--etcd`, `--cluster` and `--etcd-ttl`, checked.
+fn etcd_options(
+    urls: &str,
+    cluster: Option<String>,
+    config: &std::path::Path,
+    ttl: u64,
+) -> Result<EtcdOptions, String> {
+    let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
+    if let Some(bad) =
+        urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+    {
+        return Err(format!("--etcd: {bad:?} is not an http:// or https:// URL"));
+    }
+    let cluster = match cluster {
+        Some(name) => name,
+        None => config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let fits = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if cluster.is_empty() || !cluster.chars().all(fits) {
+        return Err(format!("--cluster: {cluster:?} must be letters, digits, '-', '_' or '.'"));
+    }
+    Ok(EtcdOptions { urls, cluster, ttl: Duration::from_secs(ttl) })
 }

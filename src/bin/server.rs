@@ -23,7 +23,8 @@ use ftkv::server::{
 #[derive(Parser, Debug)]
 #[command(version, disable_help_flag = true)]
 struct Args {
-    /// Coordinator's host.
+    /// Coordinator's host; with standby coordinators, each one's, comma-separated, an
+    /// entry as host:port if its port differs from -m.
     #[arg(short = 'h', long = "host")]
     coord_host: String,
     /// Coordinator's servers port.
@@ -152,7 +153,7 @@ fn start(args: Args) -> Result<(), String> {
     let opts = ServerOptions {
         id: args.id,
         servers: args.servers,
-        coordinator: format!("{}:{}", args.coord_host, args.coord_port),
+        coordinators: ftkv::config::coordinator_addrs(&args.coord_host, args.coord_port)?,
         bind_host: args.bind,
         client_port: args.clients_port,
         servers_port: args.servers_port,

@@ -74,7 +74,10 @@ enum Attempt {
 
 /// A connection to the service. Not shareable between tasks; make one per task.
 pub struct Client {
-    coordinator: String,
+    /// The coordinators' clients ports (several with standby coordinators), and which one
+    /// is asked now.
+    coordinators: Vec<String>,
+    current: usize,
     timeout: Duration,
     config: Option<Arc<ClusterConfig>>,
     /// The cached configuration may be out of date (an attempt with it failed): ask the
@@ -88,10 +91,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// `coordinator` is `host:port` of the coordinator's clients port.
+    /// `coordinator` is `host:port` of the coordinator's clients port; with standby
+    /// coordinators, each one's, comma-separated (a standby names the leader, asked next).
     pub fn new(coordinator: impl Into<String>, timeout: Duration) -> Self {
+        let coordinators = coordinator.into().split(',').map(str::to_string).collect();
         Client {
-            coordinator: coordinator.into(),
+            coordinators,
+            current: 0,
             timeout,
             config: None,
             stale: false,
@@ -244,7 +250,7 @@ impl Client {
                 Some(old) => match self.ask_once(&CoordRequest::GetConfig, deadline).await {
                     Err(CoordFailure::Other(e)) => return Err(e),
                     Err(away) => {
-                        self.coord_trouble = Some(away.into_error(&self.coordinator).to_string());
+                        self.coord_trouble = Some(away.into_error(self.coordinator()).to_string());
                         return Ok(old.clone());
                     }
                     Ok(response) => response,
@@ -262,7 +268,8 @@ impl Client {
                 }
                 // A restarted coordinator still taking its servers back.
                 CoordResponse::Config(None) if let Some(old) = &old => {
-                    let starting = format!("coordinator at {} is still starting", self.coordinator);
+                    let starting =
+                        format!("coordinator at {} is still starting", self.coordinator());
                     self.coord_trouble = Some(starting);
                     return Ok(old.clone());
                 }
@@ -310,23 +317,74 @@ impl Client {
             };
             let next = began + COORD_RETRY;
             if next.max(Instant::now()) >= deadline {
-                return Err(away.into_error(&self.coordinator));
+                return Err(away.into_error(self.coordinator()));
             }
-            debug!(coordinator = %self.coordinator, "coordinator unreachable; trying again");
+            debug!(coordinator = %self.coordinator(), "coordinator unreachable; trying again");
             tokio::time::sleep_until(next).await;
         }
     }
 
+    /// The coordinator asked now.
+    fn coordinator(&self) -> &str {
+        &self.coordinators[self.current]
+    }
+
     /// One call to the coordinator, connecting first if needed; bounded by `deadline` (and
     /// by one attempt's time), so that neither a slow connect nor a silent peer outlasts the
-    /// operation.
+    /// operation. A standby's answer sends it to the leader at once; a coordinator that
+    /// does not answer leaves the next call to the next one listed.
     async fn ask_once(
         &mut self,
         request: &CoordRequest,
         deadline: Instant,
     ) -> Result<CoordResponse, CoordFailure> {
+        let mut redirected = false;
+        loop {
+            let asked = self.ask_current(request, deadline).await;
+            match asked {
+                Ok(CoordResponse::NotLeader { leader: Some(leader) }) if !redirected => {
+                    self.coord_conn = None;
+                    self.current = match self.coordinators.iter().position(|c| *c == leader) {
+                        Some(at) => at,
+                        None => {
+                            self.coordinators.push(leader);
+                            self.coordinators.len() - 1
+                        }
+                    };
+                    redirected = true;
+                }
+                Ok(CoordResponse::NotLeader { leader }) => {
+                    let standby = self.coordinator().to_string();
+                    self.next_coordinator();
+                    let leads =
+                        leader.map_or("no coordinator leads yet".into(), |l| format!("{l} leads"));
+                    return Err(CoordFailure::Unreachable(Error::Unavailable(format!(
+                        "{standby} stands by; {leads}"
+                    ))));
+                }
+                Ok(response) => return Ok(response),
+                Err(CoordFailure::Other(e)) => return Err(CoordFailure::Other(e)),
+                Err(away) => {
+                    self.next_coordinator();
+                    return Err(away);
+                }
+            }
+        }
+    }
+
+    fn next_coordinator(&mut self) {
+        self.coord_conn = None;
+        self.current = (self.current + 1) % self.coordinators.len();
+    }
+
+    /// One call to the coordinator asked now (see [`ask_once`](Self::ask_once)).
+    async fn ask_current(
+        &mut self,
+        request: &CoordRequest,
+        deadline: Instant,
+    ) -> Result<CoordResponse, CoordFailure> {
         let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
-        let coordinator = &self.coordinator;
+        let coordinator = &self.coordinators[self.current];
         let conn = self.coord_conn.take();
         let asked = tokio::time::timeout_at(until, async move {
             let mut conn = match conn {

@@ -92,7 +92,7 @@ fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Resu
     Err(Error::Unavailable(format!(
         "{} holds a running cluster of {} servers that the configuration file ({} servers) \
          does not describe; start with the same file, or stop that cluster first",
-        store.path().display(),
+        store.describe(),
         running.len(),
         specs.len()
     )))

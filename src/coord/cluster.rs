@@ -24,6 +24,7 @@ use super::progress::Tracker;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::restore::{self, Restore};
 use super::shutdown::{StopSignal, stop_servers};
+use super::standby::step_down;
 use super::state::CoordState;
 use super::store::Store;
 use crate::error::{Error, Result};
@@ -155,6 +156,7 @@ impl Cluster {
     fn publish(&mut self) {
         let mut status = self.state.status();
         status.cuts = self.cuts.status();
+        status.coordinators = self.shared.view.borrow().status.coordinators.clone();
         self.shared.view.send_modify(|view| view.status = status);
     }
 
@@ -251,10 +253,10 @@ impl Cluster {
 
     /// Opens the control link of a replacement that reported, in a task.
     fn open_link(&self, id: u32, incarnation: u64, addr: String) {
-        let token = self.shared.token.clone();
+        let shared = self.shared.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            let message = match ControlLink::connect(id, &addr, &token).await {
+            let message = match ControlLink::connect(id, &addr, &shared).await {
                 Ok(link) => Internal::LinkReady { id, incarnation, link },
                 Err(e) => Internal::Recovery(Input::SpawnFailed {
                     incarnation,
@@ -301,6 +303,9 @@ impl Cluster {
     /// service down as two faults. Leases are unaffected: servers stop serving on their own
     /// when theirs lapse, so counting later only ever moves keys later.
     fn on_tick(&mut self) {
+        if !self.shared.authority.holds() {
+            step_down(lines::AUTHORITY_LAPSED);
+        }
         let now = Instant::now();
         self.observe_stall(now);
         let liveness = &self.shared.liveness;
@@ -389,6 +394,9 @@ impl Cluster {
     fn perform(&mut self, actions: Vec<Action>) {
         if actions.is_empty() {
             return;
+        }
+        if !self.shared.authority.holds() {
+            step_down(lines::AUTHORITY_LAPSED);
         }
         let Some(a) = self.state.recovery.as_ref().map(|r| r.failed) else {
             return;

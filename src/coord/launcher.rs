@@ -11,6 +11,7 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::config::Host;
+use crate::coord::links::Coordinators;
 use crate::coord::state::Member;
 use crate::error::{Error, Result};
 use crate::lines;
@@ -42,6 +43,8 @@ pub struct Launcher {
     pub advertise_host: Option<String>,
     /// `--orphan-timeout` of every server.
     pub orphan_timeout: Duration,
+    /// The standby coordinators, given to every server after this one's address.
+    pub coordinators: Coordinators,
 }
 
 /// A started server process.
@@ -242,8 +245,11 @@ impl Launcher {
         dumps: &str,
     ) -> Vec<String> {
         let spec = &member.spec;
+        // The leader (this coordinator) first, then the standbys.
+        let standbys = self.coordinators.get().into_iter().skip(1);
+        let hosts = std::iter::once(format!("{coord_host}:{}", self.servers_port)).chain(standbys);
         [
-            ("-h", coord_host.to_string()),
+            ("-h", hosts.collect::<Vec<_>>().join(",")),
             ("-m", self.servers_port.to_string()),
             ("-c", spec.client_port.to_string()),
             ("-s", spec.servers_port.to_string()),

@@ -8,13 +8,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::authority::Authority;
 use super::events::Hub;
 use super::liveness::{Lease, Liveness};
+use super::standby::step_down;
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
+use crate::lines;
 use crate::protocol::{
-    BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, ReportRequest,
-    ReportResponse, Role, StatusReport,
+    BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, Leadership,
+    ReportRequest, ReportResponse, Role, StatusReport,
 };
 use crate::protocol::{CopyStats, TableKind};
 use crate::routing::ClusterConfig;
@@ -54,6 +57,21 @@ pub enum Event {
     },
 }
 
+/// Servers ports of a cluster's coordinators, leader first (with standbys; else empty),
+/// shared by the report port (leases name them) and the launcher (servers start with them).
+#[derive(Debug, Clone, Default)]
+pub struct Coordinators(Arc<std::sync::RwLock<Vec<String>>>);
+
+impl Coordinators {
+    pub fn get(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, servers: Vec<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = servers;
+    }
+}
+
 /// State shared by the coordinator's port handlers and its main loop.
 pub struct Shared {
     pub token: Vec<u8>,
@@ -62,6 +80,11 @@ pub struct Shared {
     pub view: watch::Sender<View>,
     /// Events and the servers' counters, for watchers and metrics.
     pub hub: Hub,
+    /// Whether this coordinator may act, and how long a lease it may grant.
+    pub authority: Arc<Authority>,
+    /// Servers ports of every coordinator, leader first, for the servers (see
+    /// `ReportResponse::Lease`); empty without standbys.
+    pub coordinators: Coordinators,
     /// Numbers the report links: a server that re-attaches has a new one, and the end of
     /// its old one is no evidence against it.
     links: AtomicU64,
@@ -72,12 +95,31 @@ impl Shared {
         servers: u32,
         token: Vec<u8>,
         lease: Lease,
+        authority: Arc<Authority>,
         events: mpsc::UnboundedSender<Event>,
         view: watch::Sender<View>,
     ) -> Self {
-        let links = AtomicU64::new(0);
-        let liveness = Liveness::new(servers, lease);
-        Shared { token, liveness, events, view, hub: Hub::new(servers), links }
+        Shared {
+            token,
+            liveness: Liveness::new(servers, lease),
+            events,
+            view,
+            hub: Hub::new(servers),
+            authority,
+            coordinators: Default::default(),
+            links: AtomicU64::new(0),
+        }
+    }
+
+    /// The coordinators as the leader last listed them: servers ports for the servers, and
+    /// who leads and stands by for the status.
+    pub fn set_coordinators(&self, servers: Vec<String>, leadership: Leadership) {
+        self.coordinators.set(servers);
+        self.view.send_if_modified(|view| {
+            let changed = view.status.coordinators.as_ref() != Some(&leadership);
+            view.status.coordinators = Some(leadership);
+            changed
+        });
     }
 
     fn next_link(&self) -> u64 {
@@ -119,7 +161,7 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
     let link = shared.next_link();
     let _ = shared.events.send(Event::Started { id, incarnation, ports, pid, epoch, link });
     conn.send(&ReportResponse::Welcome).await?;
-    let lease_ms = liveness.lease.granted.as_millis() as u64;
+    let lease = liveness.lease;
     let outcome = async {
         while let Some(request) = conn.recv::<ReportRequest>().await? {
             if matches!(request, ReportRequest::Heartbeat(_)) {
@@ -133,7 +175,11 @@ pub async fn serve_report(shared: Arc<Shared>, mut conn: Connection, role: Role)
             match request {
                 ReportRequest::Heartbeat(stats) => {
                     shared.hub.heard(id, incarnation, stats);
-                    conn.send(&ReportResponse::Lease { lease_ms }).await?
+                    // Never past this coordinator's own authority (see `authority`).
+                    let granted = shared.authority.lease(lease.granted, lease.margin());
+                    let lease_ms = granted.as_millis() as u64;
+                    let coordinators = shared.coordinators.get();
+                    conn.send(&ReportResponse::Lease { lease_ms, coordinators }).await?
                 }
                 ReportRequest::Updated { into, epoch, copied } => {
                     let _ = shared.events.send(Event::Updated { id, into, epoch, copied });
@@ -165,7 +211,8 @@ pub struct ControlLink {
 impl ControlLink {
     /// Connects once (so that a server that cannot be reached fails here); later calls
     /// reconnect if the connection failed.
-    pub async fn connect(id: u32, addr: &str, token: &[u8]) -> Result<Self> {
+    pub async fn connect(id: u32, addr: &str, shared: &Shared) -> Result<Self> {
+        let token = &shared.token;
         let hello = Hello::new(Role::Coordinator, token);
         let connected = Connection::connect(addr, &hello).await.map_err(|e| {
             Error::Unavailable(format!("server {id}: connecting to its control port {addr}: {e}"))
@@ -173,8 +220,14 @@ impl ControlLink {
         let mut conn = Some(connected);
         let (tx, mut rx) = mpsc::channel::<Call>(16);
         let addr_owned = addr.to_string();
+        let authority = shared.authority.clone();
         tokio::spawn(async move {
             while let Some((request, limit, reply)) = rx.recv().await {
+                // No command goes out once this coordinator's authority may have lapsed,
+                // not even one queued before a pause: it steps down instead.
+                if !authority.holds() {
+                    step_down(lines::AUTHORITY_LAPSED);
+                }
                 let result = async {
                     let live = match conn.as_mut() {
                         Some(live) => live,

@@ -169,8 +169,13 @@ mod tests {
         let done =
             EventKind::RecoveryComplete { server: 1, ms: 30, keys: 1, bytes: 2, attempts: 2 };
         metrics.observe(&done);
-        let status =
-            StatusReport { epoch: 7, servers: Vec::new(), recovery: None, cuts: Vec::new() };
+        let status = StatusReport {
+            epoch: 7,
+            servers: Vec::new(),
+            recovery: None,
+            cuts: Vec::new(),
+            coordinators: None,
+        };
         let text = metrics.encode(&ClusterSnapshot { status, stats: Vec::new(), recovery: None });
         for line in [
             "ftkv_epoch 7",

@@ -7,8 +7,10 @@
 //! - `liveness`: heartbeats, leases, fencing; `links`: the ports and control links;
 //! - `process` and `launcher`: server processes, local and over ssh;
 //! - `shutdown`: stopping in order with dumps;
-//! - `store`: the state file and its lock, from which a restarted coordinator takes the
-//!   running servers back;
+//! - `store`: the state file and its lock, or etcd, from which a restarted (or newly
+//!   elected) coordinator takes the running servers back;
+//! - `standby`, `etcd`, `authority`: standby coordinators elected through etcd, and how
+//!   long a leader may act;
 //! - `begin`: whether a start takes running servers back, restores a set, or starts empty;
 //! - `restore` and `gather`: the restore of a set of dumps (described by the manifest an
 //!   orderly shutdown wrote, or gathered from the servers' own manifests);
@@ -16,9 +18,11 @@
 //!   durations, and `client watch`'s subscription;
 //! - `metrics` and `scrape`: the Prometheus metrics and their HTTP port (`--metrics`).
 
+mod authority;
 mod begin;
 mod cluster;
 mod cut;
+mod etcd;
 mod events;
 mod gather;
 mod launcher;
@@ -31,6 +35,7 @@ pub mod recovery;
 pub mod restore;
 mod scrape;
 mod shutdown;
+mod standby;
 mod state;
 mod store;
 mod watchers;
@@ -40,6 +45,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use authority::Authority;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,8 +67,9 @@ use links::{Shared, View};
 use liveness::Lease;
 use process::Processes;
 use shutdown::stop_signal;
+pub use standby::EtcdOptions;
 pub use state::{CoordState, Member};
-use store::Store;
+use store::{StateFile, Store};
 
 /// Most connections served at once on the clients port and on the servers port.
 const MAX_CLIENT_CONNECTIONS: usize = 1024;
@@ -99,6 +107,9 @@ pub struct CoordOptions {
     pub fresh: bool,
     /// Serve `/metrics` (Prometheus text format) on this `ADDR:PORT`; off when `None`.
     pub metrics: Option<String>,
+    /// Keep the state in etcd and stand by until elected (`--etcd`); `None`: the state
+    /// file.
+    pub etcd: Option<EtcdOptions>,
 }
 
 /// A fresh cluster token, hex: servers and the coordinator authenticate each other with it.
@@ -140,22 +151,45 @@ fn serve_ports(
     );
 }
 
-/// Binds both ports, starts the cluster (or takes back the one a coordinator that died left
-/// running), serves until asked to stop, then shuts down.
+/// Runs the coordinator until the service stops: with its state file, at once; with
+/// `--etcd`, once elected (a standby until then).
 pub async fn run(opts: CoordOptions) -> Result<()> {
     listener::raise_fd_limit();
-    let store = Store::lock(&opts.state_dir)?;
+    match opts.etcd.clone() {
+        None => {
+            let store = Store::File(StateFile::lock(&opts.state_dir)?);
+            lead(opts, store, Arc::new(Authority::lifelong()), None, None).await
+        }
+        Some(etcd) => standby::run(opts, &etcd).await,
+    }
+}
+
+/// Binds both ports (`ports`, when given, instead of the state's), starts the cluster (or
+/// takes back the one a coordinator that died left running), serves until asked to stop,
+/// then shuts down. `elected`: etcd and this leader's entry, to name the standbys.
+async fn lead(
+    opts: CoordOptions,
+    store: Store,
+    authority: Arc<Authority>,
+    ports: Option<(u16, u16)>,
+    elected: Option<(etcd::Etcd, standby::Elected)>,
+) -> Result<()> {
     let (mut state, begin) = begin::begin(&opts, &store).await?;
+    if let Some((clients, servers)) = ports {
+        (state.clients_port, state.servers_port) = (clients, servers);
+    }
     let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
     let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
     state.clients_port = clients.local_addr()?.port();
     state.servers_port = reports.local_addr()?.port();
-    println!(
-        "ftkv coordinator: clients port {}, servers port {}",
-        state.clients_port, state.servers_port
-    );
+    if ports.is_none() {
+        println!(
+            "ftkv coordinator: clients port {}, servers port {}",
+            state.clients_port, state.servers_port
+        );
+    }
     if matches!(begin, Begin::TakeBack) {
-        println!("taking back the running cluster of {}", store.path().display());
+        println!("taking back the running cluster of {}", store.describe());
     }
 
     let n = opts.specs.len() as u32;
@@ -163,7 +197,10 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     let (view_tx, _) = watch::channel(View { config: None, status: state.status() });
     let lease = Lease::for_timeout(opts.timeout);
     let token = state.token_hex.as_bytes().to_vec();
-    let shared = Arc::new(Shared::new(n, token, lease, events_tx, view_tx));
+    let shared = Arc::new(Shared::new(n, token, lease, authority, events_tx, view_tx));
+    if let Some((etcd, elected)) = elected {
+        standby::follow_standbys(etcd, elected, shared.clone());
+    }
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     serve_ports(clients, reports, &shared, &tracker, &cancel);
@@ -171,7 +208,7 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
         serve_metrics(addr, &shared, &cancel).await?;
     }
 
-    let processes = Processes::new(launcher(&opts, &state));
+    let processes = Processes::new(launcher(&opts, &state, &shared));
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
     let mut stop = stop_signal(opts.watch_stdin);
@@ -212,7 +249,7 @@ async fn serve_metrics(addr: &str, shared: &Arc<Shared>, cancel: &CancellationTo
 }
 
 /// How to start this cluster's servers.
-fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
+fn launcher(opts: &CoordOptions, state: &CoordState, shared: &Shared) -> Launcher {
     Launcher {
         server_bin: opts.server_bin.clone(),
         servers_port: state.servers_port,
@@ -225,5 +262,6 @@ fn launcher(opts: &CoordOptions, state: &CoordState) -> Launcher {
         remote_dir: opts.remote_dir.clone(),
         advertise_host: opts.advertise_host.clone(),
         orphan_timeout: opts.orphan_timeout,
+        coordinators: shared.coordinators.clone(),
     }
 }

@@ -155,6 +155,7 @@ impl CoordState {
                 .as_ref()
                 .map(|r| RecoveryStatus { server: r.failed, step: r.step.number() }),
             cuts: Vec::new(),
+            coordinators: None,
         }
     }
 }

@@ -1,9 +1,13 @@
-//! The coordinator's state on disk: one file, written whole and atomically before any change
-//! it records is published, and a lock that keeps a second coordinator off the same state.
+//! Where the coordinator keeps its state: written whole before any change it records is
+//! published, so that the next coordinator never knows less than the cluster.
 //!
-//! A coordinator that dies (kill -9, a crash) leaves the file saying `running`; the next one
-//! started on the same directory takes the running servers back from it instead of starting
-//! new, empty ones.
+//! - [`StateFile`] (the embedded default): one file, written atomically, and a lock that
+//!   keeps a second coordinator off the same state. A coordinator that dies (kill -9, a
+//!   crash) leaves the file saying `running`; the next one started on the same directory
+//!   takes the running servers back from it instead of starting new, empty ones.
+//! - [`EtcdStore`] (`coord --etcd`): the same bytes under the cluster's prefix in etcd,
+//!   written only while this coordinator's election key still stands (see `etcd`), read
+//!   by whichever coordinator is elected next.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -13,6 +17,14 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::LeaderKey;
+
+use super::authority::Authority;
+use super::etcd::Etcd;
+use super::standby::step_down;
 use super::state::CoordState;
 use crate::error::{Error, Result};
 
@@ -35,17 +47,128 @@ struct Loaded {
     state: CoordState,
 }
 
+/// The coordinator state's home.
+pub enum Store {
+    File(StateFile),
+    /// Boxed: the etcd client is large.
+    Etcd(Box<EtcdStore>),
+}
+
+impl Store {
+    /// Whether this coordinator was elected (through etcd) rather than started alone.
+    pub fn is_elected(&self) -> bool {
+        matches!(self, Store::Etcd(_))
+    }
+
+    /// Where the state lives, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(file) => file.path().display().to_string(),
+            Store::Etcd(etcd) => format!("etcd (cluster {})", etcd.etcd.cluster),
+        }
+    }
+
+    /// The state a previous coordinator left, if any.
+    pub fn load(&self) -> Result<Option<CoordState>> {
+        match self {
+            Store::File(file) => file.load(),
+            Store::Etcd(store) => {
+                let mut etcd = store.etcd.clone();
+                let bytes = block_on(etcd.load())?;
+                let decoded = bytes.map(|b| Store::decode(&b)).transpose();
+                decoded.map_err(|why| {
+                    Error::Unavailable(format!("the state in {} is {why}", self.describe()))
+                })
+            }
+        }
+    }
+
+    /// Writes `bytes` (from [`encode`](Self::encode)). To etcd, a write that fails ends
+    /// this coordinator's leadership (see `standby::step_down`): it never returns then.
+    pub fn save(&self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Store::File(file) => file.save(bytes),
+            Store::Etcd(store) => block_on(store.save(bytes)),
+        }
+    }
+
+    /// The bytes [`save`](Self::save) writes for `state` (a caller may compare them to skip
+    /// writing what is already stored).
+    pub fn encode(state: &CoordState) -> Vec<u8> {
+        serde_json::to_vec_pretty(&Saved { format: FORMAT, state })
+            .expect("a CoordState always encodes")
+    }
+
+    /// A state from the bytes [`encode`](Self::encode) made; the error completes "... is".
+    pub fn decode(bytes: &[u8]) -> std::result::Result<CoordState, String> {
+        let loaded: Loaded = serde_json::from_slice(bytes).map_err(|e| {
+            format!("not a coordinator state ({e}); move it away to start a new cluster")
+        })?;
+        if loaded.format != FORMAT {
+            return Err(format!(
+                "a coordinator state of format {}, this coordinator reads {FORMAT}",
+                loaded.format
+            ));
+        }
+        Ok(loaded.state)
+    }
+}
+
+/// Runs `call` to completion from the coordinator's event loop, which is not async where
+/// it persists (a state write must be done before the next step anyway); the runtime's
+/// other worker threads go on serving the ports meanwhile.
+fn block_on<T>(call: impl Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
+}
+
+/// The state in etcd, and the election key that guards every write of it.
+pub struct EtcdStore {
+    pub etcd: Etcd,
+    leader: LeaderKey,
+    authority: Arc<Authority>,
+}
+
+/// Pause before a write to etcd is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+impl EtcdStore {
+    pub fn new(etcd: Etcd, leader: LeaderKey, authority: Arc<Authority>) -> Self {
+        EtcdStore { etcd, leader, authority }
+    }
+
+    /// A guarded write, tried again while this coordinator surely still leads (etcd's
+    /// client sends some calls to a member that is down, which fail at once; the write is
+    /// the same each time, so one that did land is harmless to repeat). A guard that
+    /// fails, or an authority that may have lapsed, ends the leadership here.
+    async fn save(&self, bytes: &[u8]) -> Result<()> {
+        let mut etcd = self.etcd.clone();
+        loop {
+            match etcd.save(&self.leader, bytes).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    step_down("a guarded write of the state failed: another coordinator leads")
+                }
+                Err(e) if !self.authority.holds() => {
+                    step_down(&format!("the state could not be written ({e})"))
+                }
+                Err(e) => tracing::warn!(error = %e, "writing the state to etcd; trying again"),
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
+
 /// A locked state directory.
-pub struct Store {
+pub struct StateFile {
     dir: PathBuf,
     /// Held for the coordinator's lifetime; the kernel drops it when the process dies.
     _lock: Flock<File>,
 }
 
-impl Store {
+impl StateFile {
     /// Locks `dir` (created if missing) for this process, or names the coordinator that
     /// holds it.
-    pub fn lock(dir: &Path) -> Result<Store> {
+    pub fn lock(dir: &Path) -> Result<StateFile> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Unavailable(format!("state directory {}: {e}", dir.display())))?;
         let path = dir.join(LOCK_FILE);
@@ -77,7 +200,7 @@ impl Store {
             lock.sync_all()
         });
         written.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
-        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+        Ok(StateFile { dir: dir.to_path_buf(), _lock: lock })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -92,27 +215,9 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::Unavailable(format!("{}: {e}", path.display()))),
         };
-        let loaded: Loaded = serde_json::from_slice(&text).map_err(|e| {
-            Error::Unavailable(format!(
-                "{} is not a coordinator state ({e}); move it away to start a new cluster",
-                path.display()
-            ))
-        })?;
-        if loaded.format != FORMAT {
-            return Err(Error::Unavailable(format!(
-                "{} has format {}, this coordinator reads {FORMAT}",
-                path.display(),
-                loaded.format
-            )));
-        }
-        Ok(Some(loaded.state))
-    }
-
-    /// The bytes [`save`](Self::save) writes for `state` (a caller may compare them to skip
-    /// writing what is already on disk).
-    pub fn encode(state: &CoordState) -> Vec<u8> {
-        serde_json::to_vec_pretty(&Saved { format: FORMAT, state })
-            .expect("a CoordState always encodes")
+        Store::decode(&text)
+            .map(Some)
+            .map_err(|why| Error::Unavailable(format!("{} is {why}", path.display())))
     }
 
     /// Replaces the state file with `bytes` (from [`encode`](Self::encode)): a temporary file,
@@ -153,7 +258,7 @@ mod tests {
     #[test]
     fn a_saved_state_loads_back_and_only_its_owner_reads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::lock(dir.path()).unwrap();
+        let store = StateFile::lock(dir.path()).unwrap();
         assert!(store.load().unwrap().is_none());
         store.save(&Store::encode(&state())).unwrap();
         let back = store.load().unwrap().unwrap();
@@ -167,8 +272,8 @@ mod tests {
     #[test]
     fn a_second_coordinator_on_the_same_state_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::lock(dir.path()).unwrap();
-        let Err(e) = Store::lock(dir.path()) else { panic!("locked twice") };
+        let _first = StateFile::lock(dir.path()).unwrap();
+        let Err(e) = StateFile::lock(dir.path()) else { panic!("locked twice") };
         let message = e.to_string();
         assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
     }
@@ -176,17 +281,17 @@ mod tests {
     #[test]
     fn the_lock_goes_with_its_holder() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::lock(dir.path()).unwrap());
-        assert!(Store::lock(dir.path()).is_ok());
+        drop(StateFile::lock(dir.path()).unwrap());
+        assert!(StateFile::lock(dir.path()).is_ok());
     }
 
     #[test]
     fn a_corrupt_state_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::lock(dir.path()).unwrap();
+        let store = StateFile::lock(dir.path()).unwrap();
         std::fs::write(store.path(), b"{\"format\": 1, \"token").unwrap();
         let message = store.load().unwrap_err().to_string();
-        assert!(message.contains("is not a coordinator state"), "{message}");
+        assert!(message.contains("not a coordinator state"), "{message}");
         assert!(message.contains("coord.state"), "{message}");
     }
 }

@@ -19,6 +19,7 @@ use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, Hello, ReplAck, ReplMessage, ReportRequest,
     ReportResponse, Role,
 };
+use crate::server::coordinators::Coordinators;
 use crate::server::dumps::DumpRound;
 use crate::server::replication::{CaughtUp, receive_stream};
 use crate::server::{Server, ServerOptions, orphan};
@@ -26,6 +27,11 @@ use crate::server::{Server, ServerOptions, orphan};
 /// How long after its lease lapsed a server that hears nothing from the coordinator keeps
 /// waiting for an answer before it counts the link as lost (and starts reconnecting).
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+/// The same with standby coordinators to turn to: a leader that does not answer for this
+/// long past the lease is paused or cut off, and a standby takes over about when its etcd
+/// lease runs out, so waiting longer only delays re-attaching to the next leader. (A new
+/// leader waits for the servers as long as this allows: see `Cluster::rejoin_wait`.)
+pub const GRACE_WITH_STANDBYS: Duration = Duration::from_secs(1);
 /// Longest a Drain waits for in-flight writes (the coordinator waits a little longer).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -124,34 +130,58 @@ pub async fn report_to_coordinator(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .ok_or(Error::Protocol("report link started twice".into()))?;
+    let coordinators = Coordinators::new(opts.coordinators.clone());
     let mut link = ReportLink { caught_up, unanswered: None };
-    let mut conn = register(&server, opts, ports).await?;
-    info!(coordinator = %opts.coordinator, "registered with the coordinator");
+    let mut conn = register(&server, opts, ports, &coordinators).await?;
+    info!(coordinator = %coordinators.current(), "registered with the coordinator");
     loop {
-        let Err(lost) = link.report(&server, opts, &mut conn).await;
+        let Err(lost) = link.report(&server, opts, &mut conn, &coordinators).await;
         if matches!(lost, Error::Replaced) || server.config().is_none() {
             return Err(lost);
         }
         warn!(reason = %lost, orphan_timeout = ?opts.orphan_timeout, "{}", lines::ORPHANED);
+        coordinators.failed(&coordinators.current());
         let give_up = Instant::now() + opts.orphan_timeout;
-        conn = orphan::reattach(give_up, || register(&server, opts, ports)).await?;
-        info!(coordinator = %opts.coordinator, "{}", lines::REATTACHED);
+        conn = orphan::reattach(give_up, || register(&server, opts, ports, &coordinators)).await?;
+        info!(coordinator = %coordinators.current(), "{}", lines::REATTACHED);
     }
 }
 
-/// Connects to the coordinator and reports this server's ports, pid, incarnation and
-/// newest epoch; returns the link once welcomed.
-async fn register(server: &Server, opts: &ServerOptions, ports: BoundPorts) -> Result<Connection> {
+/// Connects to a coordinator and reports this server's ports, pid, incarnation and
+/// newest epoch; returns the link once welcomed. One address an attempt: one that fails
+/// or stands by (naming the leader) leaves the next attempt to the next one.
+async fn register(
+    server: &Server,
+    opts: &ServerOptions,
+    ports: BoundPorts,
+    coordinators: &Coordinators,
+) -> Result<Connection> {
+    let addr = coordinators.current();
     let hello =
         Hello::new(Role::Server { id: server.id, incarnation: server.incarnation }, &server.token);
-    let mut conn = Connection::connect(&opts.coordinator, &hello).await?;
     let epoch = server.config().as_ref().map_or(0, |c| c.epoch);
     let started =
         ReportRequest::Started { ports, pid: process::id(), incarnation: opts.incarnation, epoch };
-    expect_welcome(
-        conn.call(&started, Duration::from_secs(10), "waiting for the coordinator").await?,
-    )?;
-    Ok(conn)
+    let answered = async {
+        let mut conn = Connection::connect(&addr, &hello).await?;
+        let answer = conn.call(&started, Duration::from_secs(10), "waiting for the coordinator");
+        Ok::<_, Error>((answer.await?, conn))
+    };
+    match answered.await {
+        Ok((ReportResponse::NotLeader { leader: Some(leader) }, _)) => {
+            coordinators.redirect(&leader);
+            Err(Error::Unavailable(format!("{addr} stands by; {leader} leads")))
+        }
+        Ok((ReportResponse::NotLeader { leader: None }, _)) => {
+            coordinators.failed(&addr);
+            Err(Error::Unavailable(format!("{addr} stands by; no coordinator leads yet")))
+        }
+        Ok((answer, conn)) => expect_welcome(answer).map(|()| conn),
+        Err(e) => {
+            coordinators.failed(&addr);
+            Err(e)
+        }
+    }
 }
 
 /// What outlives one connection to the coordinator.
@@ -169,9 +199,10 @@ impl ReportLink {
         server: &Server,
         opts: &ServerOptions,
         conn: &mut Connection,
+        coordinators: &Coordinators,
     ) -> Result<Infallible> {
         if let Some(progress) = self.unanswered {
-            self.send_progress(server, conn, progress).await?;
+            self.send_progress(server, conn, coordinators, progress).await?;
         }
         let mut next_beat = Instant::now();
         loop {
@@ -180,15 +211,16 @@ impl ReportLink {
                     let sent = Instant::now();
                     next_beat = sent + opts.heartbeat;
                     conn.send(&ReportRequest::Heartbeat(server.stats())).await?;
-                    match answer(conn, server).await? {
-                        ReportResponse::Lease { lease_ms } => {
+                    match answer(conn, server, coordinators).await? {
+                        ReportResponse::Lease { lease_ms, coordinators: listed } => {
                             server.lease.renew(sent, Duration::from_millis(lease_ms));
+                            coordinators.learn(&listed);
                         }
                         other => expect_welcome(other)?,
                     }
                 }
                 Some(progress) = self.caught_up.recv() => {
-                    self.send_progress(server, conn, progress).await?;
+                    self.send_progress(server, conn, coordinators, progress).await?;
                 }
             }
         }
@@ -198,6 +230,7 @@ impl ReportLink {
         &mut self,
         server: &Server,
         conn: &mut Connection,
+        coordinators: &Coordinators,
         progress: CaughtUp,
     ) -> Result<()> {
         self.unanswered = Some(progress);
@@ -207,7 +240,7 @@ impl ReportLink {
             copied: progress.copied,
         };
         conn.send(&updated).await?;
-        expect_welcome(answer(conn, server).await?)?;
+        expect_welcome(answer(conn, server, coordinators).await?)?;
         self.unanswered = None;
         info!(into = ?progress.into, epoch = progress.epoch, "reported copy caught up");
         Ok(())
@@ -223,9 +256,14 @@ fn expect_welcome(response: ReportResponse) -> Result<()> {
 }
 
 /// The coordinator's answer on the report link. Waiting is bounded: past the lease and
-/// [`ORPHAN_GRACE`], the coordinator counts as gone.
-async fn answer(conn: &mut Connection, server: &Server) -> Result<ReportResponse> {
-    let limit = server.lease.remaining() + ORPHAN_GRACE;
+/// [`ORPHAN_GRACE`] (or [`GRACE_WITH_STANDBYS`]), the coordinator counts as gone.
+async fn answer(
+    conn: &mut Connection,
+    server: &Server,
+    coordinators: &Coordinators,
+) -> Result<ReportResponse> {
+    let grace = if coordinators.several() { GRACE_WITH_STANDBYS } else { ORPHAN_GRACE };
+    let limit = server.lease.remaining() + grace;
     conn.reader.recv_within(limit, "waiting for the coordinator (cut off?)").await
 }
 

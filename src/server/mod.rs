@@ -4,6 +4,7 @@
 mod batching;
 mod clients;
 mod control;
+mod coordinators;
 mod dumps;
 mod errors;
 mod lease;
@@ -34,9 +35,11 @@ use crate::protocol::{Op, Refusal, Role, ServerStats, TableKind};
 use crate::routing::{ClusterConfig, Replica, primary_of, secondary_of};
 use errors::{ConfigRefused, StreamRefused};
 
-pub use control::{DEFAULT_HEARTBEAT_MS, MAX_HEARTBEAT_MS, parse_heartbeat_ms};
+pub use control::{
+    DEFAULT_HEARTBEAT_MS, GRACE_WITH_STANDBYS, MAX_HEARTBEAT_MS, parse_heartbeat_ms,
+};
 pub use lease::Lease;
-pub use orphan::{BadOrphanTimeout, DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
+pub use orphan::{ATTEMPT_LIMIT, BadOrphanTimeout, DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
 pub use replication::{CaughtUp, Mode, Replicator, Target};
 pub use table::{Applied, Table};
 
@@ -48,8 +51,9 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(3);
 pub struct ServerOptions {
     pub id: u32,
     pub servers: u32,
-    /// `host:port` of the coordinator's servers port.
-    pub coordinator: String,
+    /// `host:port` of the coordinator's servers port; with standby coordinators, each
+    /// one's (see `coordinators`).
+    pub coordinators: Vec<String>,
     /// Address the listeners bind to.
     pub bind_host: String,
     pub client_port: u16,
@@ -469,7 +473,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
         Err(e) if server.config().is_none() => Err(Error::Unavailable(format!(
             "{} of the coordinator at {}: {e}",
             lines::NEVER_JOINED,
-            opts.coordinator
+            opts.coordinators.join(",")
         ))),
         _ => Ok(()),
     }
@@ -485,7 +489,7 @@ mod tests {
         let opts = ServerOptions {
             id: 1,
             servers: 3,
-            coordinator: "127.0.0.1:9".into(),
+            coordinators: vec!["127.0.0.1:9".into()],
             bind_host: "127.0.0.1".into(),
             client_port: 0,
             servers_port: 0,

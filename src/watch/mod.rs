@@ -22,9 +22,11 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::protocol::{CoordRequest, CoordResponse, Hello, Role, WatchMessage};
 
-/// Subscribes on the coordinator's clients port at `coordinator` (`host:port`).
+/// Subscribes on the coordinator's clients port at `coordinator` (`host:port`; of a list,
+/// the first).
 pub async fn subscribe(coordinator: &str) -> Result<Connection> {
-    let mut conn = Connection::connect(coordinator, &Hello::new(Role::Client, &[])).await?;
+    let first = coordinator.split(',').next().unwrap_or(coordinator);
+    let mut conn = Connection::connect(first, &Hello::new(Role::Client, &[])).await?;
     conn.send(&CoordRequest::Watch).await?;
     Ok(conn)
 }
@@ -34,6 +36,10 @@ pub async fn subscribe(coordinator: &str) -> Result<Connection> {
 pub async fn next(conn: &mut Connection) -> Result<Option<WatchMessage>> {
     match conn.recv::<CoordResponse>().await? {
         Some(CoordResponse::Watch(message)) => Ok(Some(message)),
+        Some(CoordResponse::NotLeader { leader }) => Err(Error::Unavailable(format!(
+            "this coordinator stands by; watch the leader ({})",
+            leader.as_deref().unwrap_or("none elected yet")
+        ))),
         Some(other) => Err(Error::Protocol(format!("coordinator answered {other:?}"))),
         None => Ok(None),
     }

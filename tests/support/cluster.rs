@@ -120,6 +120,11 @@ impl Cluster {
         }
     }
 
+    /// The process group of the first coordinator and every server.
+    pub fn coord_group(&self) -> u32 {
+        self.pgid
+    }
+
     /// How many servers the cluster file names.
     pub fn servers(&self) -> usize {
         let config = std::fs::read_to_string(self.path("config.txt")).unwrap();
@@ -344,7 +349,7 @@ pub fn coord_in(dir: &Path, log: &str) -> Command {
 /// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process
 /// group `pgid` (0: a new one of its own); returns it, its standard input, and its output
 /// lines. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets `--orphan-timeout`.
-fn spawn_coord(
+pub fn spawn_coord(
     dir: &Path,
     prefix: &[String],
     extra: &[&str],

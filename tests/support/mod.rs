@@ -9,4 +9,5 @@ pub mod netns;
 pub mod remote;
 pub mod set;
 pub mod sockets;
+pub mod standby;
 pub mod tmux;

@@ -3,7 +3,9 @@
 //! died (see `store`).
 
 use super::*;
+use crate::coord::process;
 use crate::coord::restore::SetData;
+use crate::server::{ATTEMPT_LIMIT, GRACE_WITH_STANDBYS};
 
 /// Longest a server may take to load its dumps (a big set takes seconds).
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
@@ -27,7 +29,7 @@ impl Cluster {
         self.await_reports(events, internal).await?;
         for member in &self.state.members {
             let link =
-                ControlLink::connect(member.id, &member.control_addr(), &self.shared.token).await?;
+                ControlLink::connect(member.id, &member.control_addr(), &self.shared).await?;
             self.links[member.id as usize] = Some(link);
         }
         let mut config = self.state.initial_config();
@@ -159,16 +161,31 @@ impl Cluster {
             return Err(Error::Unavailable(format!(
                 "the state in {} is older than the cluster (epoch {} < {newest}): it cannot be \
                  taken back safely",
-                self.store.path().display(),
+                self.store.describe(),
                 config.epoch
             )));
         }
         if missing.len() + usize::from(recovering.is_some()) > 1 {
+            if self.store.is_elected()
+                && !process::all_gone(
+                    &self.missing_members(&missing),
+                    &self.processes.launcher.server_bin,
+                )
+            {
+                // Elected after a leader that may only be paused or cut off: the servers
+                // may well run, out of this coordinator's reach. Shutting the service down
+                // would mark it stopped (the next leader would start it empty); leave it
+                // as it is to the next leader instead.
+                step_down(&format!(
+                    "servers {missing:?} did not come back within {:?}",
+                    self.rejoin_wait()
+                ));
+            }
             return Err(Error::Unavailable(format!(
                 "servers {missing:?} did not come back after the coordinator restarted ({}; \
                  {expected} expected); move {} away to start a new cluster",
                 lines::TWO_FAULTS,
-                self.store.path().display()
+                self.store.describe()
             )));
         }
         // A replacement under way when the coordinator died is rolled back: kill it too.
@@ -193,7 +210,7 @@ impl Cluster {
         internal: &mut mpsc::UnboundedReceiver<Internal>,
         recovering: Option<u32>,
     ) -> Result<u64> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.rejoin_wait();
         let mut newest = 0;
         let waiting =
             |state: &CoordState| state.members.iter().any(|m| !m.live && Some(m.id) != recovering);
@@ -224,7 +241,7 @@ impl Cluster {
     async fn open_links_back(&mut self) {
         for id in self.live_ids() {
             let member = &self.state.members[id as usize];
-            match ControlLink::connect(id, &member.control_addr(), &self.shared.token).await {
+            match ControlLink::connect(id, &member.control_addr(), &self.shared).await {
                 Ok(link) => {
                     self.processes.take_back(member);
                     self.links[id as usize] = Some(link);
@@ -235,6 +252,24 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// How long a coordinator taking a cluster back waits for its servers. A restarted one
+    /// follows a coordinator that died: its servers saw their links close and try again
+    /// every 50 ms, so the heartbeat timeout is plenty. An elected one may follow a leader
+    /// that is only paused or cut off, on whose silent links the servers wait out their
+    /// lease and a grace before they turn to the standbys, one attempt each (see the
+    /// server's `GRACE_WITH_STANDBYS` and `ATTEMPT_LIMIT`).
+    fn rejoin_wait(&self) -> Duration {
+        if !self.store.is_elected() {
+            return self.timeout;
+        }
+        let lease = self.shared.liveness.lease;
+        self.timeout + lease.wait() + GRACE_WITH_STANDBYS + ATTEMPT_LIMIT
+    }
+
+    fn missing_members(&self, ids: &[u32]) -> Vec<crate::coord::state::Member> {
+        ids.iter().map(|&id| self.state.members[id as usize].clone()).collect()
     }
 
     fn live_ids(&self) -> Vec<u32> {

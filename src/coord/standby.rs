@@ -1,0 +1,248 @@
+//! Standby coordinators (`coord --etcd`). Every coordinator of a cluster binds its ports,
+//! registers itself in etcd and campaigns; until it wins it is a standby: its ports answer
+//! every client and every server with the leader's address. The winner reads the state
+//! from etcd and takes the running servers back exactly as a restarted coordinator does
+//! (`Cluster::readopt`).
+//!
+//! A leader that can no longer be sure it leads (its etcd lease may have lapsed, a guarded
+//! write failed) must stop acting at once: [`step_down`] replaces the process with a new
+//! start of the same program, which comes back as a standby. Nothing of the old leader
+//! survives to act late (a task waking after a pause, a timer already armed), and the
+//! servers it started run on in their own sessions, to be taken back by the next leader.
+
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::authority::Authority;
+use super::etcd::{Candidate, Etcd};
+use super::links::Shared;
+use super::store::{EtcdStore, Store};
+use super::{CoordOptions, MAX_CLIENT_CONNECTIONS, MAX_SERVER_CONNECTIONS};
+use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::error::{Error, Result};
+use crate::lines;
+use crate::listener::{self, Gate};
+use crate::manifest::utc_time;
+use crate::protocol::{
+    CoordRequest, CoordResponse, Leadership, ReportRequest, ReportResponse, Role,
+};
+
+/// How often a standby asks etcd who leads (for its answers), and a leader who stands by.
+const LEADER_POLL: Duration = Duration::from_millis(200);
+const STANDBYS_POLL: Duration = Duration::from_secs(1);
+
+/// `coord --etcd`: where etcd is, the cluster's name there, and the lease to ask for.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub urls: Vec<String>,
+    pub cluster: String,
+    pub ttl: Duration,
+}
+
+/// On standard output and in the log.
+fn say(line: &str) {
+    println!("{line}");
+    info!("{line}");
+}
+
+/// Stops acting as this cluster's coordinator, at once and for good: this process becomes
+/// a new start of the same program with the same arguments (same pid), a standby.
+pub fn step_down(why: &str) -> ! {
+    let line = format!("{}: {why}; starting again as a standby", lines::STEPPED_DOWN);
+    println!("{line}");
+    error!("{line}");
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "coord".into());
+    // /proc/self/exe: the program running now, even if `make all` renamed a new one over
+    // its path.
+    let failed = std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).exec();
+    eprintln!("coord: cannot start again as a standby: {failed}");
+    std::process::exit(3);
+}
+
+/// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
+pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
+    let mut etcd = Etcd::connect(&options.urls, &options.cluster, options.ttl).await?;
+    let authority = Arc::new(Authority::leased());
+    etcd.keep_alive(authority.clone());
+    let clients = listener::bind("0.0.0.0", opts.clients_port, "clients").await?;
+    let reports = listener::bind("0.0.0.0", opts.servers_port, "servers").await?;
+    let ports = (clients.local_addr()?.port(), reports.local_addr()?.port());
+    println!("ftkv coordinator: clients port {}, servers port {}", ports.0, ports.1);
+    let host = opts.advertise_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let me = Candidate {
+        clients: format!("{host}:{}", ports.0),
+        servers: format!("{host}:{}", ports.1),
+        since: utc_time(std::time::SystemTime::now()),
+    };
+    etcd.register(&me).await?;
+    let before = etcd.load().await?;
+
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let token = before.as_deref().and_then(|b| Store::decode(b).ok()).map(|s| s.token_hex);
+    serve_ports(clients, reports, leader_rx, token, &tracker, &cancel);
+    let watching = tokio::spawn(watch_leader(etcd.clone(), me.clone(), leader_tx));
+    let key = campaign(&mut etcd, &me).await;
+    watching.abort();
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let since = utc_time(std::time::SystemTime::now());
+    say(&format!("{}: won the election of cluster {} in etcd", lines::LEADING, options.cluster));
+
+    let now = etcd.load().await?;
+    let stopped = now.as_deref().and_then(|b| Store::decode(b).ok()).is_some_and(|s| !s.running);
+    if stopped && now != before {
+        say(&format!("{}; exiting", lines::CLUSTER_WAS_STOPPED));
+        etcd.revoke().await;
+        return Ok(());
+    }
+    let elected = Elected { me: Candidate { since, ..me }, cluster: options.cluster.clone() };
+    let store = Store::Etcd(Box::new(EtcdStore::new(etcd.clone(), key, authority.clone())));
+    let outcome =
+        super::lead(opts, store, authority, Some(ports), Some((etcd.clone(), elected))).await;
+    // Standbys need not wait out the lease: they learn at once that the cluster stopped.
+    etcd.revoke().await;
+    outcome
+}
+
+/// Campaigns until elected. A campaign that fails (etcd down, out of quorum, or the call
+/// sent to a member that is gone) is tried again: a standby waits for etcd as it waits for
+/// the leader.
+async fn campaign(etcd: &mut Etcd, me: &Candidate) -> etcd_client::LeaderKey {
+    loop {
+        match etcd.campaign(me).await {
+            Ok(key) => return key,
+            Err(e) => warn!(error = %e, "campaign failed; trying again"),
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+}
+
+/// The leader's own entry, for the status.
+#[derive(Clone)]
+pub struct Elected {
+    pub me: Candidate,
+    pub cluster: String,
+}
+
+/// A standby: keeps the leader's address current for its answers, and says when it
+/// changes.
+async fn watch_leader(mut etcd: Etcd, me: Candidate, leader: watch::Sender<Option<Candidate>>) {
+    let mut said = None;
+    loop {
+        match etcd.leader().await {
+            Ok(now) => {
+                let now = now.filter(|c| c.clients != me.clients);
+                if said.as_ref() != Some(&now) {
+                    let who = now.as_ref().map_or("no coordinator".into(), |c| c.clients.clone());
+                    say(&format!("{}: {who} leads cluster {}", lines::STANDBY, etcd.cluster));
+                    said = Some(now.clone());
+                }
+                leader.send_replace(now);
+            }
+            Err(e) => warn!(error = %e, "standby: cannot ask etcd who leads"),
+        }
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+}
+
+/// A leader: keeps the list of coordinators current, for the status and for the servers
+/// (each lease answer names them, so that a server finds the next leader).
+pub fn follow_standbys(mut etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        loop {
+            match etcd.coordinators().await {
+                Ok(all) => {
+                    let others: Vec<&Candidate> = all
+                        .iter()
+                        .filter(|(lease, _)| *lease != etcd.lease)
+                        .map(|(_, c)| c)
+                        .collect();
+                    let servers = std::iter::once(&elected.me)
+                        .chain(others.iter().copied())
+                        .map(|c| c.servers.clone())
+                        .collect();
+                    let leadership = Leadership {
+                        cluster: elected.cluster.clone(),
+                        leader: elected.me.clients.clone(),
+                        since: elected.me.since.clone(),
+                        standbys: others.iter().map(|c| c.clients.clone()).collect(),
+                    };
+                    shared.set_coordinators(servers, leadership);
+                }
+                Err(e) => warn!(error = %e, "cannot list the standby coordinators"),
+            }
+            tokio::time::sleep(STANDBYS_POLL).await;
+        }
+    });
+}
+
+/// A standby's ports: every request is answered with the leader's address. The servers
+/// port checks the cluster's token (of the state etcd held when this coordinator started,
+/// if any; a random one otherwise, refusing every server: there was no cluster to redirect).
+fn serve_ports(
+    clients: TcpListener,
+    reports: TcpListener,
+    leader: watch::Receiver<Option<Candidate>>,
+    token: Option<String>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let to_clients = leader.clone();
+    listener::serve(
+        clients,
+        "clients",
+        MAX_CLIENT_CONNECTIONS,
+        Gate::clients(),
+        tracker,
+        cancel.clone(),
+        move |conn, _| redirect_client(conn, to_clients.clone()),
+    );
+    let token = token.unwrap_or_else(|| super::new_token().unwrap_or_default());
+    listener::serve(
+        reports,
+        "servers",
+        MAX_SERVER_CONNECTIONS,
+        Gate::new(|role| matches!(role, Role::Server { .. }), token.as_bytes()),
+        tracker,
+        cancel.clone(),
+        move |conn, _| redirect_server(conn, leader.clone()),
+    );
+}
+
+async fn redirect_client(
+    mut conn: Connection,
+    leader: watch::Receiver<Option<Candidate>>,
+) -> Result<()> {
+    while let Some(request) = conn.recv::<CoordRequest>().await? {
+        let leader = leader.borrow().as_ref().map(|c| c.clients.clone());
+        conn.send(&CoordResponse::NotLeader { leader }).await?;
+        if matches!(request, CoordRequest::Watch) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn redirect_server(
+    mut conn: Connection,
+    leader: watch::Receiver<Option<Candidate>>,
+) -> Result<()> {
+    let first: ReportRequest =
+        conn.reader.recv_within(FRAME_DEADLINE, "waiting for Started").await?;
+    if !matches!(first, ReportRequest::Started { .. }) {
+        return Err(Error::Protocol(format!("{first:?} before Started")));
+    }
+    let leader = leader.borrow().as_ref().map(|c| c.servers.clone());
+    conn.send(&ReportResponse::NotLeader { leader }).await
+}

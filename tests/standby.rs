@@ -1,0 +1,138 @@
+//! Standby coordinators elected through a real etcd (one member on loopback, tuned so that
+//! a lease can be 1 s): the leader killed under load, paused past its lease, killed with a
+//! server, and killed during a recovery. Each time a standby leads, the servers are taken
+//! back (same pids), nothing acknowledged is lost, and every key's history is linearizable.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ftkv::lines;
+use support::cluster::{Cluster, kill, wait_until};
+use support::etcd::Etcd;
+use support::load::{Load, stop_and_check};
+use support::standby::{Standby, etcd_flags};
+
+/// A leader and one standby on `etcd`; returns once the standby names the leader.
+fn cluster_with_standby(etcd: &Etcd, name: &str) -> (Cluster, Standby) {
+    let flags = etcd_flags(&etcd.urls(), name);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(3, &args);
+    let mut standby = cluster.spawn_standby(1, &flags);
+    let leads = format!("{}: {} leads", lines::STANDBY, cluster.coord_addr());
+    standby.await_line(&leads, Duration::from_secs(10));
+    (cluster, standby)
+}
+
+/// The standby's status, through the client library: who leads, and the servers' pids.
+async fn status_via(addrs: &str) -> ftkv::protocol::StatusReport {
+    let mut client = ftkv::client::Client::new(addrs.to_string(), Duration::from_secs(10));
+    client.status().await.expect("status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_is_killed_under_load() {
+    let etcd = Etcd::start();
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "killed");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let pids = cluster.server_pids();
+    let load = Load::start(addrs.clone(), 8, 40, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let killed = Instant::now();
+    cluster.kill_coord();
+    standby.await_line(lines::LEADING, Duration::from_secs(10));
+    standby.await_line("cluster ready", Duration::from_secs(10));
+    let took = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    assert_eq!(cluster.server_pids(), pids, "the same servers, taken back");
+    assert!(checked.checked > 0);
+    let status = status_via(&addrs).await;
+    let leadership = status.coordinators.expect("the leader names itself");
+    assert_eq!(leadership.leader, standby.addr());
+    assert_eq!(leadership.cluster, "killed");
+    assert!(took < Duration::from_secs(8), "took over in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_does_nothing_on_waking_and_stands_by() {
+    let etcd = Etcd::start();
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "paused");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let pids = cluster.server_pids();
+    let load = Load::start(addrs.clone(), 6, 40, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let leader = cluster.coord.id();
+    kill(leader, "STOP");
+    standby.await_line("cluster ready", Duration::from_secs(15));
+    let epoch = status_via(&standby.addr()).await.epoch;
+    let log_before = cluster.coord_log().len();
+    kill(leader, "CONT");
+    let stepped = cluster.await_line(lines::STEPPED_DOWN, Duration::from_secs(5));
+    assert!(stepped.contains("etcd lease"), "{stepped}");
+    let standing = format!("{}: {} leads", lines::STANDBY, standby.addr());
+    cluster.await_line(&standing, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    // Woken, it acted on nothing: no server killed or started, no configuration installed.
+    let woke = &cluster.coord_log()[log_before..];
+    for acted in ["server spawned", "killing", "configuration installed", lines::TOOK_BACK] {
+        assert!(!woke.contains(acted), "the old leader logged {acted:?} after waking:\n{woke}");
+    }
+    assert_eq!(cluster.server_pids(), pids);
+    let status = status_via(&addrs).await;
+    assert_eq!(status.epoch, epoch, "the configuration is the new leader's");
+    assert_eq!(status.coordinators.unwrap().leader, standby.addr());
+    assert!(checked.checked > 0);
+    assert!(wait_until(Duration::from_secs(1), || support::cluster::alive(leader)), "same pid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_with_the_leader_is_recovered_by_the_next() {
+    let etcd = Etcd::start();
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "both");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let load = Load::start(addrs.clone(), 6, 40, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victim = cluster.pid_of(1);
+    cluster.kill_coord();
+    kill(victim, "KILL");
+    standby.await_line("cluster ready", Duration::from_secs(15));
+    standby.await_line(lines::RECOVERED, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    let status = status_via(&addrs).await;
+    assert!(status.servers.iter().all(|s| s.state == ftkv::protocol::ServerState::Running));
+    assert_ne!(status.servers[1].pid, victim, "server 1 replaced");
+    assert!(checked.checked > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_a_recovery_leaves_it_to_the_next() {
+    let etcd = Etcd::start();
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "recovering");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let load = Load::start(addrs.clone(), 6, 40, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victim = cluster.pid_of(2);
+    kill(victim, "KILL");
+    // Killed as soon as it starts the recovery (the replacement spawned, not yet filled).
+    cluster.await_line("recovery", Duration::from_secs(5));
+    cluster.kill_coord();
+    standby.await_line("cluster ready", Duration::from_secs(15));
+    standby.await_line(lines::RECOVERED, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    let status = status_via(&addrs).await;
+    assert!(status.servers.iter().all(|s| s.state == ftkv::protocol::ServerState::Running));
+    assert!(status.recovery.is_none());
+    assert!(checked.checked > 0);
+}

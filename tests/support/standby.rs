@@ -1,0 +1,95 @@
+//! Standby coordinators for tests of `coord --etcd`: more `coord` processes on the same
+//! configuration and etcd, each in a directory of its own (its log and its output there),
+//! all in the first coordinator's process group, so that dropping the cluster ends them.
+//! Servers they start write their logs and dumps in the cluster's directory, as the first
+//! coordinator's do.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::cluster::{Cluster, kill, spawn_coord};
+
+pub struct Standby {
+    pub dir: PathBuf,
+    pub coord: Child,
+    _stdin: Option<ChildStdin>,
+    pub stdout: mpsc::Receiver<String>,
+    pub clients_port: u16,
+}
+
+/// The flags every coordinator of an etcd test gets: etcd at `urls`, cluster `name`, a
+/// 1 s heartbeat timeout, and an orphan timeout long enough to outlast any failover.
+pub fn etcd_flags(urls: &str, name: &str) -> Vec<String> {
+    ["--etcd", urls, "--cluster", name, "-t", "1", "--orphan-timeout", "30"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Cluster {
+    /// Starts coordinator number `n` (1, 2, ...) with `extra` in `standby-<n>` of the
+    /// cluster's directory; returns once it printed its ports.
+    pub fn spawn_standby(&self, n: usize, extra: &[String]) -> Standby {
+        let dir = self.path(&format!("standby-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(self.path("config.txt"), dir.join("config.txt")).unwrap();
+        let here = self.dir.path().to_str().unwrap().to_string();
+        let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        args.extend(["--log-dir", &here, "--dump-dir", &here]);
+        let (coord, stdin, stdout) =
+            spawn_coord(&dir, &[], &args, self.coord_group()).expect("spawn a standby");
+        let mut standby = Standby { dir, coord, _stdin: stdin, stdout, clients_port: 0 };
+        let ports = standby.await_line("ftkv coordinator: clients port ", Duration::from_secs(10));
+        let rest = ports.strip_prefix("ftkv coordinator: clients port ").unwrap();
+        standby.clients_port = rest.split_once(',').unwrap().0.parse().unwrap();
+        standby
+    }
+
+    /// Every coordinator's clients port, the first one's first, as clients take them.
+    pub fn coord_addrs(&self, standbys: &[&Standby]) -> String {
+        let mut addrs = vec![self.coord_addr()];
+        addrs.extend(standbys.iter().map(|s| format!("127.0.0.1:{}", s.clients_port)));
+        addrs.join(",")
+    }
+}
+
+impl Standby {
+    /// Reads its standard output until a line that starts with `prefix` (within `limit`).
+    pub fn await_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.stdout.recv_timeout(left) else {
+                panic!("no line {prefix:?} from the standby; log:\n{}", self.log());
+            };
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Every line it printed since the last read.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.coord.id()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.clients_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coord.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        kill(self.pid(), "KILL");
+        let _ = self.coord.wait();
+    }
+}
