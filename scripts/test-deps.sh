@@ -2,7 +2,9 @@
 # Installs what the tests need and is not there yet: cargo-nextest, and for the remote-host
 # tests (network namespaces with an sshd each, cut off with nftables) iproute2, openssh and
 # nftables from Debian's packages, bsdutils (`script`) and tmux for the client's terminal
-# tests (the REPL, `client watch`), prometheus (with promtool) for the metrics test. Packages
+# tests (the REPL, `client watch`), prometheus (with promtool) for the metrics test, etcd and
+# etcdctl (Debian's etcd-server and etcd-client) for the tests that start their own etcd
+# (tests/support/etcd.rs: the standby coordinators' leader election). Packages
 # need root, and so do the remote-host tests: without root those skip, as do the tool tests
 # whose tool is missing, and this script's package step is skipped. As root a missing tool
 # fails its tests.
@@ -21,6 +23,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

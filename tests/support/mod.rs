@@ -1,8 +1,9 @@
 //! Shared test support: a real cluster, recorded client load, the history checker, test
-//! hosts in network namespaces, and the kernel's socket queues.
+//! hosts in network namespaces, a real etcd, and the kernel's socket queues.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod history;
 pub mod load;
 pub mod netns;
