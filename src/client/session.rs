@@ -143,6 +143,14 @@ pub fn status_json(report: &StatusReport) -> String {
             })
         })
         .collect();
-    serde_json::json!({ "epoch": report.epoch, "servers": servers, "recovery": recovery, "cuts": cuts })
-        .to_string()
+    // With standby coordinators: {cluster, leader, since, standbys}.
+    let coordinators = serde_json::to_value(&report.coordinators).expect("plain data");
+    serde_json::json!({
+        "epoch": report.epoch,
+        "servers": servers,
+        "recovery": recovery,
+        "cuts": cuts,
+        "coordinators": coordinators,
+    })
+    .to_string()
 }

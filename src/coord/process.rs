@@ -68,7 +68,12 @@ pub fn runs_server(pid: u32, server_bin: &Path) -> bool {
 
 /// Whether every server of `members` is a local process that is gone.
 pub fn all_gone(members: &[Member], server_bin: &Path) -> bool {
-    members.iter().all(|m| matches!(m.spec.host, Host::Local(_)) && !runs_server(m.pid, server_bin))
+    members.iter().all(|m| gone(m, server_bin))
+}
+
+/// Whether `member` is surely gone: a local server whose process no longer runs.
+pub fn gone(member: &Member, server_bin: &Path) -> bool {
+    matches!(member.spec.host, Host::Local(_)) && !runs_server(member.pid, server_bin)
 }
 
 /// Kills the local servers of `members` that still run (another coordinator's), and waits

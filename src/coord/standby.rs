@@ -34,9 +34,14 @@ use crate::protocol::{
     CoordRequest, CoordResponse, Leadership, ReportRequest, ReportResponse, Role,
 };
 
-/// How often a standby asks etcd who leads (for its answers), and a leader who stands by.
+/// How often a standby asks etcd who leads (for its answers), and a leader who stands by
+/// (each lease answer passes the list on to the servers).
 const LEADER_POLL: Duration = Duration::from_millis(200);
-const STANDBYS_POLL: Duration = Duration::from_secs(1);
+const STANDBYS_POLL: Duration = Duration::from_millis(200);
+/// The ports a coordinator that stepped down had bound, for its next start (`-c 0 -s 0`
+/// would otherwise move them, away from where servers and clients know to look).
+const PORTS_ENV: &str = "FTKV_COORD_PORTS";
+static BOUND: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
 
 /// `coord --etcd`: where etcd is, the cluster's name there, and the lease to ask for.
 #[derive(Debug, Clone)]
@@ -62,9 +67,21 @@ pub fn step_down(why: &str) -> ! {
     let argv0 = args.next().unwrap_or_else(|| "coord".into());
     // /proc/self/exe: the program running now, even if `make all` renamed a new one over
     // its path.
-    let failed = std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).exec();
+    let mut again = std::process::Command::new("/proc/self/exe");
+    again.arg0(argv0).args(args);
+    if let Some((clients, servers)) = BOUND.get() {
+        again.env(PORTS_ENV, format!("{clients},{servers}"));
+    }
+    let failed = again.exec();
     eprintln!("coord: cannot start again as a standby: {failed}");
     std::process::exit(3);
+}
+
+/// The ports of the start before, if this one follows a step-down.
+fn ports_again() -> Option<(u16, u16)> {
+    let ports = std::env::var(PORTS_ENV).ok()?;
+    let (clients, servers) = ports.split_once(',')?;
+    Some((clients.parse().ok()?, servers.parse().ok()?))
 }
 
 /// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
@@ -72,9 +89,12 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let mut etcd = Etcd::connect(&options.urls, &options.cluster, options.ttl).await?;
     let authority = Arc::new(Authority::leased());
     etcd.keep_alive(authority.clone());
-    let clients = listener::bind("0.0.0.0", opts.clients_port, "clients").await?;
-    let reports = listener::bind("0.0.0.0", opts.servers_port, "servers").await?;
+    let (clients_port, servers_port) =
+        ports_again().unwrap_or((opts.clients_port, opts.servers_port));
+    let clients = listener::bind("0.0.0.0", clients_port, "clients").await?;
+    let reports = listener::bind("0.0.0.0", servers_port, "servers").await?;
     let ports = (clients.local_addr()?.port(), reports.local_addr()?.port());
+    let _ = BOUND.set(ports);
     println!("ftkv coordinator: clients port {}, servers port {}", ports.0, ports.1);
     let host = opts.advertise_host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let me = Candidate {

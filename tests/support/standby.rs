@@ -71,6 +71,12 @@ impl Standby {
         }
     }
 
+    /// Waits (up to `limit`) until its log holds `text`.
+    pub fn await_log(&self, text: &str, limit: Duration) {
+        let logged = super::cluster::wait_until(limit, || self.log().contains(text));
+        assert!(logged, "the standby never logged {text:?}; log:\n{}", self.log());
+    }
+
     /// Every line it printed since the last read.
     pub fn lines(&self) -> Vec<String> {
         self.stdout.try_iter().collect()

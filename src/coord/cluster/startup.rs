@@ -5,6 +5,7 @@
 use super::*;
 use crate::coord::process;
 use crate::coord::restore::SetData;
+use crate::coord::state::Member;
 use crate::server::{ATTEMPT_LIMIT, GRACE_WITH_STANDBYS};
 
 /// Longest a server may take to load its dumps (a big set takes seconds).
@@ -166,12 +167,10 @@ impl Cluster {
             )));
         }
         if missing.len() + usize::from(recovering.is_some()) > 1 {
-            if self.store.is_elected()
-                && !process::all_gone(
-                    &self.missing_members(&missing),
-                    &self.processes.launcher.server_bin,
-                )
-            {
+            let bin = &self.processes.launcher.server_bin;
+            let members = &self.state.members;
+            let surely = missing.iter().all(|&id| process::gone(&members[id as usize], bin));
+            if self.store.is_elected() && !surely {
                 // Elected after a leader that may only be paused or cut off: the servers
                 // may well run, out of this coordinator's reach. Shutting the service down
                 // would mark it stopped (the next leader would start it empty); leave it
@@ -212,8 +211,12 @@ impl Cluster {
     ) -> Result<u64> {
         let deadline = Instant::now() + self.rejoin_wait();
         let mut newest = 0;
-        let waiting =
-            |state: &CoordState| state.members.iter().any(|m| !m.live && Some(m.id) != recovering);
+        // A local server whose process is gone will not come back: not waited for.
+        let server_bin = self.processes.launcher.server_bin.clone();
+        let waiting = |state: &CoordState| {
+            let may_come = |m: &&Member| !m.live && Some(m.id) != recovering;
+            state.members.iter().filter(may_come).any(|m| !process::gone(m, &server_bin))
+        };
         while waiting(&self.state) {
             let event = tokio::select! {
                 event = events.recv() => event.ok_or(Error::Closed)?,
@@ -266,10 +269,6 @@ impl Cluster {
         }
         let lease = self.shared.liveness.lease;
         self.timeout + lease.wait() + GRACE_WITH_STANDBYS + ATTEMPT_LIMIT
-    }
-
-    fn missing_members(&self, ids: &[u32]) -> Vec<crate::coord::state::Member> {
-        ids.iter().map(|&id| self.state.members[id as usize].clone()).collect()
     }
 
     fn live_ids(&self) -> Vec<u32> {
