@@ -77,6 +77,24 @@ pub fn step_down(why: &str) -> ! {
     std::process::exit(3);
 }
 
+/// Connects to etcd and takes a lease, trying again every second while etcd cannot be
+/// reached or has no quorum (a coordinator that stepped down because it lost etcd comes
+/// back as a standby once etcd is back). Says so once.
+async fn connect(options: &EtcdOptions) -> Etcd {
+    let mut said = false;
+    loop {
+        match Etcd::connect(&options.urls, &options.cluster, options.ttl).await {
+            Ok(etcd) => return etcd,
+            Err(e) if !said => {
+                say(&format!("waiting for etcd at {}: {e}", options.urls.join(",")));
+                said = true;
+            }
+            Err(e) => warn!(error = %e, "etcd not reachable yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The ports of the start before, if this one follows a step-down.
 fn ports_again() -> Option<(u16, u16)> {
     let ports = std::env::var(PORTS_ENV).ok()?;
@@ -86,7 +104,7 @@ fn ports_again() -> Option<(u16, u16)> {
 
 /// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
 pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
-    let mut etcd = Etcd::connect(&options.urls, &options.cluster, options.ttl).await?;
+    let mut etcd = connect(options).await;
     let authority = Arc::new(Authority::leased());
     etcd.keep_alive(authority.clone());
     let (clients_port, servers_port) =
