@@ -13,6 +13,8 @@
 mod cluster;
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
+// The etcd fixture's cluster of namespace hosts is not used here.
+#[allow(dead_code)]
 #[path = "../tests/support/netns.rs"]
 mod netns;
 #[path = "../tests/support/standby.rs"]

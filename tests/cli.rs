@@ -460,3 +460,36 @@ fn heartbeat_ms_0_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--heartbeat-ms") && err.contains("from 1 to 1800000"), "{err}");
 }
+
+#[test]
+fn bad_etcd_flags_are_refused_before_anything_starts() {
+    let config = "3\nlocalhost 0 0 0\nlocalhost 0 0 0\nlocalhost 0 0 0\n";
+    let with = |more: &[&str]| {
+        let mut args = vec!["-c", "0", "-s", "0", "-C", "cfg.txt"];
+        args.extend(more);
+        coord_with_config(config, &args)
+    };
+    let (code, err) = with(&["--etcd", "127.0.0.1:2379"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an http://HOST:PORT URL"), "{err}");
+    let (code, err) = with(&["--etcd", "https://127.0.0.1:2379"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no TLS"), "{err}");
+    let (code, err) = with(&["--etcd", "http://127.0.0.1:2379", "--cluster", "a/b"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--cluster"), "{err}");
+    let (code, err) = with(&["--etcd", "http://127.0.0.1:2379", "--etcd-ttl", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--etcd-ttl"), "{err}");
+    let (code, err) = with(&["--cluster", "alone"]);
+    assert_ne!(code, 0, "--cluster needs --etcd");
+    assert!(err.contains("--etcd"), "{err}");
+}
+
+#[test]
+fn a_bad_coordinator_list_is_refused_by_the_client() {
+    let out = Command::new(CLIENT).args(["-h", "a,,b", "-p", "7000", "G", "k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a failure other than a missing key");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("an empty coordinator address"), "{err}");
+}

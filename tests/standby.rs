@@ -151,3 +151,80 @@ async fn a_leader_killed_during_a_recovery_leaves_it_to_the_next() {
     assert!(status.recovery.is_none());
     assert!(checked.checked > 0);
 }
+
+/// Hostile input on a standby's two ports (random bytes, a huge length prefix, a cut frame,
+/// a peer that connects and says nothing, a server hello with a wrong token): the standby
+/// still answers a client with the leader's address, and still takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_shrugs_off_garbage_on_its_ports_and_still_takes_over() {
+    use tokio::io::AsyncWriteExt;
+    let Some(etcd) = Etcd::start() else { return };
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "garbage");
+    let servers_port = standby.servers_port;
+    let mut silent = Vec::new();
+    for port in [standby.clients_port, servers_port] {
+        let huge = [u32::MAX.to_be_bytes().to_vec(), vec![1; 64]].concat();
+        let cut = vec![0, 0, 0, 100, 1, 2];
+        for bytes in [vec![0x5au8; 4096], huge, cut] {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let hello = ftkv::protocol::Hello::new(
+        ftkv::protocol::Role::Server { id: 0, incarnation: 0 },
+        b"not the token",
+    );
+    let forged =
+        ftkv::connection::Connection::connect(&format!("127.0.0.1:{servers_port}"), &hello).await;
+    if let Ok(mut conn) = forged {
+        let started = ftkv::protocol::ReportRequest::Started {
+            ports: ftkv::protocol::BoundPorts { client: 1, servers: 2, control: 3 },
+            pid: 1,
+            incarnation: 0,
+            epoch: 0,
+        };
+        let answer: Result<ftkv::protocol::ReportResponse, _> =
+            conn.call(&started, Duration::from_secs(2), "a standby's answer").await;
+        assert!(answer.is_err(), "a wrong token gets no answer: {answer:?}");
+    }
+
+    let status = status_via(&standby.addr()).await;
+    assert_eq!(status.coordinators.unwrap().leader, cluster.coord_addr(), "redirected");
+    cluster.kill_coord();
+    standby.await_line("cluster ready", Duration::from_secs(15));
+    let mut client = ftkv::client::Client::new(standby.addr(), Duration::from_secs(10));
+    client.put(b"after", b"garbage").await.unwrap();
+    assert_eq!(client.get(b"after").await.unwrap().as_deref(), Some(&b"garbage"[..]));
+    drop(silent);
+}
+
+/// Ctrl+d to a standby stops it alone; ctrl+d to the leader stops the service (dumps
+/// written), and a standby waiting then exits too instead of starting it again empty.
+#[test]
+fn ctrl_d_stops_a_standby_alone_and_the_leaders_stops_every_coordinator() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (mut cluster, mut first) = cluster_with_standby(&etcd, "stops");
+    first.close_stdin();
+    first.await_line(
+        &format!("{}: stopping on end of standard input", lines::STANDBY),
+        Duration::from_secs(5),
+    );
+    assert!(first.coord.wait().unwrap().success());
+    let pids = cluster.server_pids();
+    assert_eq!(pids.len(), 3, "the service runs on");
+
+    let flags = etcd_flags(&etcd.urls(), "stops");
+    let mut second = cluster.spawn_standby(2, &flags);
+    second.await_line(
+        &format!("{}: {} leads", lines::STANDBY, cluster.coord_addr()),
+        Duration::from_secs(10),
+    );
+    assert!(cluster.ctrl_d().success());
+    second.await_line(lines::CLUSTER_WAS_STOPPED, Duration::from_secs(10));
+    assert!(second.coord.wait().unwrap().success());
+    assert!(cluster.path("dumps.manifest").exists(), "the leader's stop wrote the dumps");
+    assert!(cluster.server_pids().is_empty(), "no server was started again");
+}

@@ -66,7 +66,7 @@ pub use launcher::default_server_bin;
 use links::{Shared, View};
 use liveness::Lease;
 use process::Processes;
-use shutdown::stop_signal;
+use shutdown::{StopSignal, stop_signal};
 pub use standby::EtcdOptions;
 pub use state::{CoordState, Member};
 use store::{StateFile, Store};
@@ -158,19 +158,21 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     match opts.etcd.clone() {
         None => {
             let store = Store::File(StateFile::lock(&opts.state_dir)?);
-            lead(opts, store, Arc::new(Authority::lifelong()), None, None).await
+            let stop = stop_signal(opts.watch_stdin);
+            lead(opts, store, Arc::new(Authority::lifelong()), stop, None, None).await
         }
         Some(etcd) => standby::run(opts, &etcd).await,
     }
 }
 
 /// Binds both ports (`ports`, when given, instead of the state's), starts the cluster (or
-/// takes back the one a coordinator that died left running), serves until asked to stop,
-/// then shuts down. `elected`: etcd and this leader's entry, to name the standbys.
+/// takes back the one a coordinator that died left running), serves until `stop`, then
+/// shuts down. `elected`: etcd and this leader's entry, to name the standbys.
 async fn lead(
     opts: CoordOptions,
     store: Store,
     authority: Arc<Authority>,
+    mut stop: StopSignal,
     ports: Option<(u16, u16)>,
     elected: Option<(etcd::Etcd, standby::Elected)>,
 ) -> Result<()> {
@@ -211,7 +213,6 @@ async fn lead(
     let processes = Processes::new(launcher(&opts, &state, &shared));
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
-    let mut stop = stop_signal(opts.watch_stdin);
 
     let starting = async {
         match begin {

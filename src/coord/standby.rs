@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use super::authority::Authority;
 use super::etcd::{Candidate, Etcd};
 use super::links::Shared;
+use super::shutdown::stop_signal;
 use super::store::{EtcdStore, Store};
 use super::{CoordOptions, MAX_CLIENT_CONNECTIONS, MAX_SERVER_CONNECTIONS};
 use crate::connection::{Connection, FRAME_DEADLINE};
@@ -129,7 +130,16 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let token = before.as_deref().and_then(|b| Store::decode(b).ok()).map(|s| s.token_hex);
     serve_ports(clients, reports, leader_rx, token, &tracker, &cancel);
     let watching = tokio::spawn(watch_leader(etcd.clone(), me.clone(), leader_tx));
-    let key = campaign(&mut etcd, &me).await;
+    // Ctrl+d (or SIGINT, SIGTERM) while standing by stops this standby alone.
+    let mut stop = stop_signal(opts.watch_stdin);
+    let key = tokio::select! {
+        key = campaign(&mut etcd, &me) => key,
+        why = &mut stop => {
+            say(&format!("{}: stopping on {why}", lines::STANDBY));
+            etcd.revoke().await;
+            return Ok(());
+        }
+    };
     watching.abort();
     cancel.cancel();
     tracker.close();
@@ -146,8 +156,8 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     }
     let elected = Elected { me: Candidate { since, ..me }, cluster: options.cluster.clone() };
     let store = Store::Etcd(Box::new(EtcdStore::new(etcd.clone(), key, authority.clone())));
-    let outcome =
-        super::lead(opts, store, authority, Some(ports), Some((etcd.clone(), elected))).await;
+    let elected = Some((etcd.clone(), elected));
+    let outcome = super::lead(opts, store, authority, stop, Some(ports), elected).await;
     // Standbys need not wait out the lease: they learn at once that the cluster stopped.
     etcd.revoke().await;
     outcome

@@ -16,9 +16,10 @@ use super::cluster::{Cluster, kill, spawn_coord};
 pub struct Standby {
     pub dir: PathBuf,
     pub coord: Child,
-    _stdin: Option<ChildStdin>,
+    stdin: Option<ChildStdin>,
     pub stdout: mpsc::Receiver<String>,
     pub clients_port: u16,
+    pub servers_port: u16,
 }
 
 /// The flags every coordinator of an etcd test gets: etcd at `urls`, cluster `name`, a
@@ -41,10 +42,12 @@ impl Cluster {
         args.extend(["--log-dir", &here, "--dump-dir", &here]);
         let (coord, stdin, stdout) =
             spawn_coord(&dir, &[], &args, self.coord_group()).expect("spawn a standby");
-        let mut standby = Standby { dir, coord, _stdin: stdin, stdout, clients_port: 0 };
+        let mut standby = Standby { dir, coord, stdin, stdout, clients_port: 0, servers_port: 0 };
         let ports = standby.await_line("ftkv coordinator: clients port ", Duration::from_secs(10));
         let rest = ports.strip_prefix("ftkv coordinator: clients port ").unwrap();
-        standby.clients_port = rest.split_once(',').unwrap().0.parse().unwrap();
+        let (clients, servers) = rest.split_once(", servers port ").unwrap();
+        standby.clients_port = clients.parse().unwrap();
+        standby.servers_port = servers.parse().unwrap();
         standby
     }
 
@@ -92,6 +95,11 @@ impl Standby {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("coord.log")).unwrap_or_default()
+    }
+
+    /// Ctrl+d: closes its standard input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     pub fn kill(&mut self) {
