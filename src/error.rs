@@ -24,6 +24,10 @@ pub enum Error {
     /// The dump directory cannot be restored or started on (see `coord::restore`).
     #[error(transparent)]
     Restore(#[from] crate::coord::restore::RestoreError),
+    /// Two servers surely lost at once: the service stops in order (a coordinator taking a
+    /// cluster back tells this from servers that are merely out of its reach).
+    #[error("{0}")]
+    DoubleFault(String),
     /// The coordinator replaced this server with a newer start of the same id.
     #[error("replaced by a newer server")]
     Replaced,

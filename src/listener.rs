@@ -26,8 +26,9 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `host:port` (address reuse on, as `TcpListener::bind` sets it, so that a restarted
 /// process gets its old port back), listening with [`LISTEN_BACKLOG`]; the error names the
-/// port and its role.
-pub async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
+/// port and its role. Shared: a standby coordinator serves its ports one way, then, elected,
+/// the same ports another way (see [`serve`]), with no moment in which they are closed.
+pub async fn bind(host: &str, port: u16, what: &str) -> Result<Arc<TcpListener>> {
     let failed = |e: std::io::Error| {
         Error::Unavailable(format!("cannot listen on {host}:{port} ({what} port): {e}"))
     };
@@ -40,7 +41,7 @@ pub async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
             socket.listen(LISTEN_BACKLOG)
         });
         match listening {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) => return Ok(Arc::new(listener)),
             Err(e) => last = Some(e),
         }
     }
@@ -71,12 +72,12 @@ impl Gate {
 /// to clients allow as many pending as established: there, a hello proves nothing.)
 const MAX_PENDING_HELLOS: usize = 64;
 
-/// Accepts connections until cancelled. Each gets its own tracked task, which checks the
+/// Accepts connections on `listener` until cancelled. Each gets its own tracked task, which checks the
 /// hello against `gate` and then runs `handle` with the peer's role, if fewer than
 /// `max_connections` are established (otherwise it is closed). Errors are logged with the
 /// peer's address.
 pub fn serve<F, Fut>(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     what: &'static str,
     max_connections: usize,
     gate: Gate,

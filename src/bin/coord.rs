@@ -131,6 +131,14 @@ fn start(args: Args) -> Result<(), String> {
         Some(urls) => Some(etcd_options(&urls, args.cluster, &args.config, args.etcd_ttl)?),
         None => None,
     };
+    let remote = specs.iter().any(|s| !matches!(s.host, ftkv::config::Host::Local(_)));
+    if etcd.is_some() && remote && args.advertise_host.is_none() {
+        // What a coordinator registers in etcd is what servers re-attach to and clients are
+        // sent to: 127.0.0.1 would send remote servers to their own host.
+        return Err("--etcd with servers on other hosts needs --advertise-host (this \
+                    coordinator's address as they reach it)"
+            .into());
+    }
     ftkv::logging::init(args.log.as_deref(), "info")?;
     let server_bin = match args.server_bin {
         Some(path) => path,

@@ -94,7 +94,7 @@ impl Client {
     /// `coordinator` is `host:port` of the coordinator's clients port; with standby
     /// coordinators, each one's, comma-separated (a standby names the leader, asked next).
     pub fn new(coordinator: impl Into<String>, timeout: Duration) -> Self {
-        let coordinators = coordinator.into().split(',').map(str::to_string).collect();
+        let coordinators = coordinator.into().split(',').map(|c| c.trim().to_string()).collect();
         Client {
             coordinators,
             current: 0,

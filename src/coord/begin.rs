@@ -13,9 +13,10 @@
 use super::gather::gather;
 use super::process;
 use super::restore::{self, Restore};
+use super::state::machine_id;
 use super::store::Store;
 use super::{CoordOptions, CoordState, new_token};
-use crate::config::ServerSpec;
+use crate::config::{Host, ServerSpec};
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::manifest::{MANIFEST, is_server_manifest_name, set_files};
@@ -83,8 +84,21 @@ fn has_own_manifests(dir: &std::path::Path) -> bool {
     set_files(dir).is_ok_and(|files| files.iter().any(|f| is_server_manifest_name(f)))
 }
 
-/// A restarted coordinator takes back only the cluster its configuration file describes.
+/// A restarted coordinator takes back only the cluster its configuration file describes,
+/// and its `localhost` servers only on the machine they run on (an elected standby may run
+/// on another).
 fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Result<()> {
+    let local = state.members.iter().any(|m| matches!(m.spec.host, Host::Local(_)));
+    if let (true, Some(there), Some(here)) = (local, &state.machine, machine_id())
+        && *there != here
+    {
+        return Err(Error::Unavailable(format!(
+            "the running cluster of {} has servers on localhost of machine {there}, and this \
+             coordinator runs on machine {here}: it cannot take them back (list servers by \
+             host names, reached over ssh, to lead them from other machines)",
+            store.describe()
+        )));
+    }
     let running: Vec<&ServerSpec> = state.members.iter().map(|m| &m.spec).collect();
     if running.iter().copied().eq(specs.iter()) {
         return Ok(());

@@ -139,9 +139,10 @@ impl Cluster {
 
     /// Writes the state down, if it changed since the last write. Called before anything it
     /// records is sent to a server or published to clients, so that a restarted coordinator
-    /// never knows less than the cluster. A write that fails is logged and the coordinator
-    /// goes on (a full disk must not take the service down); a restart from the older file
-    /// then sees servers at a newer epoch and refuses to take them back.
+    /// never knows less than the cluster. A state file that cannot be written is logged and
+    /// the coordinator goes on (a full disk must not take the service down); a restart from
+    /// the older file then sees servers at a newer epoch and refuses to take them back. In
+    /// etcd, a write that fails ends the leadership instead (`Store::save` steps down).
     fn persist(&mut self) {
         let bytes = Store::encode(&self.state);
         if bytes == self.saved {
@@ -536,7 +537,12 @@ impl Cluster {
         let launcher = self.processes.launcher.clone();
         let n = self.state.len();
         let tx = self.internal_tx.clone();
+        let authority = self.shared.authority.clone();
         tokio::spawn(async move {
+            // Decided before a pause, perhaps: not started once the authority may be gone.
+            if !authority.holds() {
+                step_down(lines::AUTHORITY_LAPSED);
+            }
             let message = match launcher.spawn(&member, n).await {
                 Ok(started) => Internal::Spawned { id: a, incarnation, started },
                 Err(e) => {

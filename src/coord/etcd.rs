@@ -37,7 +37,7 @@ pub struct Candidate {
     pub clients: String,
     /// `host:port` of its servers port.
     pub servers: String,
-    /// UTC time it joined (its election value: the time it won).
+    /// UTC time it registered; the leader's status shows the time it won instead.
     pub since: String,
 }
 
@@ -92,9 +92,12 @@ impl Etcd {
     }
 
     /// Keeps the lease alive for the process's lifetime, pushing `authority` forward with
-    /// each answer. Four keep-alives per TTL: one lost still leaves time for the next. A
-    /// lease etcd no longer knows (it expired: the process was paused, or cut off from
-    /// etcd) ends this coordinator's role at once, leader or standby.
+    /// each answer. Four keep-alives per TTL, each given until the next is due: one that
+    /// fails or goes unanswered (sent to a member that is down or cut off) drops its stream,
+    /// and the next opens another, which etcd's client may send to another member; so one
+    /// lost leaves time for the next. A lease etcd no longer knows (it expired: the process
+    /// was paused, or cut off from etcd) ends this coordinator's role at once, leader or
+    /// standby.
     pub fn keep_alive(&self, authority: Arc<Authority>) {
         let mut etcd = self.clone();
         let every = self.ttl / 4;
@@ -102,13 +105,18 @@ impl Etcd {
             let mut stream = None;
             loop {
                 let sent = Instant::now();
-                match etcd.renew(&mut stream).await {
-                    Ok(Some(ttl)) => authority.renewed(sent, ttl),
-                    Ok(None) => {
+                let renewed = tokio::time::timeout(every, etcd.renew(&mut stream)).await;
+                match renewed {
+                    Ok(Ok(Some(ttl))) => authority.renewed(sent, ttl),
+                    Ok(Ok(None)) => {
                         step_down("etcd no longer knows this coordinator's lease (it expired)")
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         warn!(error = %e, "etcd keep-alive failed; trying again");
+                        stream = None;
+                    }
+                    Err(_) => {
+                        warn!("etcd keep-alive unanswered within {every:?}; trying again");
                         stream = None;
                     }
                 }
@@ -126,7 +134,8 @@ impl Etcd {
         let (keeper, answers) = match stream {
             Some(open) => open,
             None => stream.insert(
-                bounded("opening a keep-alive", self.client.lease_keep_alive(self.lease)).await?,
+                bounded("opening a keep-alive", self.client.clone().lease_keep_alive(self.lease))
+                    .await?,
             ),
         };
         bounded("keep-alive", keeper.keep_alive()).await?;
@@ -138,19 +147,20 @@ impl Etcd {
     }
 
     /// Registers `me` on the lease: gone with it.
-    pub async fn register(&mut self, me: &Candidate) -> Result<()> {
+    pub async fn register(&self, me: &Candidate) -> Result<()> {
         let key = self.key(&format!("coordinators/{:x}", self.lease));
         let value = serde_json::to_vec(me).expect("a Candidate encodes");
         let options = PutOptions::new().with_lease(self.lease);
-        bounded("registering", self.client.put(key, value, Some(options))).await?;
+        bounded("registering", self.client.clone().put(key, value, Some(options))).await?;
         Ok(())
     }
 
     /// Waits (without a deadline) until this coordinator leads; returns its election key.
-    pub async fn campaign(&mut self, me: &Candidate) -> Result<LeaderKey> {
+    pub async fn campaign(&self, me: &Candidate) -> Result<LeaderKey> {
         let value = serde_json::to_vec(me).expect("a Candidate encodes");
         let mut won = self
             .client
+            .clone()
             .campaign(self.key("leader"), value, self.lease)
             .await
             .map_err(failed("campaigning"))?;
@@ -158,8 +168,9 @@ impl Etcd {
     }
 
     /// Who leads now, if anyone.
-    pub async fn leader(&mut self) -> Result<Option<Candidate>> {
-        match tokio::time::timeout(CALL_LIMIT, self.client.leader(self.key("leader"))).await {
+    pub async fn leader(&self) -> Result<Option<Candidate>> {
+        match tokio::time::timeout(CALL_LIMIT, self.client.clone().leader(self.key("leader"))).await
+        {
             Ok(Ok(answer)) => {
                 Ok(answer.kv().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
             }
@@ -171,11 +182,12 @@ impl Etcd {
     }
 
     /// Every registered coordinator, by lease.
-    pub async fn coordinators(&mut self) -> Result<Vec<(i64, Candidate)>> {
+    pub async fn coordinators(&self) -> Result<Vec<(i64, Candidate)>> {
         let prefix = self.key("coordinators/");
         let options = GetOptions::new().with_prefix();
         let found =
-            bounded("listing coordinators", self.client.get(prefix.clone(), Some(options))).await?;
+            bounded("listing coordinators", self.client.clone().get(prefix.clone(), Some(options)))
+                .await?;
         Ok(found
             .kvs()
             .iter()
@@ -188,25 +200,26 @@ impl Etcd {
     }
 
     /// The coordinator state a leader wrote last, as bytes.
-    pub async fn load(&mut self) -> Result<Option<Vec<u8>>> {
-        let found = bounded("reading the state", self.client.get(self.key("state"), None)).await?;
+    pub async fn load(&self) -> Result<Option<Vec<u8>>> {
+        let found =
+            bounded("reading the state", self.client.clone().get(self.key("state"), None)).await?;
         Ok(found.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Writes the state, only while `leader` still holds the election: a deposed leader's
     /// write fails. `Ok(false)`: deposed.
-    pub async fn save(&mut self, leader: &LeaderKey, bytes: &[u8]) -> Result<bool> {
+    pub async fn save(&self, leader: &LeaderKey, bytes: &[u8]) -> Result<bool> {
         let guarded = Txn::new()
             .when([Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev())])
             .and_then([TxnOp::put(self.key("state"), bytes, None)]);
-        Ok(bounded("writing the state", self.client.txn(guarded)).await?.succeeded())
+        Ok(bounded("writing the state", self.client.clone().txn(guarded)).await?.succeeded())
     }
 
     /// Gives the lease back (best effort, quickly): the election key and the registration
     /// go with it, so that a standby need not wait out the TTL.
-    pub async fn revoke(&mut self) {
-        let revoked =
-            tokio::time::timeout(Duration::from_millis(300), self.client.lease_revoke(self.lease));
-        let _ = revoked.await;
+    pub async fn revoke(&self) {
+        let mut client = self.client.clone();
+        let revoking = client.lease_revoke(self.lease);
+        let _ = tokio::time::timeout(Duration::from_millis(300), revoking).await;
     }
 }

@@ -233,6 +233,10 @@ impl ControlLink {
                         Some(live) => live,
                         None => conn.insert(Connection::connect(&addr_owned, &hello).await?),
                     };
+                    // A reconnect may have taken a while: looked at again.
+                    if !authority.holds() {
+                        step_down(lines::AUTHORITY_LAPSED);
+                    }
                     live.call(&request, limit, "waiting for a server").await
                 }
                 .await;

@@ -122,8 +122,8 @@ fn new_token() -> Result<String> {
 /// Serves the clients port (configuration and status) and the servers port (reports and
 /// heartbeats) until `cancel`.
 fn serve_ports(
-    clients: TcpListener,
-    reports: TcpListener,
+    clients: Arc<TcpListener>,
+    reports: Arc<TcpListener>,
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -165,31 +165,29 @@ pub async fn run(opts: CoordOptions) -> Result<()> {
     }
 }
 
-/// Binds both ports (`ports`, when given, instead of the state's), starts the cluster (or
-/// takes back the one a coordinator that died left running), serves until `stop`, then
-/// shuts down. `elected`: etcd and this leader's entry, to name the standbys.
+/// Starts the cluster (or takes back the one a coordinator that died left running) on
+/// `listeners` (a standby's, once elected) or on the state's ports, serves until `stop`,
+/// then shuts down. `elected`: etcd and this leader's entry, to name the standbys.
 async fn lead(
     opts: CoordOptions,
     store: Store,
     authority: Arc<Authority>,
     mut stop: StopSignal,
-    ports: Option<(u16, u16)>,
+    listeners: Option<(Arc<TcpListener>, Arc<TcpListener>)>,
     elected: Option<(etcd::Etcd, standby::Elected)>,
 ) -> Result<()> {
     let (mut state, begin) = begin::begin(&opts, &store).await?;
-    if let Some((clients, servers)) = ports {
-        (state.clients_port, state.servers_port) = (clients, servers);
-    }
-    let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
-    let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
+    let (clients, reports) = match listeners {
+        Some(bound) => bound,
+        None => {
+            let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
+            let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
+            print_ports(clients.local_addr()?.port(), reports.local_addr()?.port());
+            (clients, reports)
+        }
+    };
     state.clients_port = clients.local_addr()?.port();
     state.servers_port = reports.local_addr()?.port();
-    if ports.is_none() {
-        println!(
-            "ftkv coordinator: clients port {}, servers port {}",
-            state.clients_port, state.servers_port
-        );
-    }
     if matches!(begin, Begin::TakeBack) {
         println!("taking back the running cluster of {}", store.describe());
     }
@@ -214,8 +212,18 @@ async fn lead(
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
 
+    let elected = cluster.is_elected();
     let starting = async {
         match begin {
+            // Elected, a take-back that fails leaves the cluster to the next leader rather
+            // than stopping it: the servers may well run, out of this coordinator's reach,
+            // and a stopped state would have the next leader start empty.
+            Begin::TakeBack if elected => match cluster.readopt(&mut events, &mut internal).await {
+                Err(e) if !matches!(e, Error::DoubleFault(_)) => {
+                    standby::step_down(&format!("taking the cluster back failed ({e})"))
+                }
+                done => done,
+            },
             Begin::TakeBack => cluster.readopt(&mut events, &mut internal).await,
             Begin::New(restore) => cluster.start(restore, &mut events, &mut internal).await,
         }
@@ -239,6 +247,11 @@ async fn lead(
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// The line tests and operators read the ports from.
+fn print_ports(clients: u16, servers: u16) {
+    println!("ftkv coordinator: clients port {clients}, servers port {servers}");
 }
 
 /// Serves `/metrics` on `addr` (`--metrics`) until `cancel`; prints where.

@@ -37,8 +37,9 @@ use crate::protocol::{
 
 /// How often a standby asks etcd who leads (for its answers), and a leader who stands by
 /// (each lease answer passes the list on to the servers).
-const LEADER_POLL: Duration = Duration::from_millis(200);
-const STANDBYS_POLL: Duration = Duration::from_millis(200);
+const POLL_EVERY: Duration = Duration::from_millis(200);
+/// Pause before a call to etcd that failed is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// The ports a coordinator that stepped down had bound, for its next start (`-c 0 -s 0`
 /// would otherwise move them, away from where servers and clients know to look).
 const PORTS_ENV: &str = "FTKV_COORD_PORTS";
@@ -105,7 +106,7 @@ fn ports_again() -> Option<(u16, u16)> {
 
 /// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
 pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
-    let mut etcd = connect(options).await;
+    let etcd = connect(options).await;
     let authority = Arc::new(Authority::leased());
     etcd.keep_alive(authority.clone());
     let (clients_port, servers_port) =
@@ -114,26 +115,26 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let reports = listener::bind("0.0.0.0", servers_port, "servers").await?;
     let ports = (clients.local_addr()?.port(), reports.local_addr()?.port());
     let _ = BOUND.set(ports);
-    println!("ftkv coordinator: clients port {}, servers port {}", ports.0, ports.1);
+    super::print_ports(ports.0, ports.1);
     let host = opts.advertise_host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let me = Candidate {
         clients: format!("{host}:{}", ports.0),
         servers: format!("{host}:{}", ports.1),
         since: utc_time(std::time::SystemTime::now()),
     };
-    etcd.register(&me).await?;
-    let before = etcd.load().await?;
+    retry("registering", Retry::Forever, || etcd.register(&me)).await;
+    let before = retry("reading the state", Retry::Forever, || etcd.load()).await;
 
     let (leader_tx, leader_rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let token = before.as_deref().and_then(|b| Store::decode(b).ok()).map(|s| s.token_hex);
-    serve_ports(clients, reports, leader_rx, token, &tracker, &cancel);
+    serve_ports(clients.clone(), reports.clone(), leader_rx, token, &tracker, &cancel);
     let watching = tokio::spawn(watch_leader(etcd.clone(), me.clone(), leader_tx));
     // Ctrl+d (or SIGINT, SIGTERM) while standing by stops this standby alone.
     let mut stop = stop_signal(opts.watch_stdin);
     let key = tokio::select! {
-        key = campaign(&mut etcd, &me) => key,
+        key = retry("campaigning", Retry::Forever, || etcd.campaign(&me)) => key,
         why = &mut stop => {
             say(&format!("{}: stopping on {why}", lines::STANDBY));
             etcd.revoke().await;
@@ -147,7 +148,8 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let since = utc_time(std::time::SystemTime::now());
     say(&format!("{}: won the election of cluster {} in etcd", lines::LEADING, options.cluster));
 
-    let now = etcd.load().await?;
+    let leading = Retry::Leading(&authority, etcd.ttl);
+    let now = retry("reading the state", leading, || etcd.load()).await;
     let stopped = now.as_deref().and_then(|b| Store::decode(b).ok()).is_some_and(|s| !s.running);
     if stopped && now != before {
         say(&format!("{}; exiting", lines::CLUSTER_WAS_STOPPED));
@@ -157,22 +159,43 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let elected = Elected { me: Candidate { since, ..me }, cluster: options.cluster.clone() };
     let store = Store::Etcd(Box::new(EtcdStore::new(etcd.clone(), key, authority.clone())));
     let elected = Some((etcd.clone(), elected));
-    let outcome = super::lead(opts, store, authority, stop, Some(ports), elected).await;
+    let listeners = Some((clients, reports));
+    let outcome = super::lead(opts, store, authority, stop, listeners, elected).await;
     // Standbys need not wait out the lease: they learn at once that the cluster stopped.
     etcd.revoke().await;
     outcome
 }
 
-/// Campaigns until elected. A campaign that fails (etcd down, out of quorum, or the call
-/// sent to a member that is gone) is tried again: a standby waits for etcd as it waits for
-/// the leader.
-async fn campaign(etcd: &mut Etcd, me: &Candidate) -> etcd_client::LeaderKey {
+/// How a failed call to etcd is tried again (see [`retry`]).
+#[derive(Clone, Copy)]
+pub enum Retry<'a> {
+    /// A standby waits for etcd as it waits for the leader: until it answers.
+    Forever,
+    /// A leader tries for one lease at most, and while its authority holds; then it steps
+    /// down (a call that keeps failing, the request's fault or etcd's, must not hold the
+    /// cluster without a coordinator that acts).
+    Leading(&'a Authority, Duration),
+}
+
+/// `call` until it succeeds, every [`RETRY_EVERY`]: etcd down, out of quorum, or a call
+/// sent to a member that is gone (etcd's client does that, and the call fails at once).
+pub async fn retry<T, F, Fut>(what: &str, how: Retry<'_>, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let began = tokio::time::Instant::now();
     loop {
-        match etcd.campaign(me).await {
-            Ok(key) => return key,
-            Err(e) => warn!(error = %e, "campaign failed; trying again"),
+        match (call().await, how) {
+            (Ok(value), _) => return value,
+            (Err(e), Retry::Leading(authority, limit))
+                if !authority.holds() || began.elapsed() >= limit =>
+            {
+                step_down(&format!("{what} in etcd failed ({e})"))
+            }
+            (Err(e), _) => warn!(error = %e, "{what} in etcd failed; trying again"),
         }
-        tokio::time::sleep(LEADER_POLL).await;
+        tokio::time::sleep(RETRY_EVERY).await;
     }
 }
 
@@ -185,7 +208,7 @@ pub struct Elected {
 
 /// A standby: keeps the leader's address current for its answers, and says when it
 /// changes.
-async fn watch_leader(mut etcd: Etcd, me: Candidate, leader: watch::Sender<Option<Candidate>>) {
+async fn watch_leader(etcd: Etcd, me: Candidate, leader: watch::Sender<Option<Candidate>>) {
     let mut said = None;
     loop {
         match etcd.leader().await {
@@ -200,13 +223,13 @@ async fn watch_leader(mut etcd: Etcd, me: Candidate, leader: watch::Sender<Optio
             }
             Err(e) => warn!(error = %e, "standby: cannot ask etcd who leads"),
         }
-        tokio::time::sleep(LEADER_POLL).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
 /// A leader: keeps the list of coordinators current, for the status and for the servers
 /// (each lease answer names them, so that a server finds the next leader).
-pub fn follow_standbys(mut etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
+pub fn follow_standbys(etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
     tokio::spawn(async move {
         loop {
             match etcd.coordinators().await {
@@ -230,7 +253,7 @@ pub fn follow_standbys(mut etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
                 }
                 Err(e) => warn!(error = %e, "cannot list the standby coordinators"),
             }
-            tokio::time::sleep(STANDBYS_POLL).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
     });
 }
@@ -239,8 +262,8 @@ pub fn follow_standbys(mut etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
 /// port checks the cluster's token (of the state etcd held when this coordinator started,
 /// if any; a random one otherwise, refusing every server: there was no cluster to redirect).
 fn serve_ports(
-    clients: TcpListener,
-    reports: TcpListener,
+    clients: Arc<TcpListener>,
+    reports: Arc<TcpListener>,
     leader: watch::Receiver<Option<Candidate>>,
     token: Option<String>,
     tracker: &TaskTracker,

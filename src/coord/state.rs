@@ -78,6 +78,19 @@ pub struct CoordState {
     /// run's by its epoch alone (see `gather`).
     #[serde(default = "first_epoch")]
     pub first_epoch: u64,
+    /// The machine the cluster was started on (`/etc/machine-id`): where its `localhost`
+    /// servers run. A coordinator elected on another machine cannot take those back.
+    #[serde(default)]
+    pub machine: Option<String>,
+}
+
+/// This machine's id (`/etc/machine-id`, or the kernel's boot id), if it has one.
+pub fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
 }
 
 fn first_epoch() -> u64 {
@@ -109,6 +122,7 @@ impl CoordState {
             config: None,
             recovery: None,
             first_epoch: first_epoch(),
+            machine: machine_id(),
         }
     }
 

@@ -18,13 +18,12 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use etcd_client::LeaderKey;
 
 use super::authority::Authority;
 use super::etcd::Etcd;
-use super::standby::step_down;
+use super::standby::{Retry, retry, step_down};
 use super::state::CoordState;
 use crate::error::{Error, Result};
 
@@ -73,8 +72,8 @@ impl Store {
         match self {
             Store::File(file) => file.load(),
             Store::Etcd(store) => {
-                let mut etcd = store.etcd.clone();
-                let bytes = block_on(etcd.load())?;
+                let bytes =
+                    block_on(retry("reading the state", store.retry(), || store.etcd.load()));
                 let decoded = bytes.map(|b| Store::decode(&b)).transpose();
                 decoded.map_err(|why| {
                     Error::Unavailable(format!("the state in {} is {why}", self.describe()))
@@ -128,33 +127,24 @@ pub struct EtcdStore {
     authority: Arc<Authority>,
 }
 
-/// Pause before a write to etcd is tried again.
-const RETRY_EVERY: Duration = Duration::from_millis(50);
-
 impl EtcdStore {
     pub fn new(etcd: Etcd, leader: LeaderKey, authority: Arc<Authority>) -> Self {
         EtcdStore { etcd, leader, authority }
     }
 
-    /// A guarded write, tried again while this coordinator surely still leads (etcd's
-    /// client sends some calls to a member that is down, which fail at once; the write is
-    /// the same each time, so one that did land is harmless to repeat). A guard that
-    /// fails, or an authority that may have lapsed, ends the leadership here.
+    fn retry(&self) -> Retry<'_> {
+        Retry::Leading(&self.authority, self.etcd.ttl)
+    }
+
+    /// A guarded write, tried again for a while (the write is the same each time, so one
+    /// that did land is harmless to repeat). A guard that fails ends the leadership here.
     async fn save(&self, bytes: &[u8]) -> Result<()> {
-        let mut etcd = self.etcd.clone();
-        loop {
-            match etcd.save(&self.leader, bytes).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
-                    step_down("a guarded write of the state failed: another coordinator leads")
-                }
-                Err(e) if !self.authority.holds() => {
-                    step_down(&format!("the state could not be written ({e})"))
-                }
-                Err(e) => tracing::warn!(error = %e, "writing the state to etcd; trying again"),
-            }
-            tokio::time::sleep(RETRY_EVERY).await;
+        let guarded =
+            retry("writing the state", self.retry(), || self.etcd.save(&self.leader, bytes));
+        if !guarded.await {
+            step_down("a guarded write of the state failed: another coordinator leads");
         }
+        Ok(())
     }
 }
 

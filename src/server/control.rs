@@ -32,6 +32,10 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 /// lease runs out, so waiting longer only delays re-attaching to the next leader. (A new
 /// leader waits for the servers as long as this allows: see `Cluster::rejoin_wait`.)
 pub const GRACE_WITH_STANDBYS: Duration = Duration::from_secs(1);
+/// Longest one attempt at a coordinator may take when there are others to try: within
+/// `orphan::ATTEMPT_LIMIT`, so that it fails here, naming the address, rather than being cut
+/// off from outside.
+const STANDBY_ATTEMPT: Duration = Duration::from_millis(900);
 /// Longest a Drain waits for in-flight writes (the coordinator waits a little longer).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -167,7 +171,15 @@ async fn register(
         let answer = conn.call(&started, Duration::from_secs(10), "waiting for the coordinator");
         Ok::<_, Error>((answer.await?, conn))
     };
-    match answered.await {
+    // With standbys, an address that does not answer within an attempt (a paused or cut-off
+    // leader, whose kernel may still accept the connection) is left for the next one here:
+    // cut off from outside by `orphan::reattach`, it would be tried again and again.
+    let limit = if coordinators.several() { STANDBY_ATTEMPT } else { Duration::MAX };
+    let answered = match tokio::time::timeout(limit, answered).await {
+        Ok(answered) => answered,
+        Err(_) => Err(Error::Unavailable(format!("no answer from {addr} within {limit:?}"))),
+    };
+    match answered {
         Ok((ReportResponse::NotLeader { leader: Some(leader) }, _)) => {
             coordinators.redirect(&leader);
             Err(Error::Unavailable(format!("{addr} stands by; {leader} leads")))

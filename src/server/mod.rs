@@ -394,7 +394,7 @@ const MAX_CONTROL_CONNECTIONS: usize = 16;
 /// coordinator's control link.
 fn serve_ports(
     server: &Arc<Server>,
-    [clients, peers, control]: [TcpListener; 3],
+    [clients, peers, control]: [Arc<TcpListener>; 3],
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) {

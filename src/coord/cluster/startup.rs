@@ -171,16 +171,13 @@ impl Cluster {
             let members = &self.state.members;
             let surely = missing.iter().all(|&id| process::gone(&members[id as usize], bin));
             if self.store.is_elected() && !surely {
-                // Elected after a leader that may only be paused or cut off: the servers
-                // may well run, out of this coordinator's reach. Shutting the service down
-                // would mark it stopped (the next leader would start it empty); leave it
-                // as it is to the next leader instead.
-                step_down(&format!(
+                // Elected after a leader that may only be paused or cut off (see `lead`).
+                return Err(Error::Unavailable(format!(
                     "servers {missing:?} did not come back within {:?}",
                     self.rejoin_wait()
-                ));
+                )));
             }
-            return Err(Error::Unavailable(format!(
+            return Err(Error::DoubleFault(format!(
                 "servers {missing:?} did not come back after the coordinator restarted ({}; \
                  {expected} expected); move {} away to start a new cluster",
                 lines::TWO_FAULTS,
@@ -257,18 +254,24 @@ impl Cluster {
         }
     }
 
+    /// Whether this coordinator was elected through etcd.
+    pub fn is_elected(&self) -> bool {
+        self.store.is_elected()
+    }
+
     /// How long a coordinator taking a cluster back waits for its servers. A restarted one
     /// follows a coordinator that died: its servers saw their links close and try again
     /// every 50 ms, so the heartbeat timeout is plenty. An elected one may follow a leader
     /// that is only paused or cut off, on whose silent links the servers wait out their
-    /// lease and a grace before they turn to the standbys, one attempt each (see the
-    /// server's `GRACE_WITH_STANDBYS` and `ATTEMPT_LIMIT`).
+    /// lease and a grace before they turn to the standbys, then may spend an attempt on the
+    /// silent leader again (a standby that does not know yet that it is gone names it) (see
+    /// the server's `GRACE_WITH_STANDBYS` and `ATTEMPT_LIMIT`).
     fn rejoin_wait(&self) -> Duration {
         if !self.store.is_elected() {
             return self.timeout;
         }
         let lease = self.shared.liveness.lease;
-        self.timeout + lease.wait() + GRACE_WITH_STANDBYS + ATTEMPT_LIMIT
+        self.timeout + lease.wait() + GRACE_WITH_STANDBYS + 2 * ATTEMPT_LIMIT
     }
 
     fn live_ids(&self) -> Vec<u32> {
