@@ -22,6 +22,42 @@ const SSH_DEFAULTS: [&str; 6] =
 /// Longest an ssh start or kill may take.
 const SSH_LIMIT: Duration = Duration::from_secs(10);
 
+/// The ssh processes running now (starting or killing a server), so that a coordinator
+/// that steps down can end them before it re-executes itself: they would act for it after
+/// it stopped leading (`kill_on_drop` needs a drop, which an exec never runs).
+static SSH_RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers an ssh child in [`SSH_RUNNING`] for as long as it is held.
+struct SshRunning(Option<u32>);
+
+impl SshRunning {
+    fn new(child: &Child) -> Self {
+        let pid = child.id();
+        if let Some(pid) = pid {
+            SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        }
+        SshRunning(pid)
+    }
+}
+
+impl Drop for SshRunning {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
+        }
+    }
+}
+
+/// SIGKILL to every ssh process this coordinator runs (see [`SSH_RUNNING`]).
+pub fn kill_running_ssh() {
+    for &pid in SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Everything needed to start a server, the same for all of them.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -177,6 +213,7 @@ impl Launcher {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Unavailable(format!("cannot run ssh: {e}")))?;
+        let _running = SshRunning::new(&child);
         let mut stdin = child.stdin.take().expect("stdin is piped");
         stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
         drop(stdin);
@@ -226,7 +263,12 @@ impl Launcher {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
-            .status();
+            .spawn();
+        let run = async {
+            let mut child = run?;
+            let _running = SshRunning::new(&child);
+            child.wait().await
+        };
         match tokio::time::timeout(SSH_LIMIT, run).await {
             Ok(Ok(status)) => info!(id = member.id, %destination, pid, %status, "kill over ssh"),
             Ok(Err(e)) => {

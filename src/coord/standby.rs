@@ -65,6 +65,7 @@ pub fn step_down(why: &str) -> ! {
     let line = format!("{}: {why}; starting again as a standby", lines::STEPPED_DOWN);
     println!("{line}");
     error!("{line}");
+    super::launcher::kill_running_ssh();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "coord".into());
     // /proc/self/exe: the program running now, even if `make all` renamed a new one over

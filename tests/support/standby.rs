@@ -107,3 +107,12 @@ impl Standby {
         let _ = self.coord.wait();
     }
 }
+
+/// Killed with the test, even if the cluster's process group was not (a coordinator that
+/// re-executed itself stays in the group, but a test may end between its steps).
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = self.coord.kill();
+        let _ = self.coord.wait();
+    }
+}
