@@ -20,6 +20,9 @@ pub struct Standby {
     pub stdout: mpsc::Receiver<String>,
     pub clients_port: u16,
     pub servers_port: u16,
+    /// The address it registers in etcd and answers with (`--advertise-host`, else
+    /// 127.0.0.1).
+    pub host: String,
 }
 
 /// The flags every coordinator of an etcd test gets: etcd at `urls`, cluster `name`, a
@@ -34,6 +37,12 @@ impl Cluster {
     /// Starts coordinator number `n` (1, 2, ...) with `extra` in `standby-<n>` of the
     /// cluster's directory; returns once it printed its ports.
     pub fn spawn_standby(&self, n: usize, extra: &[String]) -> Standby {
+        self.spawn_standby_on(n, &[], extra)
+    }
+
+    /// [`spawn_standby`](Self::spawn_standby) behind `prefix` (e.g. `ip netns exec NS`: on
+    /// another test host, which `extra` should name with `--advertise-host`).
+    pub fn spawn_standby_on(&self, n: usize, prefix: &[String], extra: &[String]) -> Standby {
         let dir = self.path(&format!("standby-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(self.path("config.txt"), dir.join("config.txt")).unwrap();
@@ -41,8 +50,14 @@ impl Cluster {
         let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
         args.extend(["--log-dir", &here, "--dump-dir", &here]);
         let (coord, stdin, stdout) =
-            spawn_coord(&dir, &[], &args, self.coord_group()).expect("spawn a standby");
-        let mut standby = Standby { dir, coord, stdin, stdout, clients_port: 0, servers_port: 0 };
+            spawn_coord(&dir, prefix, &args, self.coord_group()).expect("spawn a standby");
+        let host = extra
+            .iter()
+            .position(|flag| flag == "--advertise-host")
+            .and_then(|at| extra.get(at + 1))
+            .map_or("127.0.0.1".to_string(), String::clone);
+        let mut standby =
+            Standby { dir, coord, stdin, stdout, clients_port: 0, servers_port: 0, host };
         let ports = standby.await_line("ftkv coordinator: clients port ", Duration::from_secs(10));
         let rest = ports.strip_prefix("ftkv coordinator: clients port ").unwrap();
         let (clients, servers) = rest.split_once(", servers port ").unwrap();
@@ -54,7 +69,7 @@ impl Cluster {
     /// Every coordinator's clients port, the first one's first, as clients take them.
     pub fn coord_addrs(&self, standbys: &[&Standby]) -> String {
         let mut addrs = vec![self.coord_addr()];
-        addrs.extend(standbys.iter().map(|s| format!("127.0.0.1:{}", s.clients_port)));
+        addrs.extend(standbys.iter().map(|s| s.addr()));
         addrs.join(",")
     }
 }
@@ -89,17 +104,30 @@ impl Standby {
         self.coord.id()
     }
 
+    /// Its clients port, as the leader lists it and clients take it.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.clients_port)
+        format!("{}:{}", self.host, self.clients_port)
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("coord.log")).unwrap_or_default()
     }
 
-    /// Ctrl+d: closes its standard input.
+    /// End of its standard input (ctrl+d): a leader shuts the cluster down.
     pub fn close_stdin(&mut self) {
-        self.stdin = None;
+        drop(self.stdin.take());
+    }
+
+    /// Waits up to `limit` for it to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.coord.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn kill(&mut self) {
