@@ -35,15 +35,11 @@ const CLUSTER: &str = "hosts";
 /// recorded as failed or unknown) rather than wait it out.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `--etcd-ttl` of the coordinators (`FTKV_HA_ETCD_TTL` overrides it): 2 s, not the
-/// default 1 s, so that killing etcd's leader changes nothing. A leader cannot tell etcd
-/// electing a new leader from being cut off from it, and counts its authority from the last
-/// keep-alive answered: with 1 s that is 0.65-0.9 s (a tenth off for the clocks, a
-/// keep-alive every quarter TTL), shorter than etcd's election at `--election-timeout 500`
-/// (0.5-1 s before a follower campaigns, then the vote): it stepped down in 5 runs of 6
-/// here. 2 s also makes the standby win after the servers' first try at re-attaching, which
-/// once trapped them on the cut-off leader (see `Attempt` in src/server/control.rs).
-const ETCD_TTL: &str = "2";
+/// `--etcd-ttl` of the coordinators (`FTKV_HA_ETCD_TTL` overrides it): the default, 1 s.
+/// Killing etcd's leader must change nothing even then: the leader's authority lapses while
+/// etcd elects a new leader of its own (keep-alives go unanswered for up to a second), and
+/// it waits, acting on nothing, until a keep-alive renews it (`Authority::ensure`).
+const ETCD_TTL: &str = "1";
 
 /// The flags of a coordinator on host `host`: servers over ssh on `hosts`, etcd at `urls`,
 /// and its own address to register there.

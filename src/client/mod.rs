@@ -27,6 +27,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one answer before the attempt counts as lost.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// One call to a coordinator when others are listed (standbys, `coord --etcd`): a coordinator
+/// answers in a millisecond or two, so one silent for this long is paused or cut off.
+const STANDBY_ATTEMPT: Duration = Duration::from_millis(500);
 /// Pause between attempts while the coordinator cannot be reached: it is restarting (or
 /// down), and asking fifty times a second would not bring it back sooner.
 const COORD_RETRY: Duration = Duration::from_millis(100);
@@ -383,7 +386,10 @@ impl Client {
         request: &CoordRequest,
         deadline: Instant,
     ) -> Result<CoordResponse, CoordFailure> {
-        let until = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
+        // With standbys to ask instead, a coordinator silent for a short attempt (paused or
+        // cut off) is left sooner: the next one listed answers, or names the leader.
+        let attempt = if self.coordinators.len() > 1 { STANDBY_ATTEMPT } else { ATTEMPT_TIMEOUT };
+        let until = deadline.min(Instant::now() + attempt);
         let coordinator = &self.coordinators[self.current];
         let conn = self.coord_conn.take();
         let asked = tokio::time::timeout_at(until, async move {
@@ -394,7 +400,7 @@ impl Client {
                     .map_err(CoordFailure::Unreachable)?,
             };
             let response = conn
-                .call(request, ATTEMPT_TIMEOUT, "waiting for the coordinator")
+                .call(request, attempt, "waiting for the coordinator")
                 .await
                 .map_err(CoordFailure::of_call)?;
             Ok::<_, CoordFailure>((conn, response))

@@ -6,13 +6,23 @@
 //! the earliest (etcd counts from when it received the request, which is later), less a
 //! margin for the two clocks' rates. Past that instant another coordinator may lead, so
 //! this one grants no server lease reaching beyond it and does nothing at all once it is
-//! past (see `standby::step_down`). The clock is monotonic: a coordinator paused by SIGSTOP
-//! wakes up past its instant, whatever its timers say.
+//! past. The clock is monotonic: a coordinator paused by SIGSTOP wakes up past its instant,
+//! whatever its timers say.
+//!
+//! Past it, a leader waits (acting on nothing) for a keep-alive to renew it: one answered
+//! proves the lease lived through, so no one else led meanwhile. That is what happens while
+//! etcd elects a new leader of its own (keep-alives go unanswered for about a second, and
+//! etcd keeps every lease across it, extended). Only when none comes within the grace, or
+//! etcd says the lease is gone, does the leader step down (see `standby::step_down`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::standby::step_down;
+use crate::lines;
 
 /// Holds authority until an instant that keep-alives push forward.
 pub struct Authority {
@@ -20,17 +30,60 @@ pub struct Authority {
     /// Microseconds since `origin` until which the authority surely holds; `u64::MAX`:
     /// for the process's lifetime.
     until_us: AtomicU64,
+    /// How long a lapsed authority is waited for before stepping down.
+    grace: Duration,
 }
 
 impl Authority {
     /// The state file's lock: held as long as the process lives.
     pub fn lifelong() -> Self {
-        Authority { origin: Instant::now(), until_us: AtomicU64::new(u64::MAX) }
+        Authority {
+            origin: Instant::now(),
+            until_us: AtomicU64::new(u64::MAX),
+            grace: Duration::ZERO,
+        }
     }
 
-    /// An etcd lease's: holds nothing until the first keep-alive is answered.
-    pub fn leased() -> Self {
-        Authority { origin: Instant::now(), until_us: AtomicU64::new(0) }
+    /// An etcd lease of `ttl`'s: holds nothing until the first keep-alive is answered. A
+    /// lapse is waited out for two TTLs and a second: etcd's own election takes about a
+    /// second at its tuned timings, a few at its defaults (and a TTL is at least 1.5 of its
+    /// election timeouts).
+    pub fn leased(ttl: Duration) -> Self {
+        let grace = 2 * ttl + Duration::from_secs(1);
+        Authority { origin: Instant::now(), until_us: AtomicU64::new(0), grace }
+    }
+
+    /// How long a lapse is waited out (also how long a leader retries a call to etcd).
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Returns at once while the authority holds. Otherwise waits, and the caller acts on
+    /// nothing meanwhile, until a keep-alive renews it; steps down if none does within the
+    /// grace.
+    pub async fn ensure(&self) {
+        if self.holds() {
+            return;
+        }
+        warn!("{}; waiting for a keep-alive", lines::AUTHORITY_LAPSED);
+        let lapsed = Instant::now();
+        while !self.holds() {
+            if lapsed.elapsed() >= self.grace {
+                step_down(lines::AUTHORITY_LAPSED);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        info!(waited_ms = lapsed.elapsed().as_millis() as u64, "etcd lease renewed: leading on");
+    }
+
+    /// [`ensure`](Self::ensure) from the event loop's synchronous code: blocks its thread
+    /// (the runtime's others go on serving the ports, granting no lease meanwhile).
+    pub fn ensure_blocking(&self) {
+        if !self.holds() {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.ensure())
+            });
+        }
     }
 
     /// Margin taken off a lease for the clocks' rates: a tenth, at least 50 ms.
@@ -80,7 +133,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_leased_authority_shortens_then_refuses_leases_and_lapses() {
-        let authority = Authority::leased();
+        let authority = Authority::leased(Duration::from_secs(1));
         let margin = Duration::from_millis(50);
         let wanted = Duration::from_millis(500);
         assert!(!authority.holds(), "nothing before the first keep-alive");

@@ -24,7 +24,6 @@ use super::progress::Tracker;
 use super::recovery::{Action, Deadlines, Input, Recovery, Step};
 use super::restore::{self, Restore};
 use super::shutdown::{StopSignal, stop_servers};
-use super::standby::step_down;
 use super::state::CoordState;
 use super::store::Store;
 use crate::error::{Error, Result};
@@ -304,9 +303,7 @@ impl Cluster {
     /// service down as two faults. Leases are unaffected: servers stop serving on their own
     /// when theirs lapse, so counting later only ever moves keys later.
     fn on_tick(&mut self) {
-        if !self.shared.authority.holds() {
-            step_down(lines::AUTHORITY_LAPSED);
-        }
+        self.shared.authority.ensure_blocking();
         let now = Instant::now();
         self.observe_stall(now);
         let liveness = &self.shared.liveness;
@@ -396,9 +393,7 @@ impl Cluster {
         if actions.is_empty() {
             return;
         }
-        if !self.shared.authority.holds() {
-            step_down(lines::AUTHORITY_LAPSED);
-        }
+        self.shared.authority.ensure_blocking();
         let Some(a) = self.state.recovery.as_ref().map(|r| r.failed) else {
             return;
         };
@@ -539,10 +534,8 @@ impl Cluster {
         let tx = self.internal_tx.clone();
         let authority = self.shared.authority.clone();
         tokio::spawn(async move {
-            // Decided before a pause, perhaps: not started once the authority may be gone.
-            if !authority.holds() {
-                step_down(lines::AUTHORITY_LAPSED);
-            }
+            // Decided before a pause, perhaps: not started while the authority may be gone.
+            authority.ensure().await;
             let message = match launcher.spawn(&member, n).await {
                 Ok(started) => Internal::Spawned { id: a, incarnation, started },
                 Err(e) => {

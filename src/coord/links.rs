@@ -11,10 +11,8 @@ use tracing::{info, warn};
 use super::authority::Authority;
 use super::events::Hub;
 use super::liveness::{Lease, Liveness};
-use super::standby::step_down;
 use crate::connection::{Connection, FRAME_DEADLINE};
 use crate::error::{Error, Result};
-use crate::lines;
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, Leadership,
     ReportRequest, ReportResponse, Role, StatusReport,
@@ -223,20 +221,16 @@ impl ControlLink {
         let authority = shared.authority.clone();
         tokio::spawn(async move {
             while let Some((request, limit, reply)) = rx.recv().await {
-                // No command goes out once this coordinator's authority may have lapsed,
-                // not even one queued before a pause: it steps down instead.
-                if !authority.holds() {
-                    step_down(lines::AUTHORITY_LAPSED);
-                }
+                // No command goes out while this coordinator's authority may have lapsed,
+                // not even one queued before a pause (see `Authority::ensure`).
+                authority.ensure().await;
                 let result = async {
                     let live = match conn.as_mut() {
                         Some(live) => live,
                         None => conn.insert(Connection::connect(&addr_owned, &hello).await?),
                     };
                     // A reconnect may have taken a while: looked at again.
-                    if !authority.holds() {
-                        step_down(lines::AUTHORITY_LAPSED);
-                    }
+                    authority.ensure().await;
                     live.call(&request, limit, "waiting for a server").await
                 }
                 .await;

@@ -108,7 +108,7 @@ fn ports_again() -> Option<(u16, u16)> {
 /// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
 pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let etcd = connect(options).await;
-    let authority = Arc::new(Authority::leased());
+    let authority = Arc::new(Authority::leased(etcd.ttl));
     etcd.keep_alive(authority.clone());
     let (clients_port, servers_port) =
         ports_again().unwrap_or((opts.clients_port, opts.servers_port));
@@ -149,7 +149,7 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let since = utc_time(std::time::SystemTime::now());
     say(&format!("{}: won the election of cluster {} in etcd", lines::LEADING, options.cluster));
 
-    let leading = Retry::Leading(&authority, etcd.ttl);
+    let leading = Retry::Leading(&authority);
     let now = retry("reading the state", leading, || etcd.load()).await;
     let stopped = now.as_deref().and_then(|b| Store::decode(b).ok()).is_some_and(|s| !s.running);
     if stopped && now != before {
@@ -172,14 +172,14 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
 pub enum Retry<'a> {
     /// A standby waits for etcd as it waits for the leader: until it answers.
     Forever,
-    /// A leader tries for one lease at most, and while its authority holds; then it steps
-    /// down (a call that keeps failing, the request's fault or etcd's, must not hold the
-    /// cluster without a coordinator that acts).
-    Leading(&'a Authority, Duration),
+    /// A leader tries for its authority's grace at most, and only while the authority
+    /// holds (see `Authority::ensure`); then it steps down (a call that keeps failing, the
+    /// request's fault or etcd's, must not hold the cluster without a coordinator that acts).
+    Leading(&'a Authority),
 }
 
-/// `call` until it succeeds, every [`RETRY_EVERY`]: etcd down, out of quorum, or a call
-/// sent to a member that is gone (etcd's client does that, and the call fails at once).
+/// `call` until it succeeds, every [`RETRY_EVERY`]: etcd down, out of quorum, electing, or a
+/// call sent to a member that is gone (etcd's client does that, and the call fails at once).
 pub async fn retry<T, F, Fut>(what: &str, how: Retry<'_>, mut call: F) -> T
 where
     F: FnMut() -> Fut,
@@ -189,12 +189,14 @@ where
     loop {
         match (call().await, how) {
             (Ok(value), _) => return value,
-            (Err(e), Retry::Leading(authority, limit))
-                if !authority.holds() || began.elapsed() >= limit =>
-            {
+            (Err(e), Retry::Leading(authority)) if began.elapsed() >= authority.grace() => {
                 step_down(&format!("{what} in etcd failed ({e})"))
             }
-            (Err(e), _) => warn!(error = %e, "{what} in etcd failed; trying again"),
+            (Err(e), Retry::Leading(authority)) => {
+                warn!(error = %e, "{what} in etcd failed; trying again");
+                authority.ensure().await;
+            }
+            (Err(e), Retry::Forever) => warn!(error = %e, "{what} in etcd failed; trying again"),
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }

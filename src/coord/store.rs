@@ -133,7 +133,7 @@ impl EtcdStore {
     }
 
     fn retry(&self) -> Retry<'_> {
-        Retry::Leading(&self.authority, self.etcd.ttl)
+        Retry::Leading(&self.authority)
     }
 
     /// A guarded write, tried again for a while (the write is the same each time, so one
