@@ -163,16 +163,7 @@ impl Cluster {
     /// Reads the coordinator's standard output until a line that starts with `prefix`
     /// (within `limit`), and returns it.
     pub fn await_line(&mut self, prefix: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.stdout.recv_timeout(left) else {
-                panic!("no line {prefix:?} from the coordinator; log:\n{}", self.coord_log());
-            };
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
+        await_line_in(&self.stdout, prefix, limit, || self.coord_log())
     }
 
     /// Runs a coordinator in the cluster's directory that is expected to refuse to start
@@ -344,6 +335,26 @@ pub fn coord_in(dir: &Path, log: &str) -> Command {
     let mut command = Command::new(COORD);
     command.current_dir(dir).args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", log]);
     command
+}
+
+/// Reads `lines` (a coordinator's standard output) until one that starts with `prefix`
+/// (within `limit`), and returns it; panics with `log()` otherwise.
+pub fn await_line_in(
+    lines: &mpsc::Receiver<String>,
+    prefix: &str,
+    limit: Duration,
+    log: impl Fn() -> String,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            panic!("no line {prefix:?} from the coordinator; log:\n{}", log());
+        };
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
 }
 
 /// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process

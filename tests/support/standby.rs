@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::cluster::{Cluster, kill, spawn_coord};
+use super::cluster::{Cluster, await_line_in, kill, spawn_coord};
 
 pub struct Standby {
     pub dir: PathBuf,
@@ -77,16 +77,7 @@ impl Cluster {
 impl Standby {
     /// Reads its standard output until a line that starts with `prefix` (within `limit`).
     pub fn await_line(&mut self, prefix: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.stdout.recv_timeout(left) else {
-                panic!("no line {prefix:?} from the standby; log:\n{}", self.log());
-            };
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
+        await_line_in(&self.stdout, prefix, limit, || self.log())
     }
 
     /// Waits (up to `limit`) until its log holds `text`.
