@@ -243,6 +243,7 @@ async fn lead(
     if let Err(e) = &outcome {
         error!(error = %e, "stopping");
     }
+    standby::stopping();
     let shut = cluster.shutdown().await;
     cancel.cancel();
     tracker.close();

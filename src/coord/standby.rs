@@ -59,13 +59,29 @@ fn say(line: &str) {
     info!("{line}");
 }
 
+/// Set once the leader began shutting the service down: a step-down then ends the process
+/// instead of starting it again as a standby, which would forget that it was told to stop.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The leader is shutting the service down (see [`STOPPING`]).
+pub fn stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Stops acting as this cluster's coordinator, at once and for good: this process becomes
-/// a new start of the same program with the same arguments (same pid), a standby.
+/// a new start of the same program with the same arguments (same pid), a standby; or, if
+/// it was shutting the service down, it exits (status 1).
 pub fn step_down(why: &str) -> ! {
+    super::launcher::kill_running_ssh();
+    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        let line = format!("{}: {why}; it was shutting down: exiting", lines::STEPPED_DOWN);
+        println!("{line}");
+        error!("{line}");
+        std::process::exit(1);
+    }
     let line = format!("{}: {why}; starting again as a standby", lines::STEPPED_DOWN);
     println!("{line}");
     error!("{line}");
-    super::launcher::kill_running_ssh();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "coord".into());
     // /proc/self/exe: the program running now, even if `make all` renamed a new one over
