@@ -4,9 +4,10 @@
 //! from etcd and takes the running servers back exactly as a restarted coordinator does
 //! (`Cluster::readopt`).
 //!
-//! A leader that can no longer be sure it leads (its etcd lease may have lapsed, a guarded
-//! write failed) must stop acting at once: [`step_down`] replaces the process with a new
-//! start of the same program, which comes back as a standby. Nothing of the old leader
+//! A leader that can no longer be sure it leads acts on nothing (see `authority`); when it
+//! surely no longer leads (its etcd lease gone or not renewed within the grace, a guarded
+//! write failed) [`step_down`] replaces the process with a new start of the same program,
+//! which comes back as a standby. Nothing of the old leader
 //! survives to act late (a task waking after a pause, a timer already armed), and the
 //! servers it started run on in their own sessions, to be taken back by the next leader.
 
