@@ -204,7 +204,19 @@ fn a_cluster_on_namespace_hosts_writes_with_a_quorum_only() {
             cluster.restart_member(second);
             let took = put_eventually(&mut client, "back", Duration::from_secs(10)).await;
             eprintln!("put {took:?} after the members were back ({:?})", restarted.elapsed());
-            let answer = client.get("ftkv/quorum", None).await.unwrap();
+            // etcd's client may still send a call to a member that is just back and not
+            // serving yet (it fails at once): read until one answers.
+            let read_back = Instant::now();
+            let answer = loop {
+                match client.get("ftkv/quorum", None).await {
+                    Ok(answer) => break answer,
+                    Err(e) if read_back.elapsed() < Duration::from_secs(5) => {
+                        eprintln!("get after the restarts: {e}; again");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("no get answered within 5 s: {e}"),
+                }
+            };
             assert_eq!(answer.kvs()[0].value(), b"back");
             cluster
         })
