@@ -70,7 +70,7 @@ fn failovers(etcd: &Etcd, name: &str, ttl: &str, rounds: usize) -> (Vec<Duration
         });
         assert!(listed, "the leader lists its standby");
         // Servers learn of the standby from their next lease.
-        std::thread::sleep(Duration::from_millis(600));
+        cluster.await_servers_know(&next, cluster.dir.path());
         let successes = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let addrs = format!("{leader_addr},{}", next.addr());

@@ -71,7 +71,7 @@ pub fn parse_dump(bytes: &[u8]) -> Result<Entries, String> {
     }
     let ascii = body.is_ascii();
     for (number, line) in (1..).zip(body.split(|&b| b == b'\n')) {
-        if let Some(entry) = parse_written(line).filter(|_| ascii) {
+        if ascii && let Some(entry) = parse_written(line) {
             entries.push(entry);
             continue;
         }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod coord;
+pub mod coordinators;
 pub mod dumpfile;
 pub mod error;
 pub mod lines;

@@ -75,3 +75,5 @@ pub const CLUSTER_WAS_STOPPED: &str = "the cluster was shut down by its leader";
 /// Why a leader elected through etcd stopped: its lease may have run out.
 pub const AUTHORITY_LAPSED: &str =
     "its etcd lease may have expired (no keep-alive answered in time)";
+/// server: the leader's lease answer listed the coordinators anew (a standby joined or left).
+pub const COORDINATORS_LISTED: &str = "coordinators listed by the leader";

@@ -22,13 +22,13 @@ fn cluster_with_standby(etcd: &Etcd, name: &str) -> (Cluster, Standby) {
     let leads = format!("{}: {} leads", lines::STANDBY, cluster.coord_addr());
     standby.await_line(&leads, Duration::from_secs(10));
     // The servers learn of the standby from their leases: wait until the leader lists it,
-    // and a heartbeat more.
+    // and every server logged the list with it.
     let listed = wait_until(Duration::from_secs(5), || {
         let standbys = &cluster.status()["coordinators"]["standbys"];
         standbys.as_array().is_some_and(|s| s.iter().any(|a| *a == standby.addr()))
     });
     assert!(listed, "the leader lists its standby: {}", cluster.status());
-    std::thread::sleep(Duration::from_millis(600));
+    cluster.await_servers_know(&standby, cluster.dir.path());
     (cluster, standby)
 }
 
@@ -45,14 +45,14 @@ async fn a_standby_takes_over_when_the_leader_is_killed_under_load() {
     let addrs = cluster.coord_addrs(&[&standby]);
     let pids = cluster.server_pids();
     let load = Load::start(addrs.clone(), 8, 40, Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.under_way().await;
 
     let killed = Instant::now();
     cluster.kill_coord();
     standby.await_line(lines::LEADING, Duration::from_secs(10));
     standby.await_line("cluster ready", Duration::from_secs(10));
     let took = killed.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
     let checked = stop_and_check(addrs.clone(), load).await;
 
     assert_eq!(cluster.server_pids(), pids, "the same servers, taken back");
@@ -71,7 +71,7 @@ async fn a_leader_paused_past_its_lease_does_nothing_on_waking_and_stands_by() {
     let addrs = cluster.coord_addrs(&[&standby]);
     let pids = cluster.server_pids();
     let load = Load::start(addrs.clone(), 6, 40, Duration::from_secs(15));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.under_way().await;
 
     let leader = cluster.coord.id();
     kill(leader, "STOP");
@@ -83,7 +83,7 @@ async fn a_leader_paused_past_its_lease_does_nothing_on_waking_and_stands_by() {
     assert!(stepped.contains("lease"), "stepped down for its lease: {stepped}");
     let standing = format!("{}: {} leads", lines::STANDBY, standby.addr());
     cluster.await_line(&standing, Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
     let checked = stop_and_check(addrs.clone(), load).await;
 
     // Woken, it acted on nothing: no server killed or started, no configuration installed.
@@ -105,14 +105,14 @@ async fn a_server_killed_with_the_leader_is_recovered_by_the_next() {
     let (mut cluster, mut standby) = cluster_with_standby(&etcd, "both");
     let addrs = cluster.coord_addrs(&[&standby]);
     let load = Load::start(addrs.clone(), 6, 40, Duration::from_secs(15));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.under_way().await;
 
     let victim = cluster.pid_of(1);
     cluster.kill_coord();
     kill(victim, "KILL");
     standby.await_line("cluster ready", Duration::from_secs(15));
     standby.await_log(lines::RECOVERED, Duration::from_secs(20));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
     let checked = stop_and_check(addrs.clone(), load).await;
 
     let status = status_via(&addrs).await;
@@ -132,7 +132,7 @@ async fn a_leader_killed_during_a_recovery_leaves_it_to_the_next() {
         client.put(format!("big-{i}").as_bytes(), &vec![b'v'; 512 << 10]).await.unwrap();
     }
     let load = Load::start(addrs.clone(), 4, 40, Duration::from_secs(15));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.under_way().await;
 
     kill(cluster.pid_of(2), "KILL");
     // Killed while the recovery runs.
@@ -143,7 +143,7 @@ async fn a_leader_killed_during_a_recovery_leaves_it_to_the_next() {
     cluster.kill_coord();
     standby.await_line("cluster ready", Duration::from_secs(15));
     standby.await_log(lines::RECOVERED, Duration::from_secs(20));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
     let checked = stop_and_check(addrs.clone(), load).await;
 
     let status = status_via(&addrs).await;

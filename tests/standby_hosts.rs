@@ -160,14 +160,14 @@ fn coordinators_on_two_hosts_fail_over_on_a_cut_and_on_etcd_quorum_loss() {
     assert_eq!(Hosts::namespace_of(standby.pid()), hosts.ns(STANDBY_HOST));
     let (a, b) = (cluster.coord_addr(), standby.addr());
     standby.await_line(&format!("{}: {a} leads", lines::STANDBY), Duration::from_secs(10));
-    // The servers learn of the standby from their leases: until the leader lists it, and a
-    // heartbeat more.
+    // The servers learn of the standby from their leases: until the leader lists it, and
+    // every server logged the list with it (their logs are in the hosts' remote directory).
     let listed = wait_until(Duration::from_secs(5), || {
         let standbys = &cluster.status()["coordinators"]["standbys"];
         standbys.as_array().is_some_and(|s| s.iter().any(|s| *s == b))
     });
     assert!(listed, "the leader lists its standby: {}", cluster.status());
-    std::thread::sleep(Duration::from_millis(600));
+    cluster.await_servers_know(&standby, &hosts.remote_dir());
     let mut report = Report::default();
     report.note(format!("set up in {:?}", began.elapsed()));
 
@@ -307,7 +307,7 @@ fn coordinators_on_two_hosts_fail_over_on_a_cut_and_on_etcd_quorum_loss() {
                 led_again - quorum_back,
                 ready_again - quorum_back
             ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
 
             let checked = stop_and_check(addrs.clone(), load).await;
             let events = &checked.events;

@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::client::conns::ServerConns;
 use crate::connection::Connection;
+use crate::coordinators::CoordinatorList;
 use crate::error::Error;
 use crate::protocol::{
     ClientRequestRef, ClientResponse, CoordRequest, CoordResponse, Hello, Op, Refusal, Role,
@@ -79,8 +80,7 @@ enum Attempt {
 pub struct Client {
     /// The coordinators' clients ports (several with standby coordinators), and which one
     /// is asked now.
-    coordinators: Vec<String>,
-    current: usize,
+    coordinators: CoordinatorList,
     timeout: Duration,
     config: Option<Arc<ClusterConfig>>,
     /// The cached configuration may be out of date (an attempt with it failed): ask the
@@ -97,10 +97,9 @@ impl Client {
     /// `coordinator` is `host:port` of the coordinator's clients port; with standby
     /// coordinators, each one's, comma-separated (a standby names the leader, asked next).
     pub fn new(coordinator: impl Into<String>, timeout: Duration) -> Self {
-        let coordinators = coordinator.into().split(',').map(|c| c.trim().to_string()).collect();
+        let addrs = coordinator.into().split(',').map(|c| c.trim().to_string()).collect();
         Client {
-            coordinators,
-            current: 0,
+            coordinators: CoordinatorList::new(addrs),
             timeout,
             config: None,
             stale: false,
@@ -329,7 +328,7 @@ impl Client {
 
     /// The coordinator asked now.
     fn coordinator(&self) -> &str {
-        &self.coordinators[self.current]
+        self.coordinators.current()
     }
 
     /// One call to the coordinator, connecting first if needed; bounded by `deadline` (and
@@ -347,13 +346,7 @@ impl Client {
             match asked {
                 Ok(CoordResponse::NotLeader { leader: Some(leader) }) if !redirected => {
                     self.coord_conn = None;
-                    self.current = match self.coordinators.iter().position(|c| *c == leader) {
-                        Some(at) => at,
-                        None => {
-                            self.coordinators.push(leader);
-                            self.coordinators.len() - 1
-                        }
-                    };
+                    self.coordinators.redirect(&leader);
                     redirected = true;
                 }
                 Ok(CoordResponse::NotLeader { leader }) => {
@@ -375,9 +368,11 @@ impl Client {
         }
     }
 
+    /// The coordinator asked now did not answer as a leader: the next call asks the next.
     fn next_coordinator(&mut self) {
         self.coord_conn = None;
-        self.current = (self.current + 1) % self.coordinators.len();
+        let asked = self.coordinator().to_string();
+        self.coordinators.failed(&asked);
     }
 
     /// One call to the coordinator asked now (see [`ask_once`](Self::ask_once)).
@@ -388,9 +383,9 @@ impl Client {
     ) -> Result<CoordResponse, CoordFailure> {
         // With standbys to ask instead, a coordinator silent for a short attempt (paused or
         // cut off) is left sooner: the next one listed answers, or names the leader.
-        let attempt = if self.coordinators.len() > 1 { STANDBY_ATTEMPT } else { ATTEMPT_TIMEOUT };
+        let attempt = if self.coordinators.several() { STANDBY_ATTEMPT } else { ATTEMPT_TIMEOUT };
         let until = deadline.min(Instant::now() + attempt);
-        let coordinator = &self.coordinators[self.current];
+        let coordinator = self.coordinators.current();
         let conn = self.coord_conn.take();
         let asked = tokio::time::timeout_at(until, async move {
             let mut conn = match conn {

@@ -131,26 +131,14 @@ pub fn status_json(report: &StatusReport) -> String {
         .collect();
     let recovery =
         report.recovery.map(|r| serde_json::json!({ "server": r.server, "step": r.step }));
-    let cuts: Vec<serde_json::Value> = report
-        .cuts
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "owner": c.owner,
-                "copy": c.copy,
-                "stalled_ms": c.stalled_ms,
-                "connected": c.connected,
-            })
-        })
-        .collect();
-    // With standby coordinators: {cluster, leader, since, standbys}.
-    let coordinators = serde_json::to_value(&report.coordinators).expect("plain data");
+    // `cuts`: {owner, copy, stalled_ms, connected} each; `coordinators`, with standby
+    // coordinators: {cluster, leader, since, standbys}. Both as their types serialize.
     serde_json::json!({
         "epoch": report.epoch,
         "servers": servers,
         "recovery": recovery,
-        "cuts": cuts,
-        "coordinators": coordinators,
+        "cuts": report.cuts,
+        "coordinators": report.coordinators,
     })
     .to_string()
 }

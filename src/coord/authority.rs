@@ -80,9 +80,7 @@ impl Authority {
     /// (the runtime's others go on serving the ports, granting no lease meanwhile).
     pub fn ensure_blocking(&self) {
         if !self.holds() {
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(self.ensure())
-            });
+            super::store::block_on(self.ensure());
         }
     }
 

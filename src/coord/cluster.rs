@@ -29,7 +29,9 @@ use super::store::Store;
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::manifest::{MANIFEST, Manifest, write_atomically};
-use crate::protocol::{ControlRequest, ControlResponse, CopyStats, EventKind, ServerState};
+use crate::protocol::{
+    ControlRequest, ControlResponse, CopyStats, EventKind, ServerState, StatusReport,
+};
 use crate::routing::ClusterConfig;
 
 /// How long all servers may take to start and report.
@@ -153,11 +155,15 @@ impl Cluster {
         }
     }
 
+    /// The status for clients, watchers and metrics. The coordinators' part is the standby
+    /// task's (`Shared::set_coordinators`): kept, in the same modification, so that a list
+    /// it writes meanwhile is never overwritten with an older one.
     fn publish(&mut self) {
-        let mut status = self.state.status();
-        status.cuts = self.cuts.status();
-        status.coordinators = self.shared.view.borrow().status.coordinators.clone();
-        self.shared.view.send_modify(|view| view.status = status);
+        let status = StatusReport { cuts: self.cuts.status(), ..self.state.status() };
+        self.shared.view.send_modify(|view| {
+            let coordinators = view.status.coordinators.take();
+            view.status = StatusReport { coordinators, ..status };
+        });
     }
 
     /// Accepts only `incarnation` of server `id` from now on, in the state and at the ports

@@ -114,9 +114,9 @@ impl Store {
 }
 
 /// Runs `call` to completion from the coordinator's event loop, which is not async where
-/// it persists (a state write must be done before the next step anyway); the runtime's
-/// other worker threads go on serving the ports meanwhile.
-fn block_on<T>(call: impl Future<Output = T>) -> T {
+/// it persists or checks its authority (the next step must wait for either anyway); the
+/// runtime's other worker threads go on serving the ports meanwhile.
+pub fn block_on<T>(call: impl Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
 }
 

@@ -13,13 +13,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::coordinators::Coordinators;
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, Hello, ReplAck, ReplMessage, ReportRequest,
     ReportResponse, Role,
 };
-use crate::server::coordinators::Coordinators;
 use crate::server::dumps::DumpRound;
 use crate::server::replication::{CaughtUp, receive_stream};
 use crate::server::{Server, ServerOptions, orphan};
@@ -226,7 +226,9 @@ impl ReportLink {
                     match answer(conn, server, coordinators).await? {
                         ReportResponse::Lease { lease_ms, coordinators: listed } => {
                             server.lease.renew(sent, Duration::from_millis(lease_ms));
-                            coordinators.learn(&listed);
+                            if coordinators.learn(&listed) {
+                                info!(?listed, "{}", lines::COORDINATORS_LISTED);
+                            }
                         }
                         other => expect_welcome(other)?,
                     }

@@ -4,7 +4,6 @@
 mod batching;
 mod clients;
 mod control;
-mod coordinators;
 mod dumps;
 mod errors;
 mod lease;

@@ -178,10 +178,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run coord");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while coord.try_wait().expect("wait for coord").is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_child(&mut coord, Duration::from_secs(20));
         let _ = coord.kill();
         coord.wait_with_output().expect("coord's output")
     }
@@ -249,14 +246,7 @@ impl Cluster {
     }
 
     pub fn wait_coord(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.coord.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        wait_child(&mut self.coord, limit)
     }
 
     /// The cluster's status as JSON, through the real client program.
@@ -335,6 +325,18 @@ pub fn coord_in(dir: &Path, log: &str) -> Command {
     let mut command = Command::new(COORD);
     command.current_dir(dir).args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", log]);
     command
+}
+
+/// Waits up to `limit` for `child` to exit; its status, or `None` if it still runs.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// Reads `lines` (a coordinator's standard output) until one that starts with `prefix`

@@ -80,13 +80,21 @@ impl Load {
 
     /// Waits until every client has had an answer (the load is under way); panics after 10 s.
     pub async fn under_way(&self) {
+        self.answered_since(None, Duration::from_secs(10)).await
+    }
+
+    /// Waits until every client has had an answer to an operation it sent at `since` or
+    /// later (all of them, with `None`); panics after `limit`.
+    pub async fn answered_since(&self, since: Option<Instant>, limit: Duration) {
         let clients = self.tasks.len();
+        let sent_since = |e: &Event| since.is_none_or(|t| e.invoke >= t);
         let every_client = |events: &[Event]| {
-            (0..clients).all(|c| events.iter().any(|e| e.client == c && answered(e)))
+            (0..clients)
+                .all(|c| events.iter().any(|e| e.client == c && sent_since(e) && answered(e)))
         };
         let mut waited = Duration::ZERO;
         while !self.recorder.scan(every_client) {
-            assert!(waited < Duration::from_secs(10), "the load got no answers in 10 s");
+            assert!(waited < limit, "not every client got an answer in {limit:?}");
             tokio::time::sleep(POLL).await;
             waited += POLL;
         }

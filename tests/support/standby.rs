@@ -6,12 +6,12 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::cluster::{Cluster, await_line_in, kill, spawn_coord};
+use super::cluster::{Cluster, await_line_in, kill, spawn_coord, wait_child, wait_until};
 
 pub struct Standby {
     pub dir: PathBuf,
@@ -66,6 +66,22 @@ impl Cluster {
         standby
     }
 
+    /// Waits (10 s at most) until every server logged (its log in `logs`) a list of
+    /// coordinators naming `standby`'s servers port: from then on a server that loses the
+    /// leader tries it.
+    pub fn await_servers_know(&self, standby: &Standby, logs: &Path) {
+        // As the list is logged: `listed=["host:port", ...]`.
+        let servers_port = format!(":{}\"", standby.servers_port);
+        let knows = |id: usize| {
+            let log = std::fs::read_to_string(logs.join(format!("server_{id}.log")));
+            log.unwrap_or_default().lines().any(|line| {
+                line.contains(ftkv::lines::COORDINATORS_LISTED) && line.contains(&servers_port)
+            })
+        };
+        let known = wait_until(Duration::from_secs(10), || (0..self.servers()).all(knows));
+        assert!(known, "every server learns of the standby at {servers_port}");
+    }
+
     /// Every coordinator's clients port, the first one's first, as clients take them.
     pub fn coord_addrs(&self, standbys: &[&Standby]) -> String {
         let mut addrs = vec![self.coord_addr()];
@@ -111,14 +127,7 @@ impl Standby {
 
     /// Waits up to `limit` for it to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.coord.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        wait_child(&mut self.coord, limit)
     }
 
     pub fn kill(&mut self) {
