@@ -32,6 +32,14 @@ fn cluster_with_standby(etcd: &Etcd, name: &str) -> (Cluster, Standby) {
     (cluster, standby)
 }
 
+/// The cluster token in the state etcd holds for cluster `name`.
+async fn cluster_token(etcd: &Etcd, name: &str) -> Vec<u8> {
+    let mut client = etcd_client::Client::connect([etcd.urls()], None).await.unwrap();
+    let state = client.get(format!("/ftkv/{name}/state"), None).await.unwrap();
+    let state: serde_json::Value = serde_json::from_slice(state.kvs()[0].value()).unwrap();
+    state["state"]["token_hex"].as_str().unwrap().as_bytes().to_vec()
+}
+
 /// The standby's status, through the client library: who leads, and the servers' pids.
 async fn status_via(addrs: &str) -> ftkv::protocol::StatusReport {
     let mut client = ftkv::client::Client::new(addrs.to_string(), Duration::from_secs(10));
@@ -173,23 +181,32 @@ async fn a_standby_shrugs_off_garbage_on_its_ports_and_still_takes_over() {
         }
         silent.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     }
-    let hello = ftkv::protocol::Hello::new(
-        ftkv::protocol::Role::Server { id: 0, incarnation: 0 },
-        b"not the token",
-    );
-    let forged =
-        ftkv::connection::Connection::connect(&format!("127.0.0.1:{servers_port}"), &hello).await;
-    if let Ok(mut conn) = forged {
-        let started = ftkv::protocol::ReportRequest::Started {
-            ports: ftkv::protocol::BoundPorts { client: 1, servers: 2, control: 3 },
-            pid: 1,
-            incarnation: 0,
-            epoch: 0,
-        };
-        let answer: Result<ftkv::protocol::ReportResponse, _> =
-            conn.call(&started, Duration::from_secs(2), "a standby's answer").await;
-        assert!(answer.is_err(), "a wrong token gets no answer: {answer:?}");
-    }
+    let started = ftkv::protocol::ReportRequest::Started {
+        ports: ftkv::protocol::BoundPorts { client: 1, servers: 2, control: 3 },
+        pid: 1,
+        incarnation: 0,
+        epoch: 0,
+    };
+    let report_to_standby = |token: Vec<u8>| {
+        let started = started.clone();
+        async move {
+            let hello = ftkv::protocol::Hello::new(
+                ftkv::protocol::Role::Server { id: 0, incarnation: 0 },
+                &token,
+            );
+            let addr = format!("127.0.0.1:{servers_port}");
+            let mut conn = ftkv::connection::Connection::connect(&addr, &hello).await.unwrap();
+            conn.call::<_, ftkv::protocol::ReportResponse>(&started, Duration::from_secs(2), "")
+                .await
+        }
+    };
+    let forged = report_to_standby(b"not the token".to_vec()).await;
+    assert!(forged.is_err(), "a wrong token gets no answer: {forged:?}");
+    // With the cluster's token (from the state in etcd), the leader's servers port.
+    let token = cluster_token(&etcd, "garbage").await;
+    let redirected = report_to_standby(token).await.expect("an answer to the right token");
+    let leader = format!("127.0.0.1:{}", cluster.servers_port);
+    assert_eq!(redirected, ftkv::protocol::ReportResponse::NotLeader { leader: Some(leader) });
 
     let status = status_via(&standby.addr()).await;
     assert_eq!(status.coordinators.unwrap().leader, cluster.coord_addr(), "redirected");
@@ -227,4 +244,83 @@ fn ctrl_d_stops_a_standby_alone_and_the_leaders_stops_every_coordinator() {
     assert!(second.coord.wait().unwrap().success());
     assert!(cluster.path("dumps.manifest").exists(), "the leader's stop wrote the dumps");
     assert!(cluster.server_pids().is_empty(), "no server was started again");
+}
+
+/// The leader's election key deleted behind its back (as if its lease had been lost for a
+/// moment): the standby is elected, and the old leader, which still believes it leads,
+/// finds out at its next write of the state, which the guard refuses. It steps down, and
+/// the new leader takes the servers back and recovers the one killed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_guarded_write_fails_steps_down() {
+    let Some(etcd) = Etcd::start() else { return };
+    let (mut cluster, mut standby) = cluster_with_standby(&etcd, "deposed");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let load = Load::start(addrs.clone(), 4, 40, Duration::from_secs(15));
+    load.under_way().await;
+
+    let mut client = etcd_client::Client::connect([etcd.urls()], None).await.unwrap();
+    let sorted = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+    let keys = client.get("/ftkv/deposed/leader/", Some(sorted)).await.unwrap();
+    let leader_key = keys.kvs()[0].key().to_vec();
+    client.delete(leader_key, None).await.unwrap();
+    standby.await_line(lines::LEADING, Duration::from_secs(5));
+    // A loss makes the old leader write the state.
+    kill(cluster.pid_of(1), "KILL");
+    let stepped = cluster.await_line(lines::STEPPED_DOWN, Duration::from_secs(5));
+    assert!(stepped.contains("guarded write"), "{stepped}");
+    standby.await_log(lines::RECOVERED, Duration::from_secs(30));
+    load.answered_since(Some(Instant::now()), Duration::from_secs(10)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    let status = status_via(&addrs).await;
+    assert_eq!(status.coordinators.unwrap().leader, standby.addr());
+    assert!(status.servers.iter().all(|s| s.state == ftkv::protocol::ServerState::Running));
+    assert!(checked.checked > 0);
+}
+
+/// etcd lost while a coordinator leads: it waits out its lapsed authority, steps down,
+/// waits for etcd as a standby; etcd back, a coordinator leads again with the same
+/// servers, and every client is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lost_and_back_the_same_servers_are_led_again() {
+    let Some(mut etcd) = Etcd::start() else { return };
+    let (mut cluster, standby) = cluster_with_standby(&etcd, "etcdgone");
+    let addrs = cluster.coord_addrs(&[&standby]);
+    let pids = cluster.server_pids();
+    let load = Load::start(addrs.clone(), 4, 40, Duration::from_secs(20));
+    load.under_way().await;
+
+    etcd.stop();
+    let stepped = cluster.await_line(lines::STEPPED_DOWN, Duration::from_secs(10));
+    assert!(stepped.contains("starting again as a standby"), "{stepped}");
+    cluster.await_line("waiting for etcd at", Duration::from_secs(10));
+    etcd.restart();
+    let back = Instant::now();
+    load.answered_since(Some(back), Duration::from_secs(20)).await;
+    let checked = stop_and_check(addrs.clone(), load).await;
+
+    assert_eq!(cluster.server_pids(), pids, "the same servers, led again");
+    assert!(status_via(&addrs).await.coordinators.is_some(), "a coordinator leads");
+    assert!(checked.checked > 0);
+}
+
+/// Told to stop while etcd is gone: the leader cannot write the stopped state, steps down,
+/// and exits (status 1) instead of coming back as a standby that forgot the stop.
+#[test]
+fn a_leader_stopped_while_etcd_is_gone_exits_instead_of_standing_by() {
+    let Some(mut etcd) = Etcd::start() else { return };
+    let (mut cluster, _standby) = cluster_with_standby(&etcd, "stopgone");
+    etcd.stop();
+    cluster.close_stdin();
+    let exit = cluster.wait_coord(Duration::from_secs(20)).expect("the leader exits");
+    assert_eq!(exit.code(), Some(1));
+    let stepped = cluster.await_line(lines::STEPPED_DOWN, Duration::from_secs(1));
+    assert!(stepped.contains("it was shutting down: exiting"), "{stepped}");
+    let lines: Vec<String> = cluster.stdout.try_iter().collect();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ftkv coordinator:")),
+        "not started again: {lines:?}"
+    );
 }
