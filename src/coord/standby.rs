@@ -250,6 +250,27 @@ async fn watch_leader(etcd: Etcd, me: Candidate, leader: watch::Sender<Option<Ca
 /// A leader: keeps the list of coordinators current, for the status and for the servers
 /// (each lease answer names them, so that a server finds the next leader).
 pub fn follow_standbys(etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
+    // The leader is known at once (the status names it from the first answer on); the
+    // standbys once etcd has listed them. Until then the servers are told no list (`None`):
+    // one naming the leader alone would make them forget the standbys they were given.
+    let publish = move |others: Option<&[&Candidate]>| {
+        let servers = match others {
+            Some(others) => std::iter::once(&elected.me)
+                .chain(others.iter().copied())
+                .map(|c| c.servers.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        let others = others.unwrap_or_default();
+        let leadership = Leadership {
+            cluster: elected.cluster.clone(),
+            leader: elected.me.clients.clone(),
+            since: elected.me.since.clone(),
+            standbys: others.iter().map(|c| c.clients.clone()).collect(),
+        };
+        shared.set_coordinators(servers, leadership);
+    };
+    publish(None);
     tokio::spawn(async move {
         loop {
             match etcd.coordinators().await {
@@ -259,17 +280,7 @@ pub fn follow_standbys(etcd: Etcd, elected: Elected, shared: Arc<Shared>) {
                         .filter(|(lease, _)| *lease != etcd.lease)
                         .map(|(_, c)| c)
                         .collect();
-                    let servers = std::iter::once(&elected.me)
-                        .chain(others.iter().copied())
-                        .map(|c| c.servers.clone())
-                        .collect();
-                    let leadership = Leadership {
-                        cluster: elected.cluster.clone(),
-                        leader: elected.me.clients.clone(),
-                        since: elected.me.since.clone(),
-                        standbys: others.iter().map(|c| c.clients.clone()).collect(),
-                    };
-                    shared.set_coordinators(servers, leadership);
+                    publish(Some(&others));
                 }
                 Err(e) => warn!(error = %e, "cannot list the standby coordinators"),
             }
