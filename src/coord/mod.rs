@@ -1,44 +1,34 @@
 //! The coordinator: starts the servers, publishes the configuration, grants leases, detects
 //! failures, runs recoveries, and shuts the service down in order.
 //!
-//! - this file: options and wiring (ports, token, tasks);
-//! - `cluster`: the event loop, owner of the [`CoordState`] (`state`);
-//! - `recovery`: the recovery state machine, no I/O inside;
-//! - `liveness`: heartbeats, leases, fencing; `links`: the ports and control links;
-//! - `process` and `launcher`: server processes, local and over ssh;
-//! - `shutdown`: stopping in order with dumps;
-//! - `store`: the state file and its lock, or etcd, from which a restarted (or newly
-//!   elected) coordinator takes the running servers back;
-//! - `standby`, `etcd`, `authority`: standby coordinators elected through etcd, and how
-//!   long a leader may act;
-//! - `begin`: whether a start takes running servers back, restores a set, or starts empty;
-//! - `restore` and `gather`: the restore of a set of dumps (described by the manifest an
-//!   orderly shutdown wrote, or gathered from the servers' own manifests);
-//! - `events`, `progress`, `watchers`: the event hub, a recovery's steps with their
-//!   durations, and `client watch`'s subscription;
-//! - `metrics` and `scrape`: the Prometheus metrics and their HTTP port (`--metrics`).
+//! This file holds the options and the wiring (ports, token, tasks): [`run`] and `lead`.
+//! The rest is grouped by concern, and the arrows run one way, from the top of this list
+//! down (a folder uses only those below it, and `state`):
+//! - `cluster/`: the event loop, owner of the [`CoordState`]; its start (new, restored or
+//!   taken back) and its answer to cuts; `standby`: a coordinator standing by until elected;
+//! - `restore/`: whether a start takes running servers back, restores a set of dumps, or
+//!   starts empty (`begin`), and the restore of a set (`gather`, the restore itself);
+//! - `ha/`: who may act as coordinator and for how long: the state file or etcd (`store`,
+//!   `etcd`, `retry`), the leader's `authority`, and `step_down`;
+//! - `servers/`: the servers' processes (`launcher`, `process`), the ports and control
+//!   links (`links`), heartbeats and fencing (`liveness`), and stopping in order
+//!   (`shutdown`);
+//! - `observe/`: what operators see: the event hub (`events`), a recovery's steps with
+//!   their durations (`progress`), `client watch`'s stream (`watchers`), and the Prometheus
+//!   metrics with their HTTP port (`metrics`, `scrape`);
+//! - `recovery/`: the recovery state machine, the lease arithmetic and the cut rule: plain
+//!   values, no I/O;
+//! - `state`: the [`CoordState`], one serializable value, and the [`View`] published to
+//!   clients.
 
-mod authority;
-mod begin;
 mod cluster;
-mod cut;
-mod etcd;
-mod events;
-mod gather;
-mod launcher;
-mod links;
-mod liveness;
-mod metrics;
-mod process;
-mod progress;
+mod ha;
+mod observe;
 pub mod recovery;
 pub mod restore;
-mod scrape;
-mod shutdown;
+mod servers;
 mod standby;
 mod state;
-mod store;
-mod watchers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +36,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use authority::Authority;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,17 +48,19 @@ use crate::listener::{self, Gate};
 use crate::protocol::Role;
 use crate::text::format_table;
 
-use begin::Begin;
 use cluster::Cluster;
-use launcher::Launcher;
-pub use launcher::default_server_bin;
-use links::{Shared, View};
-use liveness::Lease;
-use process::Processes;
-use shutdown::{StopSignal, stop_signal};
+use ha::authority::Authority;
+use ha::store::{StateFile, Store};
+use recovery::Lease;
+use restore::begin::{self, Begin};
+use servers::launcher::Launcher;
+pub use servers::launcher::default_server_bin;
+use servers::links::{self, Shared};
+use servers::process::Processes;
+use servers::shutdown::{StopSignal, stop_signal};
 pub use standby::EtcdOptions;
+use state::View;
 pub use state::{CoordState, Member};
-use store::{StateFile, Store};
 
 /// Most connections served at once on the clients port and on the servers port.
 const MAX_CLIENT_CONNECTIONS: usize = 1024;
@@ -174,7 +165,7 @@ async fn lead(
     authority: Arc<Authority>,
     mut stop: StopSignal,
     listeners: Option<(Arc<TcpListener>, Arc<TcpListener>)>,
-    elected: Option<(etcd::Etcd, standby::Elected)>,
+    elected: Option<(ha::etcd::Etcd, standby::Elected)>,
 ) -> Result<()> {
     let (mut state, begin) = begin::begin(&opts, &store).await?;
     let (clients, reports) = match listeners {
@@ -220,7 +211,7 @@ async fn lead(
             // and a stopped state would have the next leader start empty.
             Begin::TakeBack if elected => match cluster.readopt(&mut events, &mut internal).await {
                 Err(e) if !matches!(e, Error::DoubleFault(_)) => {
-                    standby::step_down(&format!("taking the cluster back failed ({e})"))
+                    ha::step_down::step_down(&format!("taking the cluster back failed ({e})"))
                 }
                 done => done,
             },
@@ -243,7 +234,7 @@ async fn lead(
     if let Err(e) = &outcome {
         error!(error = %e, "stopping");
     }
-    standby::stopping();
+    ha::step_down::stopping();
     let shut = cluster.shutdown().await;
     cancel.cancel();
     tracker.close();
@@ -257,7 +248,10 @@ fn print_ports(clients: u16, servers: u16) {
 
 /// Serves `/metrics` on `addr` (`--metrics`) until `cancel`; prints where.
 async fn serve_metrics(addr: &str, shared: &Arc<Shared>, cancel: &CancellationToken) -> Result<()> {
-    let port = scrape::serve(addr, shared.clone(), cancel.clone()).await?;
+    let s = shared.clone();
+    let render =
+        Arc::new(move || s.hub.metrics.encode(&observe::watchers::snapshot(&s.hub, &s.view)));
+    let port = observe::scrape::serve(addr, render, cancel.clone()).await?;
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     println!("metrics: http://{host}:{port}/metrics");
     Ok(())

@@ -6,12 +6,11 @@
 //!
 //! A leader that can no longer be sure it leads acts on nothing (see `authority`); when it
 //! surely no longer leads (its etcd lease gone or not renewed within the grace, a guarded
-//! write failed) [`step_down`] replaces the process with a new start of the same program,
+//! write failed) [`step_down`](ha::step_down) replaces the process with a new start of the same program,
 //! which comes back as a standby. Nothing of the old leader
 //! survives to act late (a task waking after a pause, a timer already armed), and the
 //! servers it started run on in their own sessions, to be taken back by the next leader.
 
-use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,15 +18,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::authority::Authority;
-use super::etcd::{Candidate, Etcd};
-use super::links::Shared;
-use super::shutdown::stop_signal;
-use super::store::{EtcdStore, Store};
-use super::{CoordOptions, MAX_CLIENT_CONNECTIONS, MAX_SERVER_CONNECTIONS};
 use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::coord::ha::authority::Authority;
+use crate::coord::ha::etcd::{Candidate, Etcd};
+use crate::coord::ha::retry::{Retry, retry};
+use crate::coord::ha::step_down;
+use crate::coord::ha::store::{EtcdStore, Store};
+use crate::coord::servers::links::Shared;
+use crate::coord::servers::shutdown::stop_signal;
+use crate::coord::{CoordOptions, MAX_CLIENT_CONNECTIONS, MAX_SERVER_CONNECTIONS};
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::listener::{self, Gate};
@@ -39,13 +40,6 @@ use crate::protocol::{
 /// How often a standby asks etcd who leads (for its answers), and a leader who stands by
 /// (each lease answer passes the list on to the servers).
 const POLL_EVERY: Duration = Duration::from_millis(200);
-/// Pause before a call to etcd that failed is tried again.
-const RETRY_EVERY: Duration = Duration::from_millis(50);
-/// The ports a coordinator that stepped down had bound, for its next start (`-c 0 -s 0`
-/// would otherwise move them, away from where servers and clients know to look).
-const PORTS_ENV: &str = "FTKV_COORD_PORTS";
-static BOUND: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
-
 /// `coord --etcd`: where etcd is, the cluster's name there, and the lease to ask for.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -58,43 +52,6 @@ pub struct EtcdOptions {
 fn say(line: &str) {
     println!("{line}");
     info!("{line}");
-}
-
-/// Set once the leader began shutting the service down: a step-down then ends the process
-/// instead of starting it again as a standby, which would forget that it was told to stop.
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The leader is shutting the service down (see [`STOPPING`]).
-pub fn stopping() {
-    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Stops acting as this cluster's coordinator, at once and for good: this process becomes
-/// a new start of the same program with the same arguments (same pid), a standby; or, if
-/// it was shutting the service down, it exits (status 1).
-pub fn step_down(why: &str) -> ! {
-    super::launcher::kill_running_ssh();
-    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-        let line = format!("{}: {why}; it was shutting down: exiting", lines::STEPPED_DOWN);
-        println!("{line}");
-        error!("{line}");
-        std::process::exit(1);
-    }
-    let line = format!("{}: {why}; starting again as a standby", lines::STEPPED_DOWN);
-    println!("{line}");
-    error!("{line}");
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_else(|| "coord".into());
-    // /proc/self/exe: the program running now, even if `make all` renamed a new one over
-    // its path.
-    let mut again = std::process::Command::new("/proc/self/exe");
-    again.arg0(argv0).args(args);
-    if let Some((clients, servers)) = BOUND.get() {
-        again.env(PORTS_ENV, format!("{clients},{servers}"));
-    }
-    let failed = again.exec();
-    eprintln!("coord: cannot start again as a standby: {failed}");
-    std::process::exit(3);
 }
 
 /// Connects to etcd and takes a lease, trying again every second while etcd cannot be
@@ -115,25 +72,18 @@ async fn connect(options: &EtcdOptions) -> Etcd {
     }
 }
 
-/// The ports of the start before, if this one follows a step-down.
-fn ports_again() -> Option<(u16, u16)> {
-    let ports = std::env::var(PORTS_ENV).ok()?;
-    let (clients, servers) = ports.split_once(',')?;
-    Some((clients.parse().ok()?, servers.parse().ok()?))
-}
-
-/// Stands by until elected, then leads (see [`super::lead`]) until the service stops.
+/// Stands by until elected, then leads (see [`crate::coord::lead`]) until the service stops.
 pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let etcd = connect(options).await;
     let authority = Arc::new(Authority::leased(etcd.ttl));
     etcd.keep_alive(authority.clone());
     let (clients_port, servers_port) =
-        ports_again().unwrap_or((opts.clients_port, opts.servers_port));
+        step_down::ports_before().unwrap_or((opts.clients_port, opts.servers_port));
     let clients = listener::bind("0.0.0.0", clients_port, "clients").await?;
     let reports = listener::bind("0.0.0.0", servers_port, "servers").await?;
     let ports = (clients.local_addr()?.port(), reports.local_addr()?.port());
-    let _ = BOUND.set(ports);
-    super::print_ports(ports.0, ports.1);
+    step_down::remember_ports(ports.0, ports.1);
+    crate::coord::print_ports(ports.0, ports.1);
     let host = opts.advertise_host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let me = Candidate {
         clients: format!("{host}:{}", ports.0),
@@ -178,45 +128,10 @@ pub async fn run(opts: CoordOptions, options: &EtcdOptions) -> Result<()> {
     let store = Store::Etcd(Box::new(EtcdStore::new(etcd.clone(), key, authority.clone())));
     let elected = Some((etcd.clone(), elected));
     let listeners = Some((clients, reports));
-    let outcome = super::lead(opts, store, authority, stop, listeners, elected).await;
+    let outcome = crate::coord::lead(opts, store, authority, stop, listeners, elected).await;
     // Standbys need not wait out the lease: they learn at once that the cluster stopped.
     etcd.revoke().await;
     outcome
-}
-
-/// How a failed call to etcd is tried again (see [`retry`]).
-#[derive(Clone, Copy)]
-pub enum Retry<'a> {
-    /// A standby waits for etcd as it waits for the leader: until it answers.
-    Forever,
-    /// A leader tries for its authority's grace at most, and only while the authority
-    /// holds (see `Authority::ensure`); then it steps down (a call that keeps failing, the
-    /// request's fault or etcd's, must not hold the cluster without a coordinator that acts).
-    Leading(&'a Authority),
-}
-
-/// `call` until it succeeds, every [`RETRY_EVERY`]: etcd down, out of quorum, electing, or a
-/// call sent to a member that is gone (etcd's client does that, and the call fails at once).
-pub async fn retry<T, F, Fut>(what: &str, how: Retry<'_>, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let began = tokio::time::Instant::now();
-    loop {
-        match (call().await, how) {
-            (Ok(value), _) => return value,
-            (Err(e), Retry::Leading(authority)) if began.elapsed() >= authority.grace() => {
-                step_down(&format!("{what} in etcd failed ({e})"))
-            }
-            (Err(e), Retry::Leading(authority)) => {
-                warn!(error = %e, "{what} in etcd failed; trying again");
-                authority.ensure().await;
-            }
-            (Err(e), Retry::Forever) => warn!(error = %e, "{what} in etcd failed; trying again"),
-        }
-        tokio::time::sleep(RETRY_EVERY).await;
-    }
 }
 
 /// The leader's own entry, for the status.
@@ -310,7 +225,7 @@ fn serve_ports(
         cancel.clone(),
         move |conn, _| redirect_client(conn, to_clients.clone()),
     );
-    let token = token.unwrap_or_else(|| super::new_token().unwrap_or_default());
+    let token = token.unwrap_or_else(|| crate::coord::new_token().unwrap_or_default());
     listener::serve(
         reports,
         "servers",

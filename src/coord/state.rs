@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::recovery::Recovery;
 use crate::config::ServerSpec;
+use crate::coord::recovery::Recovery;
 use crate::protocol::{BoundPorts, RecoveryStatus, ServerState, ServerStatus, StatusReport};
 use crate::routing::{ClusterConfig, Replica, ServerAddr};
 
@@ -172,4 +172,11 @@ impl CoordState {
             coordinators: None,
         }
     }
+}
+
+/// What the coordinator publishes to clients.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub config: Option<ClusterConfig>,
+    pub status: StatusReport,
 }

@@ -2,7 +2,7 @@
 //! `coord::cut` (pure); this feeds it the heartbeats and declares a cut server's owner lost.
 
 use super::*;
-use crate::coord::cut::{StreamReport, Verdict};
+use crate::coord::recovery::cut::{StreamReport, Verdict};
 
 impl Cluster {
     /// Judges every live server's replication stream from its last heartbeat, on each tick.

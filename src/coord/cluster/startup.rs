@@ -3,8 +3,8 @@
 //! died (see `store`).
 
 use super::*;
-use crate::coord::process;
 use crate::coord::restore::SetData;
+use crate::coord::servers::process;
 use crate::coord::state::Member;
 use crate::server::{ATTEMPT_LIMIT, GRACE_WITH_STANDBYS};
 

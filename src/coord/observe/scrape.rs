@@ -14,8 +14,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::links::Shared;
-use super::watchers::snapshot;
 use crate::error::{Error, Result};
 
 /// Longest request head accepted.
@@ -26,8 +24,22 @@ const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 16;
 
+/// Renders the metrics page, from the hub and the view, at each scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Why a scrape was not answered with the metrics.
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    #[error("not reading the answer")]
+    NotReading,
+    #[error("{0}")]
+    Write(std::io::Error),
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
 /// Binds `addr` (so that a bad address fails the start) and serves it until `cancel`.
-pub async fn serve(addr: &str, shared: Arc<Shared>, cancel: CancellationToken) -> Result<u16> {
+pub async fn serve(addr: &str, render: Render, cancel: CancellationToken) -> Result<u16> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} (metrics port): {e}")))?;
@@ -45,9 +57,9 @@ pub async fn serve(addr: &str, shared: Arc<Shared>, cancel: CancellationToken) -
                 debug!(%peer, "metrics: too many connections; closed");
                 continue;
             };
-            let shared = shared.clone();
+            let render = render.clone();
             tokio::spawn(async move {
-                if let Err(why) = answer(stream, &shared).await {
+                if let Err(why) = answer(stream, &*render).await {
                     warn!(%peer, %why, "metrics: request refused");
                 }
                 drop(slot);
@@ -58,12 +70,15 @@ pub async fn serve(addr: &str, shared: Arc<Shared>, cancel: CancellationToken) -
 }
 
 /// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::result::Result<(), String> {
+async fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::result::Result<(), Unanswered> {
     let head = tokio::time::timeout(HEAD_DEADLINE, read_head(&mut stream))
         .await
         .unwrap_or(Err(HeadError::Timeout));
     let (status, body) = match head.as_deref().map(route) {
-        Ok(Route::Metrics) => ("200 OK", shared.hub.metrics.encode(&snapshot(shared))),
+        Ok(Route::Metrics) => ("200 OK", render()),
         Ok(Route::NotFound) => ("404 Not Found", "only /metrics is served\n".into()),
         Ok(Route::BadMethod) => ("405 Method Not Allowed", "only GET\n".into()),
         Ok(Route::Bad) => ("400 Bad Request", "bad request\n".into()),
@@ -78,8 +93,8 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::result::Result<(
     );
     tokio::time::timeout(WRITE_DEADLINE, stream.write_all(reply.as_bytes()))
         .await
-        .map_err(|_| "not reading the answer".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| Unanswered::NotReading)?
+        .map_err(Unanswered::Write)?;
     let _ = stream.shutdown().await;
     // Read what the client still sends (an oversized head) for a moment before closing:
     // closing with unread bytes would reset the connection and could discard the answer.
@@ -88,7 +103,7 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::result::Result<(
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     match status.starts_with("200") {
         true => Ok(()),
-        false => Err(status.to_string()),
+        false => Err(Unanswered::Refused(status)),
     }
 }
 

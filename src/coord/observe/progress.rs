@@ -5,7 +5,7 @@
 
 use tokio::time::Instant;
 
-use super::recovery::{Recovery, Step};
+use crate::coord::recovery::{Recovery, Step};
 use crate::protocol::{EventKind, RecoveryProgress, StepTime};
 
 /// The step's name in events and on the watch screen, with the seed's step number.

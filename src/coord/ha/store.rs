@@ -21,10 +21,11 @@ use std::sync::Arc;
 
 use etcd_client::LeaderKey;
 
-use super::authority::Authority;
-use super::etcd::Etcd;
-use super::standby::{Retry, retry, step_down};
-use super::state::CoordState;
+use super::retry::{Retry, retry};
+use super::step_down::step_down;
+use crate::coord::ha::authority::Authority;
+use crate::coord::ha::etcd::Etcd;
+use crate::coord::state::CoordState;
 use crate::error::{Error, Result};
 
 const STATE_FILE: &str = "coord.state";
@@ -83,7 +84,7 @@ impl Store {
     }
 
     /// Writes `bytes` (from [`encode`](Self::encode)). To etcd, a write that fails ends
-    /// this coordinator's leadership (see `standby::step_down`): it never returns then.
+    /// this coordinator's leadership (see `step_down`): it never returns then.
     pub fn save(&self, bytes: &[u8]) -> Result<()> {
         match self {
             Store::File(file) => file.save(bytes),

@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::events::MAX_WATCHERS;
-use super::links::Shared;
 use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::coord::observe::events::Hub;
+use crate::coord::observe::events::MAX_WATCHERS;
+use crate::coord::state::View;
 use crate::error::{Error, Result};
 use crate::protocol::{ClusterSnapshot, CoordRequest, CoordResponse, WatchMessage};
 
@@ -26,22 +28,22 @@ const WATCHER_SEND_BUFFER: usize = 8 * 1024;
 
 /// The cluster now: what the clients port publishes, the servers' last counters, and the
 /// recovery in progress.
-pub fn snapshot(shared: &Shared) -> ClusterSnapshot {
+pub fn snapshot(hub: &Hub, view: &watch::Sender<View>) -> ClusterSnapshot {
     ClusterSnapshot {
-        status: shared.view.borrow().status.clone(),
-        stats: shared.hub.stats(),
-        recovery: shared.hub.recovery().map(|t| t.progress(Instant::now())),
+        status: view.borrow().status.clone(),
+        stats: hub.stats(),
+        recovery: hub.recovery().map(|t| t.progress(Instant::now())),
     }
 }
 
 /// Streams to one watcher until it disconnects, stops reading, or sends anything more.
-pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
-    let Some((recent, mut events)) = shared.hub.subscribe() else {
+pub async fn serve_watch(hub: &Hub, view: &watch::Sender<View>, conn: Connection) -> Result<()> {
+    let Some((recent, mut events)) = hub.subscribe() else {
         return Err(Error::Protocol(format!("more than {MAX_WATCHERS} watchers; refused")));
     };
     let (mut reader, mut writer) = conn.split();
     writer.cap_send_buffer(WATCHER_SEND_BUFFER)?;
-    writer.queue(&CoordResponse::Watch(WatchMessage::Snapshot(snapshot(shared))))?;
+    writer.queue(&CoordResponse::Watch(WatchMessage::Snapshot(snapshot(hub, view))))?;
     for event in recent {
         writer.queue(&CoordResponse::Watch(WatchMessage::Event(event)))?;
     }
@@ -61,7 +63,7 @@ pub async fn serve_watch(shared: &Shared, conn: Connection) -> Result<()> {
                 Some(event) => WatchMessage::Event(event),
                 None => return Err(Error::Protocol("watcher too slow; dropped".into())),
             },
-            _ = ticker.tick() => WatchMessage::Snapshot(snapshot(shared)),
+            _ = ticker.tick() => WatchMessage::Snapshot(snapshot(hub, view)),
             _ = &mut ended => return Ok(()),
         };
         writer.queue(&CoordResponse::Watch(message))?;

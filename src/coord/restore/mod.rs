@@ -17,6 +17,9 @@
 //! Anything wrong is refused without a dump file or manifest touched; all but a file whose MD5
 //! does not match (found by the server that loads it in place) before a server is started.
 
+pub mod begin;
+pub mod gather;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

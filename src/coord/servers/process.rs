@@ -12,9 +12,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::launcher::{Launcher, Started};
-use super::state::Member;
 use crate::config::Host;
+use crate::coord::servers::launcher::{Launcher, Started};
+use crate::coord::state::Member;
 
 /// A server process this coordinator started.
 pub struct Process {

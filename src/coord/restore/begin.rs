@@ -10,13 +10,13 @@
 //!   was lost before the stop, so that no `dumps.manifest` was written);
 //! - nothing to take back or restore: start empty.
 
-use super::gather::gather;
-use super::process;
-use super::restore::{self, Restore};
-use super::state::machine_id;
-use super::store::Store;
-use super::{CoordOptions, CoordState, new_token};
 use crate::config::{Host, ServerSpec};
+use crate::coord::ha::store::Store;
+use crate::coord::restore::gather::gather;
+use crate::coord::restore::{self, Restore};
+use crate::coord::servers::process;
+use crate::coord::state::machine_id;
+use crate::coord::{CoordOptions, CoordState, new_token};
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::manifest::{MANIFEST, is_server_manifest_name, set_files};

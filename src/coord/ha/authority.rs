@@ -13,7 +13,7 @@
 //! proves the lease lived through, so no one else led meanwhile. That is what happens while
 //! etcd elects a new leader of its own (keep-alives go unanswered for about a second, and
 //! etcd keeps every lease across it, extended). Only when none comes within the grace, or
-//! etcd says the lease is gone, does the leader step down (see `standby::step_down`).
+//! etcd says the lease is gone, does the leader step down (see `step_down`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::standby::step_down;
+use super::step_down::step_down;
 use crate::lines;
 
 /// Holds authority until an instant that keep-alives push forward.
@@ -80,7 +80,7 @@ impl Authority {
     /// (the runtime's others go on serving the ports, granting no lease meanwhile).
     pub fn ensure_blocking(&self) {
         if !self.holds() {
-            super::store::block_on(self.ensure());
+            crate::coord::ha::store::block_on(self.ensure());
         }
     }
 

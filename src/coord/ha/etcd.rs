@@ -11,7 +11,7 @@
 //! rather than hang. Only `campaign` waits without one (that is what it is for; the crate's
 //! client-wide timeout would cancel it too, ETCD.md).
 //!
-//! [`CoordState`]: super::CoordState
+//! [`CoordState`]: crate::coord::state::CoordState
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::authority::Authority;
-use super::standby::step_down;
+use super::step_down::step_down;
+use crate::coord::ha::authority::Authority;
 use crate::error::{Error, Result};
 
 /// Deadline of one call to etcd.

@@ -8,24 +8,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::authority::Authority;
-use super::events::Hub;
-use super::liveness::{Lease, Liveness};
 use crate::connection::{Connection, FRAME_DEADLINE};
+use crate::coord::ha::authority::Authority;
+use crate::coord::observe::events::Hub;
+use crate::coord::recovery::Lease;
+use crate::coord::servers::liveness::Liveness;
+use crate::coord::state::View;
 use crate::error::{Error, Result};
 use crate::protocol::{
     BoundPorts, ControlRequest, ControlResponse, CoordRequest, CoordResponse, Hello, Leadership,
-    ReportRequest, ReportResponse, Role, StatusReport,
+    ReportRequest, ReportResponse, Role,
 };
 use crate::protocol::{CopyStats, TableKind};
-use crate::routing::ClusterConfig;
-
-/// What the coordinator publishes to clients.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub config: Option<ClusterConfig>,
-    pub status: StatusReport,
-}
 
 /// What the report port tells the coordinator's main loop.
 #[derive(Debug)]
@@ -132,7 +126,10 @@ pub async fn serve_client(shared: Arc<Shared>, mut conn: Connection) -> Result<(
         let response = match request {
             CoordRequest::GetConfig => CoordResponse::Config(view.config),
             CoordRequest::Status => CoordResponse::Status(view.status),
-            CoordRequest::Watch => return super::watchers::serve_watch(&shared, conn).await,
+            CoordRequest::Watch => {
+                let (hub, view) = (&shared.hub, &shared.view);
+                return crate::coord::observe::watchers::serve_watch(hub, view, conn).await;
+            }
         };
         conn.send(&response).await?;
     }

@@ -11,7 +11,8 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::config::Host;
-use crate::coord::links::Coordinators;
+use crate::coord::ha::step_down::KilledOnStepDown;
+use crate::coord::servers::links::Coordinators;
 use crate::coord::state::Member;
 use crate::error::{Error, Result};
 use crate::lines;
@@ -21,42 +22,6 @@ const SSH_DEFAULTS: [&str; 6] =
     ["-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "ServerAliveInterval=2"];
 /// Longest an ssh start or kill may take.
 const SSH_LIMIT: Duration = Duration::from_secs(10);
-
-/// The ssh processes running now (starting or killing a server), so that a coordinator
-/// that steps down can end them before it re-executes itself: they would act for it after
-/// it stopped leading (`kill_on_drop` needs a drop, which an exec never runs).
-static SSH_RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-
-/// Registers an ssh child in [`SSH_RUNNING`] for as long as it is held.
-struct SshRunning(Option<u32>);
-
-impl SshRunning {
-    fn new(child: &Child) -> Self {
-        let pid = child.id();
-        if let Some(pid) = pid {
-            SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
-        }
-        SshRunning(pid)
-    }
-}
-
-impl Drop for SshRunning {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
-        }
-    }
-}
-
-/// SIGKILL to every ssh process this coordinator runs (see [`SSH_RUNNING`]).
-pub fn kill_running_ssh() {
-    for &pid in SSH_RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
 
 /// Everything needed to start a server, the same for all of them.
 #[derive(Debug, Clone)]
@@ -213,7 +178,7 @@ impl Launcher {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Unavailable(format!("cannot run ssh: {e}")))?;
-        let _running = SshRunning::new(&child);
+        let _running = KilledOnStepDown::new(child.id());
         let mut stdin = child.stdin.take().expect("stdin is piped");
         stdin.write_all(format!("{}\n", self.token_hex).as_bytes()).await?;
         drop(stdin);
@@ -266,7 +231,7 @@ impl Launcher {
             .spawn();
         let run = async {
             let mut child = run?;
-            let _running = SshRunning::new(&child);
+            let _running = KilledOnStepDown::new(child.id());
             child.wait().await
         };
         match tokio::time::timeout(SSH_LIMIT, run).await {

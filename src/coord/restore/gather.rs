@@ -11,8 +11,8 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
-use super::restore::RestoreError;
-use super::state::{CoordState, Member};
+use crate::coord::restore::RestoreError;
+use crate::coord::state::{CoordState, Member};
 use crate::manifest::{
     FORMAT, MANIFEST, Manifest, ServerDumps, ServerManifest, dump_name, server_manifest_name,
     utc_time, write_atomically,

@@ -9,8 +9,8 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::links::ControlLink;
-use super::process::Processes;
+use crate::coord::servers::links::ControlLink;
+use crate::coord::servers::process::Processes;
 use crate::error::{Error, Result};
 use crate::lines;
 use crate::protocol::{ControlRequest, ControlResponse, DumpFile, Dumps};

@@ -18,15 +18,18 @@
 //! stage by stage, and the time before which it must not be sent. The coordinator only
 //! routes actions to sockets and processes.
 
+pub mod cut;
+mod lease;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::liveness::Lease;
 use crate::lines;
 use crate::protocol::TableKind;
 use crate::routing::{ClusterConfig, InvalidConfig, ServerAddr, secondary_of};
+pub use lease::Lease;
 
 /// Deadlines of the steps and the retry backoff.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

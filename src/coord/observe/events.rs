@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::metrics::Metrics;
-use super::progress::Track;
+use crate::coord::observe::metrics::Metrics;
+use crate::coord::observe::progress::Track;
 use crate::protocol::{ClusterEvent, EventKind, ServerStats};
 
 /// Events queued for one watcher before it counts as not reading, and is dropped.
