@@ -23,7 +23,7 @@ pub enum Error {
     InvalidConfig(#[from] crate::routing::InvalidConfig),
     /// The dump directory cannot be restored or started on (see `coord::restore`).
     #[error(transparent)]
-    Restore(#[from] crate::coord::restore::RestoreError),
+    Restore(#[from] crate::manifest::RestoreError),
     /// Two servers surely lost at once: the service stops in order (a coordinator taking a
     /// cluster back tells this from servers that are merely out of its reach).
     #[error("{0}")]

@@ -34,7 +34,7 @@ pub const SERVERS_GONE: &str = "every server of the cluster is gone";
 /// restore begins again.
 pub const RESTORE_AGAIN: &str = "a restore was under way when the coordinator stopped";
 /// coord: a restore begins (the servers run; the set is being written into them).
-pub const RESTORING: &str = "restoring the dumps";
+pub const RESTORING: &str = "restoring";
 /// server: it was asked for dumps while a restore fills it: the files keep the set.
 pub const NO_DUMPS_DURING_RESTORE: &str =
     "a restore is under way: no dumps written (the files hold the set being restored)";

@@ -172,11 +172,18 @@ pub fn dump_name(id: u32, kind: &str) -> String {
 
 /// Whether `name` is a dump file's name (`server_<id>.primary` or `.secondary`).
 pub fn is_dump_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("server_") else { return false };
-    let Some((id, kind)) = rest.split_once('.') else { return false };
-    !id.is_empty()
-        && id.bytes().all(|b| b.is_ascii_digit())
-        && matches!(kind, "primary" | "secondary")
+    split_name(name).is_some_and(|(_, kind)| matches!(kind, "primary" | "secondary"))
+}
+
+/// The server id of a set's file (`server_<id>.<kind>`: a dump or a server's manifest).
+pub fn server_of(name: &str) -> Option<u32> {
+    split_name(name).and_then(|(id, _)| id.parse().ok())
+}
+
+/// `server_<digits>.<kind>` as its two parts.
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    let (id, kind) = name.strip_prefix("server_")?.split_once('.')?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some((id, kind))
 }
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file, fsync, rename, fsync of the
@@ -257,6 +264,42 @@ pub fn utc_time(now: std::time::SystemTime) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
     format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+}
+
+/// Why the dump directory cannot be restored (or started on). Nothing was started or changed.
+/// Here, at the bottom of the crate beside the set's description, so that the library's
+/// error type can carry it without depending on the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("dumps manifest {path}: {why}; nothing was started or changed")]
+    Manifest { path: PathBuf, why: String },
+    #[error(
+        "dump file {path}: {why}; nothing was started or changed (move the set away, or \
+         start with --fresh to set it aside and start empty)"
+    )]
+    File { path: PathBuf, why: String },
+    #[error(
+        "cannot restore the dumps in {dir}: {missing}; nothing was started or changed \
+         (start with --fresh to set the set aside and start empty)"
+    )]
+    NoCopy { dir: PathBuf, missing: String },
+    #[error(
+        "{dir} holds a dumps manifest, but the cluster has servers on other hosts, whose \
+         dumps are on those hosts: they restore only in place (the same number of servers, \
+         every server's files complete), which this set is not; start with --fresh to set \
+         the manifest and the local dumps aside and start empty"
+    )]
+    Remote { dir: PathBuf },
+    #[error(
+        "{dir} holds dump files ({files}) but no dumps manifest (from an older version, or a \
+         shutdown that did not finish): starting would write over them; start with --fresh \
+         to move them aside and start empty"
+    )]
+    NoManifest { dir: PathBuf, files: String },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("restoring the dumps: {0}")]
+    Write(String),
 }
 
 #[cfg(test)]

@@ -128,10 +128,31 @@ async fn a_restart_with_another_number_of_servers_reshards() {
         restart(&mut cluster, &[]);
         assert_eq!(cluster.pids.len(), n);
         assert!(cluster.restored.as_ref().unwrap().starts_with("restored 1500 keys"));
+        assert_no_files_beyond(&cluster, n as u32);
         assert_readable(&cluster, &data).await;
         stop(&mut cluster);
         cluster.assert_dumps_match(&finals(&data));
     }
+    // 4 -> 3 left server_3's files of the 4-server set: they were moved aside, whole.
+    let aside: Vec<_> = std::fs::read_dir(cluster.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("dumps-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let moved: Vec<String> = files_in(&aside[0]).into_keys().collect();
+    assert_eq!(moved, ["server_3.primary", "server_3.secondary"]);
+}
+
+/// No file of a server id the cluster of `n` has not stays in its directory.
+fn assert_no_files_beyond(cluster: &Cluster, n: u32) {
+    let beyond: Vec<String> = cluster
+        .files()
+        .into_keys()
+        .filter(|name| ftkv::manifest::server_of(name).is_some_and(|id| id >= n))
+        .filter(|name| !name.ends_with(".log"))
+        .collect();
+    assert!(beyond.is_empty(), "left beside the new set of {n}: {beyond:?}");
 }
 
 /// One server's files gone: every key still has a copy (its keys are on the next server's

@@ -168,17 +168,7 @@ async fn lead(
     elected: Option<(ha::etcd::Etcd, standby::Elected)>,
 ) -> Result<()> {
     let (mut state, begin) = begin::begin(&opts, &store).await?;
-    let (clients, reports) = match listeners {
-        Some(bound) => bound,
-        None => {
-            let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
-            let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
-            print_ports(clients.local_addr()?.port(), reports.local_addr()?.port());
-            (clients, reports)
-        }
-    };
-    state.clients_port = clients.local_addr()?.port();
-    state.servers_port = reports.local_addr()?.port();
+    let (clients, reports) = ports(listeners, &mut state).await?;
     if matches!(begin, Begin::TakeBack) {
         println!("taking back the running cluster of {}", store.describe());
     }
@@ -203,24 +193,8 @@ async fn lead(
     let (internal_tx, mut internal) = mpsc::unbounded_channel();
     let mut cluster = Cluster::new(state, store, shared, processes, opts.timeout, internal_tx);
 
-    let elected = cluster.is_elected();
-    let starting = async {
-        match begin {
-            // Elected, a take-back that fails leaves the cluster to the next leader rather
-            // than stopping it: the servers may well run, out of this coordinator's reach,
-            // and a stopped state would have the next leader start empty.
-            Begin::TakeBack if elected => match cluster.readopt(&mut events, &mut internal).await {
-                Err(e) if !matches!(e, Error::DoubleFault(_)) => {
-                    ha::step_down::step_down(&format!("taking the cluster back failed ({e})"))
-                }
-                done => done,
-            },
-            Begin::TakeBack => cluster.readopt(&mut events, &mut internal).await,
-            Begin::New(restore) => cluster.start(restore, &mut events, &mut internal).await,
-        }
-    };
     let started = tokio::select! {
-        started = starting => started,
+        started = cluster.begin(begin, &mut events, &mut internal) => started,
         why = &mut stop => Err(Error::Unavailable(format!("{why} during start-up"))),
     };
     let outcome = match started {
@@ -239,6 +213,26 @@ async fn lead(
     cancel.cancel();
     tracker.close();
     outcome.and(shut)
+}
+
+/// The clients and servers ports: a standby's, once elected, or bound now on the state's
+/// (which then records the ports really bound).
+async fn ports(
+    listeners: Option<(Arc<TcpListener>, Arc<TcpListener>)>,
+    state: &mut CoordState,
+) -> Result<(Arc<TcpListener>, Arc<TcpListener>)> {
+    let (clients, reports) = match listeners {
+        Some(bound) => bound,
+        None => {
+            let clients = listener::bind("0.0.0.0", state.clients_port, "clients").await?;
+            let reports = listener::bind("0.0.0.0", state.servers_port, "servers").await?;
+            print_ports(clients.local_addr()?.port(), reports.local_addr()?.port());
+            (clients, reports)
+        }
+    };
+    state.clients_port = clients.local_addr()?.port();
+    state.servers_port = reports.local_addr()?.port();
+    Ok((clients, reports))
 }
 
 /// The line tests and operators read the ports from.

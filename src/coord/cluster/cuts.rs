@@ -41,10 +41,7 @@ impl Cluster {
                     stalled_ms,
                     replaced: true,
                 });
-                let why = format!(
-                    "replication stream to server {copy} cut (no acknowledgement for {stalled_ms} ms)"
-                );
-                self.lost(owner, why, false);
+                self.lost(owner, Loss::StreamCut { copy, stalled_ms });
             }
             Verdict::Held { owner, copy, stalled, left } => {
                 let (stalled_ms, backoff_left_ms) =

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::coord::ha::store::Store;
-use crate::coord::observe::events::loss_cause;
+use crate::coord::observe::events::Loss;
 use crate::coord::observe::progress::Tracker;
 use crate::coord::recovery::cut::CutWatch;
 use crate::coord::recovery::{Action, Deadlines, Input, Recovery, Step};
@@ -236,7 +236,7 @@ impl Cluster {
                     // retry; heartbeat silence still finds one that is really gone.
                     return warn!(id, %why, "report link lost after a stall; waiting for the server");
                 }
-                self.lost(id, format!("report link lost ({why})"), false);
+                self.lost(id, Loss::ReportLinkLost(why));
             }
             Event::Updated { id, into, epoch, copied } => {
                 info!(
@@ -285,7 +285,7 @@ impl Cluster {
             Internal::Exited { id, incarnation, status } => {
                 let member = &self.state.members[id as usize];
                 if member.incarnation == incarnation && member.live {
-                    self.lost(id, format!("process exited ({status})"), true);
+                    self.lost(id, Loss::Exited(status.to_string()));
                 } else {
                     self.feed(Input::Exited { id, incarnation, status });
                 }
@@ -322,7 +322,7 @@ impl Cluster {
             })
             .collect();
         for id in silent {
-            self.lost(id, format!("no heartbeat for {:?}", self.timeout), false);
+            self.lost(id, Loss::NoHeartbeat(self.timeout));
         }
         self.check_cuts(now);
         self.tick_recovery(now);
@@ -350,14 +350,14 @@ impl Cluster {
     }
 
     /// Server `id` (its current incarnation) is gone.
-    /// `exited`: the process is known to be gone (it cannot serve even with a lease).
-    fn lost(&mut self, id: u32, why: String, exited: bool) {
+    fn lost(&mut self, id: u32, loss: Loss) {
+        let (why, exited) = (loss.to_string(), loss.exited());
         let member = &mut self.state.members[id as usize];
         member.live = false;
         self.links[id as usize] = None;
         let incarnation = member.incarnation;
         warn!(id, incarnation, reason = %why, "server lost");
-        let (pid, cause) = (member.pid, loss_cause(&why, exited).to_string());
+        let (pid, cause) = (member.pid, loss.cause().to_string());
         self.shared.hub.forget(id);
         self.shared.hub.emit(EventKind::ServerLost { server: id, pid, why: why.clone(), cause });
         if self.state.recovery.is_some() {
@@ -519,7 +519,7 @@ impl Cluster {
             }
             let input = match install(&config, &stages).await {
                 Ok(()) => Input::Installed { serial, epoch: config.epoch },
-                Err(why) => Input::InstallFailed { serial, why },
+                Err(why) => Input::InstallFailed { serial, why: why.to_string() },
             };
             let _ = tx.send(Internal::Recovery(input));
         }));
@@ -607,8 +607,17 @@ impl Cluster {
     }
 }
 
+/// Why a configuration was not installed on every server it was sent to.
+#[derive(Debug, thiserror::Error)]
+enum InstallFailed {
+    #[error("server {id} refused epoch {epoch}: {answer}")]
+    Refused { id: u32, epoch: u64, answer: String },
+    #[error("server {id}: {err}")]
+    Unreachable { id: u32, err: Error },
+}
+
 /// Sends `config` to each stage's servers concurrently, stage after stage.
-async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<(), String> {
+async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<(), InstallFailed> {
     for stage in stages {
         let calls = stage
             .iter()
@@ -617,13 +626,10 @@ async fn install(config: &ClusterConfig, stages: &[Vec<ControlLink>]) -> Result<
             match result {
                 Ok(ControlResponse::Done) => {}
                 Ok(other) => {
-                    return Err(format!(
-                        "server {} refused epoch {}: {other:?}",
-                        link.id(),
-                        config.epoch
-                    ));
+                    let (id, epoch, answer) = (link.id(), config.epoch, format!("{other:?}"));
+                    return Err(InstallFailed::Refused { id, epoch, answer });
                 }
-                Err(e) => return Err(format!("server {}: {e}", link.id())),
+                Err(err) => return Err(InstallFailed::Unreachable { id: link.id(), err }),
             }
         }
     }

@@ -3,7 +3,9 @@
 //! died (see `store`).
 
 use super::*;
+use crate::coord::ha::step_down::step_down;
 use crate::coord::restore::SetData;
+use crate::coord::restore::begin::Begin;
 use crate::coord::servers::process;
 use crate::coord::state::Member;
 use crate::server::{ATTEMPT_LIMIT, GRACE_WITH_STANDBYS};
@@ -12,6 +14,27 @@ use crate::server::{ATTEMPT_LIMIT, GRACE_WITH_STANDBYS};
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
 impl Cluster {
+    /// Starts the cluster as `begin` decided: new (or restoring a set), or taken back.
+    /// Elected, a take-back that fails leaves the cluster to the next leader rather than
+    /// stopping it: the servers may well run, out of this coordinator's reach, and a
+    /// stopped state would have the next leader start empty.
+    pub async fn begin(
+        &mut self,
+        begin: Begin,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Result<()> {
+        match begin {
+            Begin::New(restore) => self.start(restore, events, internal).await,
+            Begin::TakeBack => match self.readopt(events, internal).await {
+                Err(e) if self.is_elected() && !matches!(e, Error::DoubleFault(_)) => {
+                    step_down(&format!("taking the cluster back failed ({e})"))
+                }
+                done => done,
+            },
+        }
+    }
+
     /// Spawns every server, waits for all to report, opens control links, installs the
     /// first configuration, writes the set to `restore` in, and then only publishes the
     /// configuration.
@@ -66,6 +89,12 @@ impl Cluster {
         let serving = ClusterConfig { epoch: filling.epoch + 1, restoring: false, ..filling };
         self.configure(&serving).await?;
         Restore::consume(&set.dir)?;
+        if let Some((aside, files)) = restore::set_aside_beyond(&set.dir, self.state.len())? {
+            let n = self.state.len();
+            let (count, aside) = (files.len(), aside.display());
+            info!(?files, %aside, "files of servers beyond the new {n} moved aside");
+            println!("moved {count} files of servers {n} and up (this cluster has {n}) to {aside}");
+        }
         let took_ms = began.elapsed().as_millis() as u64;
         info!(keys, bytes, took_ms, time = %set.time, "{}", lines::RESTORED);
         println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORED, set.time);
@@ -121,7 +150,7 @@ impl Cluster {
         }
         self.persist();
         let links: Vec<ControlLink> = self.links.iter().flatten().cloned().collect();
-        install(config, &[links]).await.map_err(Error::Unavailable)
+        install(config, &[links]).await.map_err(|e| Error::Unavailable(e.to_string()))
     }
 
     /// Publishes `config` and the status to clients.
@@ -151,39 +180,13 @@ impl Cluster {
             // gone: the servers' tables are newer than the set.
             Restore::consume(&dir)?;
         }
-        let expected = self.state.len() - u32::from(recovering.is_some());
         let newest = self.await_rejoin(events, internal, recovering).await?;
         self.open_links_back().await;
         let missing: Vec<u32> = (0..self.state.len())
             .filter(|&id| Some(id) != recovering && !self.state.members[id as usize].live)
             .collect();
+        self.judge_take_back(&missing, recovering, newest)?;
         let config = self.state.config.clone().expect("only a configured cluster is taken back");
-        if newest > config.epoch {
-            return Err(Error::Unavailable(format!(
-                "the state in {} is older than the cluster (epoch {} < {newest}): it cannot be \
-                 taken back safely",
-                self.store.describe(),
-                config.epoch
-            )));
-        }
-        if missing.len() + usize::from(recovering.is_some()) > 1 {
-            let bin = &self.processes.launcher.server_bin;
-            let members = &self.state.members;
-            let surely = missing.iter().all(|&id| process::gone(&members[id as usize], bin));
-            if self.store.is_elected() && !surely {
-                // Elected after a leader that may only be paused or cut off (see `lead`).
-                return Err(Error::Unavailable(format!(
-                    "servers {missing:?} did not come back within {:?}",
-                    self.rejoin_wait()
-                )));
-            }
-            return Err(Error::DoubleFault(format!(
-                "servers {missing:?} did not come back after the coordinator restarted ({}; \
-                 {expected} expected); move {} away to start a new cluster",
-                lines::TWO_FAULTS,
-                self.store.describe()
-            )));
-        }
         // A replacement under way when the coordinator died is rolled back: kill it too.
         if let Some(a) = recovering.filter(|&a| self.state.members[a as usize].pid != 0) {
             self.processes.take_back(&self.state.members[a as usize]);
@@ -192,10 +195,44 @@ impl Cluster {
         self.install_first(ClusterConfig { epoch, ..config }).await?;
         info!(epoch, servers = self.live_ids().len(), "{}", lines::TOOK_BACK);
         if let Some(&id) = missing.first() {
-            self.lost(id, "it did not come back after the coordinator restarted".into(), false);
+            self.lost(id, Loss::NotBack);
         }
         self.restart_recovery();
         Ok(())
+    }
+
+    /// Whether the servers that came back (all but `missing`, and `recovering`'s replacement)
+    /// may be taken back: the state must be as new as they are, and at most one server may
+    /// be missing (two are a double fault, or, elected after a leader that may only be
+    /// paused or cut off, an error that leaves them to the next leader).
+    fn judge_take_back(&self, missing: &[u32], recovering: Option<u32>, newest: u64) -> Result<()> {
+        let epoch = self.state.epoch();
+        if newest > epoch {
+            return Err(Error::Unavailable(format!(
+                "the state in {} is older than the cluster (epoch {epoch} < {newest}): it \
+                 cannot be taken back safely",
+                self.store.describe(),
+            )));
+        }
+        if missing.len() + usize::from(recovering.is_some()) <= 1 {
+            return Ok(());
+        }
+        let bin = &self.processes.launcher.server_bin;
+        let members = &self.state.members;
+        let surely = missing.iter().all(|&id| process::gone(&members[id as usize], bin));
+        if self.store.is_elected() && !surely {
+            return Err(Error::Unavailable(format!(
+                "servers {missing:?} did not come back within {:?}",
+                self.rejoin_wait()
+            )));
+        }
+        let expected = self.state.len() - u32::from(recovering.is_some());
+        Err(Error::DoubleFault(format!(
+            "servers {missing:?} did not come back after the coordinator restarted ({}; \
+             {expected} expected); move {} away to start a new cluster",
+            lines::TWO_FAULTS,
+            self.store.describe()
+        )))
     }
 
     /// Waits until every server but `recovering` reported again, or the heartbeat timeout;

@@ -100,18 +100,22 @@ impl Store {
     }
 
     /// A state from the bytes [`encode`](Self::encode) made; the error completes "... is".
-    pub fn decode(bytes: &[u8]) -> std::result::Result<CoordState, String> {
-        let loaded: Loaded = serde_json::from_slice(bytes).map_err(|e| {
-            format!("not a coordinator state ({e}); move it away to start a new cluster")
-        })?;
+    pub fn decode(bytes: &[u8]) -> std::result::Result<CoordState, Undecodable> {
+        let loaded: Loaded = serde_json::from_slice(bytes).map_err(Undecodable::NotAState)?;
         if loaded.format != FORMAT {
-            return Err(format!(
-                "a coordinator state of format {}, this coordinator reads {FORMAT}",
-                loaded.format
-            ));
+            return Err(Undecodable::Format(loaded.format));
         }
         Ok(loaded.state)
     }
+}
+
+/// Why stored bytes are not a state this coordinator reads; completes "... is".
+#[derive(Debug, thiserror::Error)]
+pub enum Undecodable {
+    #[error("not a coordinator state ({0}); move it away to start a new cluster")]
+    NotAState(serde_json::Error),
+    #[error("a coordinator state of format {0}, this coordinator reads {FORMAT}")]
+    Format(u32),
 }
 
 /// Runs `call` to completion from the coordinator's event loop, which is not async where

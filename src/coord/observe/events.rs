@@ -141,18 +141,37 @@ impl Hub {
     }
 }
 
-/// Why a server was lost, as a metrics label: from the reason the event loop gives.
-pub fn loss_cause(why: &str, exited: bool) -> &'static str {
-    if exited {
-        "process_exited"
-    } else if why.starts_with("no heartbeat") {
-        "heartbeat_timeout"
-    } else if why.starts_with("report link lost") {
-        "report_link_lost"
-    } else if why.starts_with("replication stream") {
-        "stream_cut"
-    } else {
-        "not_back_after_restart"
+/// Why a server was lost: the words of the log and the event, and the metrics label.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Loss {
+    /// The process is known to be gone: it cannot serve, even with a lease.
+    #[error("process exited ({0})")]
+    Exited(String),
+    #[error("no heartbeat for {0:?}")]
+    NoHeartbeat(std::time::Duration),
+    #[error("report link lost ({0})")]
+    ReportLinkLost(String),
+    #[error("replication stream to server {copy} cut (no acknowledgement for {stalled_ms} ms)")]
+    StreamCut { copy: u32, stalled_ms: u64 },
+    #[error("it did not come back after the coordinator restarted")]
+    NotBack,
+}
+
+impl Loss {
+    /// The `cause` label of `ftkv_failures_total`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Loss::Exited(_) => "process_exited",
+            Loss::NoHeartbeat(_) => "heartbeat_timeout",
+            Loss::ReportLinkLost(_) => "report_link_lost",
+            Loss::StreamCut { .. } => "stream_cut",
+            Loss::NotBack => "not_back_after_restart",
+        }
+    }
+
+    /// Whether the process is surely gone (no lease wait needed before its keys move).
+    pub fn exited(&self) -> bool {
+        matches!(self, Loss::Exited(_))
     }
 }
 

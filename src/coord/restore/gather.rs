@@ -29,7 +29,7 @@ pub fn gather(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError> 
     for member in &state.members {
         let found = read_server_manifest(dir, member.id)?;
         let verdict = found
-            .ok_or_else(|| format!("server {} wrote no dumps of its own", member.id))
+            .ok_or(Unusable::NoDumps { id: member.id })
             .and_then(|found| judge(found, member, config, state.first_epoch));
         servers.push(match verdict {
             Ok(usable) => {
@@ -45,7 +45,7 @@ pub fn gather(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError> 
             }
             Err(why) => {
                 warn!(id = member.id, %why, "its files are not used");
-                unusable(member.id, why)
+                unusable(member.id, why.to_string())
             }
         });
     }
@@ -79,29 +79,41 @@ fn judge(
     member: &Member,
     config: &ClusterConfig,
     first_epoch: u64,
-) -> Result<ServerManifest, String> {
+) -> Result<ServerManifest, Unusable> {
     let id = member.id;
     if found.epoch < first_epoch {
-        return Err(format!(
-            "server_{id}.manifest is from an earlier run (epoch {} < {first_epoch})",
-            found.epoch
-        ));
+        return Err(Unusable::EarlierRun { id, epoch: found.epoch, first_epoch });
     }
     if found.incarnation != member.incarnation {
-        return Err(format!(
-            "server_{id}.manifest is from start {} of server {id}, the cluster's state names \
-             start {}",
-            found.incarnation, member.incarnation
-        ));
+        let (found, named) = (found.incarnation, member.incarnation);
+        return Err(Unusable::OtherStart { id, found, named });
     }
     let named = &config.servers[id as usize];
     if named.state != Replica::Up || named.incarnation != member.incarnation {
-        return Err(format!("server {id} was being recovered"));
+        return Err(Unusable::BeingRecovered { id });
     }
     if !found.complete {
-        return Err(format!("server {id} said its copy was incomplete"));
+        return Err(Unusable::Incomplete { id });
     }
     Ok(found)
+}
+
+/// Why a server's own dumps are not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("server {id} wrote no dumps of its own")]
+    NoDumps { id: u32 },
+    #[error("server_{id}.manifest is from an earlier run (epoch {epoch} < {first_epoch})")]
+    EarlierRun { id: u32, epoch: u64, first_epoch: u64 },
+    #[error(
+        "server_{id}.manifest is from start {found} of server {id}, the cluster's state names \
+         start {named}"
+    )]
+    OtherStart { id: u32, found: u64, named: u64 },
+    #[error("server {id} was being recovered")]
+    BeingRecovered { id: u32 },
+    #[error("server {id} said its copy was incomplete")]
+    Incomplete { id: u32 },
 }
 
 /// The entry of a server whose files are not used.
@@ -150,17 +162,18 @@ mod tests {
         let config = ClusterConfig::for_tests(3);
         let judged = |m: ServerManifest, inc| judge(m, &member(1, inc), &config, 5);
         assert!(judged(found(1, 0, 7, true), 0).is_ok());
-        let earlier = judged(found(1, 0, 4, true), 0).unwrap_err();
+        let earlier = judged(found(1, 0, 4, true), 0).unwrap_err().to_string();
         assert!(earlier.contains("earlier run"), "{earlier}");
-        let older_start = judged(found(1, 0, 7, true), 1).unwrap_err();
+        let older_start = judged(found(1, 0, 7, true), 1).unwrap_err().to_string();
         assert!(
             older_start.contains("start 0") && older_start.contains("start 1"),
             "{older_start}"
         );
-        let incomplete = judged(found(1, 0, 7, false), 0).unwrap_err();
+        let incomplete = judged(found(1, 0, 7, false), 0).unwrap_err().to_string();
         assert!(incomplete.contains("incomplete"), "{incomplete}");
         let down = config.take_over(1).unwrap();
-        let recovering = judge(found(1, 0, 7, true), &member(1, 0), &down, 5).unwrap_err();
+        let recovering =
+            judge(found(1, 0, 7, true), &member(1, 0), &down, 5).unwrap_err().to_string();
         assert!(recovering.contains("being recovered"), "{recovering}");
     }
 }

@@ -28,6 +28,7 @@ use crate::client::Client;
 use crate::config::{Host, ServerSpec};
 use crate::connection::Connection;
 use crate::dumpfile::{self, Entries};
+pub use crate::manifest::RestoreError;
 use crate::manifest::{self, BEING_FILLED, MANIFEST, Manifest, ServerDumps, dump_name};
 use crate::protocol::{ClientRequestRef, ClientResponse, DumpFile, Hello, Op, Role};
 use crate::routing::{ClusterConfig, ServerAddr, primary_of, secondary_of};
@@ -38,40 +39,6 @@ const WRITERS: usize = 8;
 const PIPELINE: usize = 64;
 /// How long one restored key's write may keep retrying.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why the dump directory cannot be restored (or started on). Nothing was started or changed.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("dumps manifest {path}: {why}; nothing was started or changed")]
-    Manifest { path: PathBuf, why: String },
-    #[error(
-        "dump file {path}: {why}; nothing was started or changed (move the set away, or \
-         start with --fresh to set it aside and start empty)"
-    )]
-    File { path: PathBuf, why: String },
-    #[error(
-        "cannot restore the dumps in {dir}: {missing}; nothing was started or changed \
-         (start with --fresh to set the set aside and start empty)"
-    )]
-    NoCopy { dir: PathBuf, missing: String },
-    #[error(
-        "{dir} holds a dumps manifest, but the cluster has servers on other hosts, whose \
-         dumps are on those hosts: they restore only in place (the same number of servers, \
-         every server's files complete), which this set is not; start with --fresh to set \
-         the manifest and the local dumps aside and start empty"
-    )]
-    Remote { dir: PathBuf },
-    #[error(
-        "{dir} holds dump files ({files}) but no dumps manifest (from an older version, or a \
-         shutdown that did not finish): starting would write over them; start with --fresh \
-         to move them aside and start empty"
-    )]
-    NoManifest { dir: PathBuf, files: String },
-    #[error("{what}: {err}")]
-    Io { what: String, err: std::io::Error },
-    #[error("restoring the dumps: {0}")]
-    Write(String),
-}
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
     let what = what.into();
@@ -125,6 +92,21 @@ impl Restore {
         std::fs::remove_file(dir.join(MANIFEST))?;
         std::fs::File::open(dir)?.sync_all()
     }
+}
+
+/// After a restore onto fewer servers, the files of the servers the new cluster has not
+/// (id `n` and up) would stay beside the new set, listed nowhere: they move into a
+/// `dumps-<time>` folder, as `--fresh` moves a set. Returns where, if anything moved.
+pub fn set_aside_beyond(dir: &Path, n: u32) -> std::io::Result<Option<(PathBuf, Vec<String>)>> {
+    let beyond: Vec<String> = manifest::set_files(dir)?
+        .into_iter()
+        .filter(|name| manifest::server_of(name).is_some_and(|id| id >= n))
+        .collect();
+    if beyond.is_empty() {
+        return Ok(None);
+    }
+    let aside = manifest::move_aside(dir, &beyond, std::time::SystemTime::now())?;
+    Ok(Some((aside, beyond)))
 }
 
 /// What a start does with the dump directory: moves the set aside (`fresh`), loads the set
