@@ -12,6 +12,7 @@
 //!
 //! The wire format lives in [`protocol`] and [`connection`]; key placement in [`routing`].
 
+pub mod aof;
 pub mod bench;
 pub mod client;
 pub mod config;

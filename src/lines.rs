@@ -35,6 +35,11 @@ pub const SERVERS_GONE: &str = "every server of the cluster is gone";
 pub const RESTORE_AGAIN: &str = "a restore was under way when the coordinator stopped";
 /// coord: a restore begins (the servers run; the set is being written into them).
 pub const RESTORING: &str = "restoring";
+/// A log's last record, cut short by a crash, cut off at a start.
+pub const TORN_TAIL_CUT: &str = "a torn last record cut";
+/// A start after a crash of every process (the state names servers, none runs).
+pub const FROM_LOGS: &str =
+    "no server of the cluster runs (a crash?): starting each again from its log";
 /// server: it was asked for dumps while a restore fills it: the files keep the set.
 pub const NO_DUMPS_DURING_RESTORE: &str =
     "a restore is under way: no dumps written (the files hold the set being restored)";

@@ -175,6 +175,11 @@ pub fn is_dump_name(name: &str) -> bool {
     split_name(name).is_some_and(|(_, kind)| matches!(kind, "primary" | "secondary"))
 }
 
+/// Whether `name` is a server's append-only log (`server_<id>.aof`).
+pub fn is_log_name(name: &str) -> bool {
+    split_name(name).is_some_and(|(_, kind)| kind == "aof")
+}
+
 /// The server id of a set's file (`server_<id>.<kind>`: a dump or a server's manifest).
 pub fn server_of(name: &str) -> Option<u32> {
     split_name(name).and_then(|(id, _)| id.parse().ok())
@@ -210,12 +215,16 @@ pub fn is_server_manifest_name(name: &str) -> bool {
         .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The dump files and the manifests in `dir` (what `--fresh` moves aside).
+/// The dump files, the logs and the manifests in `dir` (what `--fresh` moves aside).
 pub fn set_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if is_dump_name(&name) || is_server_manifest_name(&name) || name == MANIFEST {
+        if is_dump_name(&name)
+            || is_log_name(&name)
+            || is_server_manifest_name(&name)
+            || name == MANIFEST
+        {
             names.push(name);
         }
     }

@@ -23,7 +23,7 @@ use crate::routing::ClusterConfig;
 /// 4: [`ClusterConfig::restoring`] (an older server would write dumps during a restore),
 /// [`ControlRequest::Load`].
 /// 5: heartbeats carry [`ServerStats`]; [`CoordRequest::Watch`] streams [`WatchMessage`]s.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest key accepted anywhere (64 KiB).
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Largest value accepted anywhere (16 MiB).
@@ -153,6 +153,10 @@ pub enum Refusal {
     ValueTooLarge { len: usize, max: usize },
     #[error("empty key")]
     EmptyKey,
+    /// The write was not stored anywhere (the owner's log refused it: a full disk, an
+    /// I/O error); nothing changed.
+    #[error("not stored: {0}")]
+    NotStored(String),
 }
 
 /// Which table of the receiving server a replication stream writes into.
@@ -208,6 +212,11 @@ pub enum ControlRequest {
     /// entry (size, MD5, key count; `n` must be its configuration's) before either table is
     /// touched. Answered by [`ControlResponse::Loaded`].
     Load { n: u32, primary: DumpFile, secondary: DumpFile },
+    /// The start after a crash (the server was started with `--from-log`): load the
+    /// append-only log into the tables, then append to it. `drop_secondary`: the secondary
+    /// table is emptied (and the log says so), to be filled again by its owner's stream,
+    /// which holds the newer copy. Answered by [`ControlResponse::LogLoaded`].
+    LoadLog { drop_secondary: bool },
 }
 
 /// Server -> coordinator, on the control port.
@@ -226,7 +235,22 @@ pub enum ControlResponse {
         keys: u64,
         bytes: u64,
     },
+    LogLoaded(LogLoaded),
     Failed(String),
+}
+
+/// What a server found in its append-only log at a start after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLoaded {
+    /// The log's path on the server's host.
+    pub file: String,
+    pub records: u64,
+    pub primary_keys: u64,
+    pub secondary_keys: u64,
+    /// Keys and values of both tables.
+    pub bytes: u64,
+    /// A last record cut short by the crash, cut off: where it began, and its bytes.
+    pub torn: Option<(u64, u64)>,
 }
 
 /// One dump file as its server wrote it.

@@ -70,13 +70,19 @@ pub struct ClusterConfig {
     /// state file written before it: false.)
     #[serde(default)]
     pub restoring: bool,
+    /// The start after a crash: every server streams its whole primary table to its
+    /// secondary before the next configuration, since after a crash the two copies may
+    /// differ in the writes that were never acknowledged (the owner's copy wins). Never
+    /// published to clients.
+    #[serde(default)]
+    pub resync: bool,
 }
 
 impl ClusterConfig {
     /// A configuration in which every server serves its own slot.
     pub fn new(epoch: u64, servers: Vec<ServerAddr>) -> Self {
         let serving = (0..servers.len() as u32).collect();
-        ClusterConfig { epoch, servers, serving, restoring: false }
+        ClusterConfig { epoch, servers, serving, restoring: false, resync: false }
     }
 
     pub fn len(&self) -> u32 {

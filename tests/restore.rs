@@ -141,7 +141,7 @@ async fn a_restart_with_another_number_of_servers_reshards() {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     let moved: Vec<String> = files_in(&aside[0]).into_keys().collect();
-    assert_eq!(moved, ["server_3.primary", "server_3.secondary"]);
+    assert_eq!(moved, ["server_3.aof", "server_3.primary", "server_3.secondary"]);
 }
 
 /// No file of a server id the cluster of `n` has not stays in its directory.
@@ -255,7 +255,8 @@ async fn a_damaged_set_is_refused_and_left_as_it_was() {
     assert_readable(&cluster, &data).await;
 }
 
-/// The set's files: six dumps, three servers' manifests and the set's manifest.
+/// The set's files: six dumps, three servers' manifests and the set's manifest, and the
+/// three servers' logs (`--fresh` moves them aside too).
 fn set_of(cluster: &Cluster) -> BTreeMap<String, Vec<u8>> {
     let set: BTreeMap<String, Vec<u8>> = cluster
         .files()
@@ -266,8 +267,8 @@ fn set_of(cluster: &Cluster) -> BTreeMap<String, Vec<u8>> {
         .collect();
     assert_eq!(
         set.len(),
-        10,
-        "six dumps, three servers' manifests and the set's: {:?}",
+        13,
+        "six dumps, three logs, three servers' manifests and the set's: {:?}",
         set.keys()
     );
     set

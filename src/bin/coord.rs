@@ -71,6 +71,11 @@ struct Args {
     /// new directory dumps-<UTC time> instead of restoring them (nothing is deleted).
     #[arg(long)]
     fresh: bool,
+    /// When every server syncs its append-only log to disk (Redis's appendfsync): always (a
+    /// write is acknowledged only once on disk on both copies), everysec (a crash of every
+    /// process loses at most the last second), no (left to the kernel).
+    #[arg(long, value_name = "POLICY", default_value = "always")]
+    fsync: ftkv::aof::FsyncPolicy,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; port 0: any
     /// free port, printed at start).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -164,6 +169,7 @@ fn start(args: Args) -> Result<(), String> {
         state_dir: absolute(args.state_dir)?,
         orphan_timeout: args.orphan_timeout,
         fresh: args.fresh,
+        fsync: args.fsync,
         metrics: args.metrics,
         etcd,
     };

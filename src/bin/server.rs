@@ -65,6 +65,14 @@ struct Args {
     /// and exits. It serves no client meanwhile once its lease ends.
     #[arg(long, value_name = "SECS", default_value = DEFAULT_ORPHAN_TIMEOUT, value_parser = parse_orphan_timeout)]
     orphan_timeout: Duration,
+    /// When the append-only log (server_<id>.aof in the dump directory) is synced to
+    /// disk: always (before a write is acknowledged), everysec, no (left to the kernel).
+    #[arg(long, value_name = "POLICY", default_value = "always")]
+    fsync: ftkv::aof::FsyncPolicy,
+    /// Keep the log of an earlier start and load it when the coordinator says so (the
+    /// start after a crash); without it, a new log replaces an old one.
+    #[arg(long)]
+    from_log: bool,
     /// Worker threads of the async runtime; 0 runs everything on one thread.
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
@@ -162,6 +170,8 @@ fn start(args: Args) -> Result<(), String> {
         heartbeat: args.heartbeat_ms,
         incarnation: args.incarnation,
         orphan_timeout: args.orphan_timeout,
+        fsync: args.fsync,
+        from_log: args.from_log,
     };
     // One thread by default: measured on 2 cores with 3 servers and a load generator on the
     // same machine, a current-thread runtime did 66,000 PUT/s (-c 50) where 2 workers did

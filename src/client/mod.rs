@@ -55,6 +55,9 @@ pub enum OpError {
     Unknown(String),
     #[error("Server failure ({0})")]
     Server(String),
+    /// The owner could not store the write (its log refused it); nothing changed.
+    #[error("not stored: {0}")]
+    NotStored(String),
 }
 
 impl OpError {
@@ -63,6 +66,7 @@ impl OpError {
             Refusal::KeyTooLarge { len, max } => Some(OpError::KeyTooLarge { len, max }),
             Refusal::ValueTooLarge { len, max } => Some(OpError::ValueTooLarge { len, max }),
             Refusal::EmptyKey => Some(OpError::EmptyKey),
+            Refusal::NotStored(why) => Some(OpError::NotStored(why)),
             Refusal::WrongOwner { .. } | Refusal::Unavailable(_) => None,
         }
     }

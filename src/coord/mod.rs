@@ -96,6 +96,8 @@ pub struct CoordOptions {
     pub orphan_timeout: Duration,
     /// Start empty, moving an earlier set of dumps aside instead of restoring it.
     pub fresh: bool,
+    /// Passed to every server: when it syncs its log (`--fsync`).
+    pub fsync: crate::aof::FsyncPolicy,
     /// Serve `/metrics` (Prometheus text format) on this `ADDR:PORT`; off when `None`.
     pub metrics: Option<String>,
     /// Keep the state in etcd and stand by until elected (`--etcd`); `None`: the state
@@ -265,6 +267,8 @@ fn launcher(opts: &CoordOptions, state: &CoordState, shared: &Shared) -> Launche
         remote_dir: opts.remote_dir.clone(),
         advertise_host: opts.advertise_host.clone(),
         orphan_timeout: opts.orphan_timeout,
+        fsync: opts.fsync,
+        from_log: false,
         coordinators: shared.coordinators.clone(),
     }
 }

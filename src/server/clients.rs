@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::connection::{ConnWriter, Connection};
 use crate::error::{Error, Result};
 use crate::protocol::{ClientRequest, ClientResponse, ClientResponseRef, Op, OpKind};
-use crate::server::{Applied, Server};
+use crate::server::{Applied, Outcome, Server};
 
 /// Most requests read ahead of their answers on one connection.
 const PIPELINE_DEPTH: usize = 1024;
@@ -27,12 +27,12 @@ enum Answer {
         epoch: u64,
     },
     /// A PUT or DEL in flight.
-    Write(OpKind, oneshot::Receiver<Applied>),
+    Write(OpKind, oneshot::Receiver<Outcome>),
 }
 
 enum Event {
     Request(Result<Option<ClientRequest>>),
-    Applied(Result<Applied, oneshot::error::RecvError>),
+    Applied(Result<Outcome, oneshot::error::RecvError>),
 }
 
 fn applied(applied: Applied) -> ClientResponse {
@@ -83,9 +83,12 @@ pub async fn serve(server: Arc<Server>, conn: Connection) -> Result<()> {
                 // without an answer rather than claim either way.
                 let done = done.map_err(|_| Error::Closed)?;
                 if let Some(Answer::Write(kind, _)) = queue.pop_front() {
-                    server.ops.count(kind, true);
+                    server.ops.count(kind, done.is_ok());
                 }
-                writer.feed(&applied(done)).await?;
+                match done {
+                    Ok(done) => writer.feed(&applied(done)).await?,
+                    Err(refusal) => writer.feed(&ClientResponse::Refused(refusal)).await?,
+                }
                 unflushed = true;
             }
         }
@@ -113,9 +116,13 @@ async fn answer_ready(
                 }
             })?,
             Answer::Write(kind, done) => match done.try_recv() {
-                Ok(done) => {
+                Ok(Ok(done)) => {
                     server.ops.count(*kind, true);
                     writer.queue(&applied(done))?
+                }
+                Ok(Err(refusal)) => {
+                    server.ops.count(*kind, false);
+                    writer.queue(&ClientResponse::Refused(refusal))?
                 }
                 Err(oneshot::error::TryRecvError::Empty) => break,
                 Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),

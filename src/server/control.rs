@@ -71,6 +71,7 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             ControlRequest::Load { n, primary, secondary } => {
                 server.load_dumps(n, primary, secondary).await
             }
+            ControlRequest::LoadLog { drop_secondary } => server.load_log(drop_secondary).await,
             ControlRequest::Drain => {
                 server.drain(DRAIN_LIMIT).await;
                 ControlResponse::Done
@@ -113,8 +114,8 @@ pub async fn serve_stream(server: Arc<Server>, mut conn: Connection, role: Role)
     conn.send(&ReplAck::Opened).await?;
     info!(from = id, incarnation, ?into, epoch, stream, "replication stream accepted");
     let (mut reader, mut writer) = conn.split();
-    receive_stream(&mut reader, &mut writer, |ops| server.apply_replicated(from, into, stream, ops))
-        .await
+    let apply = |ops| server.apply_replicated(from, into, stream, ops);
+    receive_stream(&mut reader, &mut writer, apply, &server.durable).await
 }
 
 /// Reports the bound ports, then heartbeats (each answer renews the lease) and recovery

@@ -43,4 +43,7 @@ pub enum StreamRefused {
     /// A newer stream from the same sender into the same table was opened.
     #[error("stream {stream} from server {id} superseded")]
     Superseded { stream: u64, id: u32 },
+    /// This server's log refused the batch (a full disk): nothing of it was applied.
+    #[error(transparent)]
+    NotLogged(#[from] crate::server::durable::NotLogged),
 }

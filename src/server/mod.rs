@@ -5,6 +5,7 @@ mod batching;
 mod clients;
 mod control;
 mod dumps;
+mod durable;
 mod errors;
 mod lease;
 mod load;
@@ -39,7 +40,7 @@ pub use control::{
 };
 pub use lease::Lease;
 pub use orphan::{ATTEMPT_LIMIT, BadOrphanTimeout, DEFAULT_ORPHAN_TIMEOUT, parse_orphan_timeout};
-pub use replication::{CaughtUp, Mode, Replicator, Target};
+pub use replication::{CaughtUp, Mode, Outcome, Replicator, Target};
 pub use table::{Applied, Table};
 
 /// Longest a configuration change waits for writes in flight on a slot it hands away.
@@ -66,6 +67,10 @@ pub struct ServerOptions {
     /// How long a server that joined keeps its data and tries to re-attach after losing its
     /// coordinator, before it writes its dumps and exits.
     pub orphan_timeout: Duration,
+    /// When the append-only log is synced (`--fsync`).
+    pub fsync: crate::aof::FsyncPolicy,
+    /// Keep the log of an earlier start, to load it when told (`--from-log`).
+    pub from_log: bool,
 }
 
 /// State shared by all of a server's tasks.
@@ -99,24 +104,38 @@ pub struct Server {
     dumping: Mutex<dumps::OwnDumps>,
     /// Client operations answered, for the heartbeat's counters.
     ops: stats::OpCounters,
+    /// The append-only log of both tables.
+    durable: Arc<durable::Durable>,
     cancel: CancellationToken,
 }
 
 impl Server {
-    fn new(opts: &ServerOptions, token: Vec<u8>, cancel: CancellationToken) -> Self {
+    fn new(opts: &ServerOptions, token: Vec<u8>, cancel: CancellationToken) -> Result<Self> {
+        let log = opts.dump_dir.join(crate::manifest::dump_name(opts.id, "aof"));
+        let durable = durable::Durable::open(log, opts.id, &token, opts.fsync, opts.from_log)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let durable = Arc::new(durable);
         let primary = Arc::new(Table::default());
         let secondary = Arc::new(Table::default());
         let (caught_tx, caught_rx) = mpsc::unbounded_channel();
         let me = (opts.id, opts.incarnation);
-        let start = |table: &Arc<Table>| {
-            Replicator::start(me, token.clone(), table.clone(), caught_tx.clone(), cancel.clone())
+        let start = |table: &Arc<Table>, kind| {
+            let (caught, cancel) = (caught_tx.clone(), cancel.clone());
+            Replicator::start(
+                me,
+                token.clone(),
+                (table.clone(), kind),
+                durable.clone(),
+                caught,
+                cancel,
+            )
         };
-        Server {
+        Ok(Server {
             id: opts.id,
             incarnation: opts.incarnation,
             servers: opts.servers,
-            own: start(&primary),
-            adopted: start(&secondary),
+            own: start(&primary, TableKind::Primary),
+            adopted: start(&secondary, TableKind::Secondary),
             token,
             primary,
             secondary,
@@ -129,8 +148,9 @@ impl Server {
             dump_dir: opts.dump_dir.clone(),
             dumping: Mutex::new(dumps::OwnDumps::default()),
             ops: stats::OpCounters::default(),
+            durable,
             cancel,
-        }
+        })
     }
 
     /// The counters sent with the next heartbeat.
@@ -169,6 +189,7 @@ impl Server {
             return Err(ConfigRefused::OtherIncarnation { id: self.id, named: me.incarnation });
         }
         let (own, adopted) = self.modes(&config);
+        let restoring = config.restoring;
         {
             let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
             if let Some(current) = current.as_ref().filter(|c| c.epoch > config.epoch) {
@@ -182,6 +203,14 @@ impl Server {
             && !self.adopted.settle(SETTLE_LIMIT).await
         {
             return Err(ConfigRefused::NotSettled);
+        }
+        // The first configuration that serves begins this start's log, with what a restore
+        // of dumps loaded. Under a restore (or before `LoadLog`) the old log stays.
+        let tables =
+            [(&*self.primary, TableKind::Primary), (&*self.secondary, TableKind::Secondary)];
+        if !restoring && let Err(why) = self.durable.begin(&tables) {
+            // Writes are refused "not stored" until one can be begun.
+            warn!(%why, "no log to write to");
         }
         self.own.set_mode(own);
         self.adopted.set_mode(adopted);
@@ -278,7 +307,7 @@ impl Server {
         &self,
         op: Op,
         client_epoch: u64,
-    ) -> Result<oneshot::Receiver<Applied>, Refusal> {
+    ) -> Result<oneshot::Receiver<Outcome>, Refusal> {
         loop {
             let (own, epoch) = {
                 let config = self.config();
@@ -357,23 +386,31 @@ impl Server {
         Ok(())
     }
 
-    /// Applies a replicated batch if `from` may still write `into` this server on `stream`:
-    /// checked and applied under the configuration lock, so no swap slips in between.
+    /// Logs and applies a replicated batch if `from` may still write `into` this server on
+    /// `stream`: checked, logged and applied under the configuration lock, so no swap slips
+    /// in between, and the log holds the table's changes in the order they were applied.
+    /// Returns the batch's ticket in the log: it is acknowledged once synced.
     fn apply_replicated(
         &self,
         from: (u32, u64),
         into: TableKind,
         stream: u64,
         ops: Vec<Op>,
-    ) -> Result<(), StreamRefused> {
+    ) -> Result<u64, StreamRefused> {
         let config = self.config();
         let table = self.stream_table(&config, from, into)?;
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if streams.get(&(from.0, into)) != Some(&(from.1, stream)) {
             return Err(StreamRefused::Superseded { stream, id: from.0 });
         }
+        let kind = if std::ptr::eq(table, &*self.primary) {
+            TableKind::Primary
+        } else {
+            TableKind::Secondary
+        };
+        let ticket = self.durable.append(kind, &ops).map_err(StreamRefused::NotLogged)?;
         table.apply_all(ops);
-        Ok(())
+        Ok(ticket)
     }
 
     /// Stops client operations and waits until no replicated write is in flight.
@@ -442,7 +479,7 @@ pub async fn run(opts: ServerOptions, token: Vec<u8>) -> Result<()> {
         control: control.local_addr()?.port(),
     };
     let cancel = CancellationToken::new();
-    let server = Arc::new(Server::new(&opts, token, cancel.clone()));
+    let server = Arc::new(Server::new(&opts, token, cancel.clone())?);
     let tracker = TaskTracker::new();
     serve_ports(&server, [clients, peers, control], &tracker, &cancel);
     info!(id = opts.id, incarnation = opts.incarnation, ?ports, "listening");
@@ -493,12 +530,14 @@ mod tests {
             client_port: 0,
             servers_port: 0,
             control_port: 0,
-            dump_dir: std::env::temp_dir(),
+            dump_dir: tempfile::tempdir().unwrap().keep(),
             heartbeat: Duration::from_millis(250),
             incarnation: 0,
             orphan_timeout: Duration::from_secs(60),
+            fsync: crate::aof::FsyncPolicy::Always,
+            from_log: false,
         };
-        let server = Server::new(&opts, b"t".to_vec(), CancellationToken::new());
+        let server = Server::new(&opts, b"t".to_vec(), CancellationToken::new()).unwrap();
         let addrs = (0..3)
             .map(|id| ServerAddr {
                 id,
@@ -521,14 +560,18 @@ mod tests {
     async fn only_the_newest_stream_from_the_primary_may_write() {
         let server = server().await;
         let primary = (0, 0);
-        let superseded = |r| matches!(r, Err(StreamRefused::Superseded { .. }));
+        let superseded = |r: Result<(), _>| matches!(r, Err(StreamRefused::Superseded { .. }));
         server.open_stream(primary, TableKind::Secondary, 0, 2).unwrap();
         assert!(superseded(server.open_stream(primary, TableKind::Secondary, 0, 1)), "older");
-        assert!(superseded(server.apply_replicated(primary, TableKind::Secondary, 1, put())));
+        assert!(superseded(
+            server.apply_replicated(primary, TableKind::Secondary, 1, put()).map(drop)
+        ));
         server.apply_replicated(primary, TableKind::Secondary, 2, put()).unwrap();
         server.secondary.with_value(b"k", |v| assert_eq!(v, Some(&b"v"[..])));
         server.open_stream(primary, TableKind::Secondary, 0, 3).unwrap();
-        assert!(superseded(server.apply_replicated(primary, TableKind::Secondary, 2, put())));
+        assert!(superseded(
+            server.apply_replicated(primary, TableKind::Secondary, 2, put()).map(drop)
+        ));
     }
 
     #[tokio::test]

@@ -16,6 +16,13 @@
 //!   step 2: a snapshot followed by the live stream, never a racing copy), then report
 //!   "caught up" once the snapshot is acknowledged.
 //!
+//! **Durability.** The task logs every write it takes (one append for all those queued
+//! together) before it sends them, so the owner's sync runs while the copy receives, logs
+//! and syncs them; a write is applied and answered only once the copy acknowledged it and
+//! the local log holds it on disk (with `--fsync always`). A write the log refuses (a full
+//! disk) is answered "not stored" and never sent. Writes applied alone (degraded mode) are
+//! logged and synced the same way, several per sync.
+//!
 //! If the link breaks, the task reconnects and resends every unacknowledged entry in order.
 //! Re-applying an in-order suffix of writes leaves a table as it was, so the receiver needs
 //! no de-duplication. A write is never reported as failed while it may have reached the
@@ -33,9 +40,10 @@ use tracing::{debug, info, warn};
 use crate::connection::{ConnReader, ConnWriter, Connection};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    CopyStats, Hello, Op, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
+    CopyStats, Hello, Op, Refusal, ReplAck, ReplMessage, ReplMessageRef, Role, TableKind,
 };
 use crate::server::batching::Pacer;
+use crate::server::durable::Durable;
 use crate::server::errors::StreamRefused;
 use crate::server::outstanding::Outstanding;
 use crate::server::table::{Applied, Table};
@@ -106,16 +114,20 @@ pub struct CaughtUp {
     pub copied: CopyStats,
 }
 
+/// What a write's submitter learns: applied on both copies (or alone, degraded), or not
+/// stored at all.
+pub type Outcome = std::result::Result<Applied, Refusal>;
+
 struct Pending {
     op: Op,
-    done: oneshot::Sender<Applied>,
+    done: oneshot::Sender<Outcome>,
     /// This write's share of [`QUEUE_BYTES`], given back when it is answered.
     budget: OwnedSemaphorePermit,
 }
 
 impl From<Pending> for Entry {
     fn from(Pending { op, done, budget }: Pending) -> Self {
-        Entry { op, done: Some(done), _budget: Some(budget) }
+        Entry { op, done: Some(done), ticket: 0, _budget: Some(budget) }
     }
 }
 
@@ -136,7 +148,8 @@ impl Replicator {
     pub fn start(
         me: (u32, u64),
         token: Vec<u8>,
-        table: Arc<Table>,
+        (table, kind): (Arc<Table>, TableKind),
+        durable: Arc<Durable>,
         caught_up: mpsc::UnboundedSender<CaughtUp>,
         cancel: CancellationToken,
     ) -> Self {
@@ -148,6 +161,8 @@ impl Replicator {
             role: Role::Server { id: me.0, incarnation: me.1 },
             token,
             table,
+            kind,
+            durable,
             rx,
             mode: mode_rx,
             window: Window::default(),
@@ -226,7 +241,7 @@ pub struct Slot<'a> {
 impl Slot<'_> {
     /// Queues a write; the receiver fires once it is applied on both copies (or locally in
     /// degraded mode). It is dropped without firing if the server shuts down first.
-    pub fn submit(self, op: Op) -> oneshot::Receiver<Applied> {
+    pub fn submit(self, op: Op) -> oneshot::Receiver<Outcome> {
         let (done, rx) = oneshot::channel();
         self.outstanding.add();
         self.permit.send(Pending { op, done, budget: self.budget });
@@ -238,6 +253,9 @@ struct Task {
     role: Role,
     token: Vec<u8>,
     table: Arc<Table>,
+    /// Which of the server's tables `table` is, for its records in the log.
+    kind: TableKind,
+    durable: Arc<Durable>,
     rx: mpsc::Receiver<Pending>,
     mode: watch::Receiver<Mode>,
     /// Entries not yet acknowledged by the current target.
@@ -325,17 +343,61 @@ impl Task {
 
     /// Degraded mode: apply everything pending, then every new write, locally.
     async fn apply_locally(&mut self) -> Result<()> {
-        for entry in self.window.take_all() {
-            complete(&self.table, &self.outstanding, entry);
-        }
+        let pending: Vec<Entry> = self.window.take_all().collect();
+        self.settle(pending).await;
         loop {
             tokio::select! {
                 changed = self.mode.changed() => return changed.map_err(|_| Error::Closed),
                 pending = self.rx.recv() => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
-                    complete(&self.table, &self.outstanding, pending.into());
+                    self.apply_alone(pending).await;
                 }
             }
+        }
+    }
+
+    /// Logs `first` and every write queued behind it (one append), waits for the log's
+    /// sync, and applies and answers them: degraded mode, several writes per sync.
+    async fn apply_alone(&mut self, first: Pending) {
+        let mut taken = vec![first];
+        while taken.len() < QUEUE_OPS {
+            let Ok(pending) = self.rx.try_recv() else { break };
+            taken.push(pending);
+        }
+        let entries = self.logged(taken);
+        self.settle(entries).await;
+    }
+
+    /// Appends `taken` to the log, one write for all; returns them as entries that know
+    /// their place in it. If the log refuses them, each is answered "not stored" instead.
+    fn logged(&mut self, taken: Vec<Pending>) -> Vec<Entry> {
+        let ops: Vec<Op> = taken.iter().map(|p| p.op.clone()).collect();
+        let appended = self
+            .durable
+            .log()
+            .and_then(|log| log.append(self.kind, &ops).map_err(|e| self.durable.refusal(&e)));
+        match appended {
+            Ok(ticket) => taken.into_iter().map(|p| Entry { ticket, ..p.into() }).collect(),
+            Err(why) => {
+                warn!(%why, writes = taken.len(), "writes not stored");
+                for pending in taken {
+                    let _ = pending.done.send(Err(Refusal::NotStored(why.to_string())));
+                    self.outstanding.answered();
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Waits until the local log holds `entries` on disk, then applies and answers them in
+    /// order. A failed sync stops the server (see [`Durable::sync_failed`]).
+    async fn settle(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(ticket) = entries.iter().map(|e| e.ticket).max().filter(|&t| t > 0) {
+            self.durable.wait(ticket).await;
+        }
+        for entry in entries {
+            complete(&self.table, &self.outstanding, entry);
         }
     }
 
@@ -371,7 +433,9 @@ impl Task {
     ) -> Result<Option<(ConnReader, ConnWriter)>> {
         loop {
             self.streams += 1;
-            let open = open_stream(self.role, &self.token, self.streams, target);
+            // A copy of the token: the loop below applies writes meanwhile (`&mut self`).
+            let token = self.token.clone();
+            let open = open_stream(self.role, &token, self.streams, target);
             tokio::pin!(open);
             let failed = loop {
                 tokio::select! {
@@ -389,7 +453,7 @@ impl Task {
                     },
                     pending = self.rx.recv() => {
                         let Some(pending) = pending else { return Err(Error::Closed) };
-                        complete(&self.table, &self.outstanding, pending.into());
+                        self.apply_alone(pending).await;
                     }
                 }
             };
@@ -406,7 +470,7 @@ impl Task {
                     _ = &mut pause => break,
                     pending = self.rx.recv() => {
                         let Some(pending) = pending else { return Err(Error::Closed) };
-                        complete(&self.table, &self.outstanding, pending.into());
+                        self.apply_alone(pending).await;
                     }
                 }
             }
@@ -448,7 +512,7 @@ impl Task {
                     }
                 }
                 ack = reader.recv::<ReplAck>() => {
-                    self.on_ack(ack?, &mut pacer)?;
+                    self.on_ack(ack?, &mut pacer).await?;
                     ack_deadline.as_mut().reset(Instant::now() + ACK_TIMEOUT);
                 }
                 _ = async {}, if can_send => {
@@ -462,14 +526,13 @@ impl Task {
                     if self.mode.has_changed().unwrap_or(true) {
                         continue; // the mode is handled first, as before any send
                     }
-                    self.take_queued();
+                    self.take_queued(None);
                     let Some(count) = self.send_batch(&mut writer).await? else { return Ok(()) };
                     pacer.sent(count);
                 }
                 pending = self.rx.recv(), if room => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
-                    self.window.push(pending.into());
-                    self.take_queued();
+                    self.take_queued(Some(pending));
                 }
                 _ = pacer.hold_runs_out(), if pacer.holding() => {}
                 _ = &mut ack_deadline, if self.window.in_flight() > 0 => {
@@ -487,9 +550,10 @@ impl Task {
         info!(to = %target.addr, "snapshot acknowledged: copy caught up");
     }
 
-    /// Answers the writes the other copy acknowledged; anything but an acknowledgement of
-    /// writes in flight ends the stream.
-    fn on_ack(&mut self, ack: Option<ReplAck>, pacer: &mut Pacer) -> Result<()> {
+    /// Answers the writes the other copy acknowledged, once the local log holds them too
+    /// (its sync began when they were logged, before they were sent, so it is mostly
+    /// done); anything but an acknowledgement of writes in flight ends the stream.
+    async fn on_ack(&mut self, ack: Option<ReplAck>, pacer: &mut Pacer) -> Result<()> {
         let seq = match ack {
             Some(ReplAck::Applied { seq }) => seq,
             Some(ReplAck::Refused(why)) => return Err(refused(why)),
@@ -497,10 +561,9 @@ impl Task {
             None => return Err(Error::Closed),
         };
         let outstanding = self.window.client_writes();
-        let acked = self.window.on_ack(seq).map_err(|e| Error::Protocol(e.to_string()))?;
-        for entry in acked {
-            complete(&self.table, &self.outstanding, entry);
-        }
+        let acked: Vec<Entry> =
+            self.window.on_ack(seq).map_err(|e| Error::Protocol(e.to_string()))?.collect();
+        self.settle(acked).await;
         pacer.acked(outstanding);
         Ok(())
     }
@@ -525,11 +588,19 @@ impl Task {
         }
     }
 
-    /// Moves the writes already submitted into the stream, as far as there is room.
-    fn take_queued(&mut self) {
-        while self.window.client_writes() < QUEUE_OPS {
+    /// Moves `first` and the writes already submitted into the stream, as far as there is
+    /// room, logged (one append for all of them).
+    fn take_queued(&mut self, first: Option<Pending>) {
+        let mut taken: Vec<Pending> = first.into_iter().collect();
+        while self.window.client_writes() + taken.len() < QUEUE_OPS {
             let Ok(pending) = self.rx.try_recv() else { break };
-            self.window.push(pending.into());
+            taken.push(pending);
+        }
+        if taken.is_empty() {
+            return;
+        }
+        for entry in self.logged(taken) {
+            self.window.push(entry);
         }
     }
 }
@@ -539,7 +610,7 @@ impl Task {
 fn complete(table: &Table, outstanding: &Outstanding, entry: Entry) {
     if let Some(done) = entry.done {
         let applied = table.apply(entry.op);
-        let _ = done.send(applied);
+        let _ = done.send(Ok(applied));
         outstanding.answered();
     }
 }
@@ -570,13 +641,15 @@ fn refused(why: String) -> Error {
     Error::Protocol(format!("stream refused: {why}"))
 }
 
-/// The receiving side: applies a stream of batches and acknowledges them. `apply` checks,
-/// atomically with applying, that the sender may still write here (a fenced primary must
-/// never write again once its slot moved), and refuses the stream otherwise.
+/// The receiving side: applies a stream of batches and acknowledges each once its log holds
+/// it on disk. `apply` checks, atomically with logging and applying, that the sender may
+/// still write here (a fenced primary must never write again once its slot moved), and
+/// refuses the stream otherwise; it returns the batch's ticket in the log.
 pub async fn receive_stream(
     reader: &mut ConnReader,
     writer: &mut ConnWriter,
-    apply: impl Fn(Vec<Op>) -> Result<(), StreamRefused>,
+    apply: impl Fn(Vec<Op>) -> Result<u64, StreamRefused>,
+    durable: &Durable,
 ) -> Result<()> {
     let mut expected = 1u64;
     while let Some(message) = reader.recv::<ReplMessage>().await? {
@@ -590,10 +663,13 @@ pub async fn receive_stream(
             return Err(Error::Protocol("invalid write in a replication batch".into()));
         }
         let last = first_seq + ops.len() as u64 - 1;
-        if let Err(why) = apply(ops) {
-            let why = why.to_string();
-            writer.send(&ReplAck::Refused(why.clone())).await?;
-            return Err(Error::Protocol(why));
+        match apply(ops) {
+            Ok(ticket) => durable.wait(ticket).await,
+            Err(why) => {
+                let why = why.to_string();
+                writer.send(&ReplAck::Refused(why.clone())).await?;
+                return Err(Error::Protocol(why));
+            }
         }
         expected = last + 1;
         writer.send(&ReplAck::Applied { seq: last }).await?;
@@ -624,10 +700,16 @@ mod tests {
             assert!(matches!(open, ReplMessage::Open { .. }));
             conn.send(&ReplAck::Opened).await.unwrap();
             let (mut reader, mut writer) = conn.split();
-            let _ = receive_stream(&mut reader, &mut writer, |ops| {
-                applied.lock().unwrap().extend(ops.into_iter().map(|op| op.key().to_vec()));
-                Ok(())
-            })
+            let durable = Durable::for_tests();
+            let _ = receive_stream(
+                &mut reader,
+                &mut writer,
+                |ops| {
+                    applied.lock().unwrap().extend(ops.into_iter().map(|op| op.key().to_vec()));
+                    Ok(0)
+                },
+                &durable,
+            )
             .await;
         });
         (addr, keys)
@@ -638,7 +720,7 @@ mod tests {
         let slot = replicator.reserve(&op).await.unwrap();
         let done = slot.submit(op);
         let applied = tokio::time::timeout(Duration::from_secs(5), done).await;
-        assert_eq!(applied.expect("a write held for good").unwrap(), Applied::Stored);
+        assert_eq!(applied.expect("a write held for good").unwrap(), Ok(Applied::Stored));
     }
 
     /// Recovery step 2 towards a new copy that cannot be reached (a cut): writes are not held
@@ -651,8 +733,14 @@ mod tests {
         let table = Arc::new(Table::default());
         let (caught_up, mut reports) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let replicator =
-            Replicator::start((0, 1), b"token".to_vec(), table.clone(), caught_up, cancel.clone());
+        let replicator = Replicator::start(
+            (0, 1),
+            b"token".to_vec(),
+            (table.clone(), TableKind::Primary),
+            Durable::for_tests(),
+            caught_up,
+            cancel.clone(),
+        );
         replicator.set_mode(Mode::Stream(Target {
             addr: addr.to_string(),
             into: TableKind::Primary,
@@ -681,8 +769,14 @@ mod tests {
         let table = Arc::new(Table::default());
         let (caught_up, _reports) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let replicator =
-            Replicator::start((0, 1), b"token".to_vec(), table.clone(), caught_up, cancel.clone());
+        let replicator = Replicator::start(
+            (0, 1),
+            b"token".to_vec(),
+            (table.clone(), TableKind::Primary),
+            Durable::for_tests(),
+            caught_up,
+            cancel.clone(),
+        );
         replicator.set_mode(Mode::Stream(Target {
             addr,
             into: TableKind::Secondary,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 
+use crate::aof::Change;
 use crate::protocol::{DumpFile, Op};
 use crate::text::quote;
 
@@ -103,6 +104,25 @@ impl Table {
         for (key, value) in entries {
             self.insert(&mut map, key, value);
         }
+    }
+
+    /// Applies a change read back from the log (a start after a crash).
+    pub fn apply_loaded(&self, change: Change) {
+        match change {
+            Change::Put { key, value } => self.insert(&mut self.lock(), key, value),
+            Change::Del { key } => {
+                self.remove(&mut self.lock(), &key);
+            }
+            Change::Clear => self.clear(),
+        }
+    }
+
+    /// Empties the table.
+    pub fn clear(&self) {
+        let mut map = self.lock();
+        map.clear();
+        self.keys.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
     }
 
     /// A copy of every entry (recovery: the start of a new copy's stream).

@@ -8,7 +8,7 @@ use std::collections::vec_deque::Drain;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::protocol::Op;
-use crate::server::table::Applied;
+use crate::server::replication::Outcome;
 
 /// Largest batch payload we aim for (a single larger write still goes alone).
 const BATCH_BYTES: usize = 1 << 20;
@@ -21,7 +21,9 @@ const WINDOW_OPS: usize = 64 * 1024;
 pub(super) struct Entry {
     pub op: Op,
     /// Answers the client; `None` for a snapshot entry.
-    pub done: Option<oneshot::Sender<Applied>>,
+    pub done: Option<oneshot::Sender<Outcome>>,
+    /// Where this write ends in the local log (0: not logged here, a snapshot entry).
+    pub ticket: u64,
     /// The write's share of the queue's byte budget, given back when the entry is dropped.
     pub _budget: Option<OwnedSemaphorePermit>,
 }
@@ -70,7 +72,7 @@ impl Window {
     /// start: what went out before the snapshot must follow it).
     pub fn prepend_snapshot(&mut self, ops: impl DoubleEndedIterator<Item = Op>) {
         for op in ops.rev() {
-            self.entries.push_front(Entry { op, done: None, _budget: None });
+            self.entries.push_front(Entry { op, done: None, ticket: 0, _budget: None });
             self.snapshot_left += 1;
         }
         self.report_pending = true;
@@ -187,13 +189,13 @@ mod tests {
     }
 
     /// A window holding client writes with these keys, and the receivers of their answers.
-    fn window_of(keys: &[&str]) -> (Window, Vec<oneshot::Receiver<Applied>>) {
+    fn window_of(keys: &[&str]) -> (Window, Vec<oneshot::Receiver<Outcome>>) {
         let mut window = Window::default();
         let answers = keys
             .iter()
             .map(|key| {
                 let (done, answer) = oneshot::channel();
-                window.push(Entry { op: put(key), done: Some(done), _budget: None });
+                window.push(Entry { op: put(key), done: Some(done), ticket: 0, _budget: None });
                 answer
             })
             .collect();
@@ -202,7 +204,7 @@ mod tests {
 
     /// A write nobody waits for.
     fn entry(op: Op) -> Entry {
-        Entry { op, done: None, _budget: None }
+        Entry { op, done: None, ticket: 0, _budget: None }
     }
 
     fn keys(ops: &[&Op]) -> Vec<String> {

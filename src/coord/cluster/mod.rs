@@ -4,6 +4,7 @@
 //! machine; [`Cluster::perform`] only carries its actions out.
 
 mod cuts;
+mod from_logs;
 mod startup;
 
 use std::sync::Arc;
@@ -94,6 +95,9 @@ pub struct Cluster {
     tracker: Tracker,
     /// Cuts between a server and its copy, from the heartbeats (see `coord::cut`).
     cuts: CutWatch,
+    /// The servers are loading their logs after a crash (`from_logs`): a stop kills them,
+    /// without dumps, and leaves the state as it was for the next start.
+    loading_logs: bool,
 }
 
 impl Cluster {
@@ -127,6 +131,7 @@ impl Cluster {
             listening_since: Instant::now(),
             tracker: Tracker::default(),
             cuts: CutWatch::new(state_len, timeout),
+            loading_logs: false,
         }
     }
 
@@ -567,6 +572,14 @@ impl Cluster {
     pub async fn shutdown(&mut self) -> Result<()> {
         if let Some(install) = self.installing.take() {
             install.abort();
+        }
+        if self.loading_logs {
+            warn!("stopped while starting from the logs: servers killed; the logs are kept");
+            for member in self.state.members.clone() {
+                self.processes.kill(&member, member.incarnation);
+            }
+            self.processes.reap(&[]).await;
+            return Ok(());
         }
         // The servers are being filled from an earlier run's dumps: they write none (see
         // `ClusterConfig::restoring`) and are killed; the set and its manifest stay.

@@ -26,6 +26,7 @@ impl Cluster {
     ) -> Result<()> {
         match begin {
             Begin::New(restore) => self.start(restore, events, internal).await,
+            Begin::FromLogs => self.start_from_logs(events, internal).await,
             Begin::TakeBack => match self.readopt(events, internal).await {
                 Err(e) if self.is_elected() && !matches!(e, Error::DoubleFault(_)) => {
                     step_down(&format!("taking the cluster back failed ({e})"))
@@ -50,7 +51,7 @@ impl Cluster {
                 self.processes.launcher.spawn(&self.state.members[id as usize], n).await?;
             self.adopt(id, 0, started);
         }
-        self.await_reports(events, internal).await?;
+        self.await_reports(&[], events, internal).await?;
         for member in &self.state.members {
             let link =
                 ControlLink::connect(member.id, &member.control_addr(), &self.shared).await?;
@@ -143,7 +144,7 @@ impl Cluster {
 
     /// Records `config` and installs it on every server with a link, without handing it to
     /// clients yet.
-    async fn configure(&mut self, config: &ClusterConfig) -> Result<()> {
+    pub(super) async fn configure(&mut self, config: &ClusterConfig) -> Result<()> {
         self.state.config = Some(config.clone());
         for id in (0..self.state.len()).filter(|&id| self.links[id as usize].is_some()) {
             self.state.members[id as usize].state = ServerState::Running;
@@ -154,7 +155,7 @@ impl Cluster {
     }
 
     /// Publishes `config` and the status to clients.
-    fn open_to_clients(&mut self, config: ClusterConfig) {
+    pub(super) fn open_to_clients(&mut self, config: ClusterConfig) {
         self.shared.view.send_modify(|view| view.config = Some(config));
         self.publish();
     }
@@ -327,14 +328,15 @@ impl Cluster {
         self.publish();
     }
 
-    /// Waits until every server reported `Started`, within [`STARTUP_LIMIT`].
-    async fn await_reports(
+    /// Waits until every server but `absent` reported `Started`, within [`STARTUP_LIMIT`].
+    pub(super) async fn await_reports(
         &mut self,
+        absent: &[u32],
         events: &mut mpsc::UnboundedReceiver<Event>,
         internal: &mut mpsc::UnboundedReceiver<Internal>,
     ) -> Result<()> {
         let deadline = Instant::now() + STARTUP_LIMIT;
-        while self.state.members.iter().any(|m| !m.live) {
+        while self.state.members.iter().any(|m| !m.live && !absent.contains(&m.id)) {
             let event = tokio::select! {
                 event = events.recv() => event.ok_or(Error::Closed)?,
                 _ = tokio::time::sleep_until(deadline) => {

@@ -2,8 +2,10 @@
 //! dump directory, before anything is bound or started:
 //!
 //! - the previous run's servers still run: take them back (`Cluster::readopt`);
-//! - they are all gone (they wrote their dumps alone after the orphan timeout, or were
-//!   killed): restore the dumps they left ([`gather`]), like after an orderly stop;
+//! - they are all gone, each after writing its dumps alone (the orphan timeout): restore
+//!   the dumps they left ([`gather`]), like after an orderly stop;
+//! - they are all gone otherwise (killed at once: a crash): start each again from its
+//!   append-only log (`Cluster::start_from_logs`);
 //! - it was killed during a restore: kill the servers it had started (they hold part of the
 //!   set at most, and wrote no dumps over it) and restore the same set again;
 //! - it stopped in order: restore its set (with the servers' own manifests when one server
@@ -12,7 +14,7 @@
 
 use crate::config::{Host, ServerSpec};
 use crate::coord::ha::store::Store;
-use crate::coord::restore::gather::gather;
+use crate::coord::restore::gather::{gather, gathered};
 use crate::coord::restore::{self, Restore};
 use crate::coord::servers::process;
 use crate::coord::state::machine_id;
@@ -27,6 +29,8 @@ pub enum Begin {
     TakeBack,
     /// Start new servers, filled with an earlier run's set if there is one.
     New(Option<Restore>),
+    /// Start every server again from its own log: they all died at once (a crash).
+    FromLogs,
 }
 
 /// The state to run with, and how to begin (see the module's comment).
@@ -47,11 +51,14 @@ pub async fn begin(opts: &CoordOptions, store: &Store) -> Result<(CoordState, Be
             process::kill_all(&previous.members, &opts.server_bin).await;
         } else if !process::all_gone(&previous.members, &opts.server_bin) {
             return Ok((previous, Begin::TakeBack));
-        } else {
+        } else if opts.fresh {
+            say(&format!("{}: starting empty (--fresh)", lines::SERVERS_GONE));
+        } else if gathered(dir, &previous)?.servers.iter().all(|s| s.complete) {
             say(&format!("{}: restoring the dumps its servers wrote", lines::SERVERS_GONE));
-            if !opts.fresh {
-                gather(dir, &previous)?;
-            }
+            gather(dir, &previous)?;
+        } else {
+            say(lines::FROM_LOGS);
+            return Ok((previous, Begin::FromLogs));
         }
     } else if !restoring && !opts.fresh && !dir.join(MANIFEST).exists() && has_own_manifests(dir) {
         gather(dir, &previous)?;

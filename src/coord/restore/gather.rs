@@ -24,6 +24,16 @@ use crate::routing::{ClusterConfig, Replica};
 /// `dumps.manifest` (over any other: the servers' tables were newer than an older set), and
 /// returns it.
 pub fn gather(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError> {
+    let manifest = gathered(dir, state)?;
+    write_atomically(dir, MANIFEST, &manifest.encode()).map_err(|err| RestoreError::Io {
+        what: format!("writing {}", dir.join(MANIFEST).display()),
+        err,
+    })?;
+    Ok(manifest)
+}
+
+/// The manifest [`gather`] writes, not written.
+pub fn gathered(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError> {
     let config = state.config.as_ref().expect("only a configured cluster left dumps");
     let (mut servers, mut times) = (Vec::new(), Vec::new());
     for member in &state.members {
@@ -50,12 +60,7 @@ pub fn gather(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError> 
         });
     }
     let time = times.into_iter().max().unwrap_or_else(|| utc_time(std::time::SystemTime::now()));
-    let manifest = Manifest { format: FORMAT, n: state.len(), epoch: config.epoch, time, servers };
-    write_atomically(dir, MANIFEST, &manifest.encode()).map_err(|err| RestoreError::Io {
-        what: format!("writing {}", dir.join(MANIFEST).display()),
-        err,
-    })?;
-    Ok(manifest)
+    Ok(Manifest { format: FORMAT, n: state.len(), epoch: config.epoch, time, servers })
 }
 
 /// Server `id`'s manifest in `dir`, if it wrote one.

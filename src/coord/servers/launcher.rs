@@ -44,6 +44,11 @@ pub struct Launcher {
     pub advertise_host: Option<String>,
     /// `--orphan-timeout` of every server.
     pub orphan_timeout: Duration,
+    /// `--fsync` of every server.
+    pub fsync: crate::aof::FsyncPolicy,
+    /// Servers started now keep their log, to load it when told (`--from-log`: the start
+    /// after a crash); otherwise each starts a new one.
+    pub from_log: bool,
     /// The standby coordinators, given to every server after this one's address.
     pub coordinators: Coordinators,
 }
@@ -268,9 +273,11 @@ impl Launcher {
             ("--incarnation", member.incarnation.to_string()),
             ("--heartbeat-ms", self.heartbeat.as_millis().to_string()),
             ("--orphan-timeout", self.orphan_timeout.as_secs_f64().to_string()),
+            ("--fsync", self.fsync.to_string()),
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
+        .chain(self.from_log.then(|| "--from-log".to_string()))
         .collect()
     }
 }

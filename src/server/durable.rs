@@ -1,0 +1,183 @@
+//! The server's append-only log (`server_<id>.aof` in its dump directory): a new one at a
+//! start, or the one kept and loaded when the coordinator says so after a crash
+//! (`--from-log`, `ControlRequest::LoadLog`); written again from the tables after a restore
+//! of dumps, whose keys reach the tables without passing through it.
+//!
+//! A new log replaces the old file only once this start surely holds data of its own: at
+//! its first configuration that is not a restore's, its first write, or the end of a load
+//! of dumps. A start refused during a restore (a damaged dump) leaves the old log as it was.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tracing::{error, info, warn};
+
+use crate::aof::{self, FsyncPolicy, Log, LogError};
+use crate::protocol::{ControlResponse, LogLoaded, Op, TableKind};
+use crate::server::{Server, Table};
+
+/// The log of a server: open once a start decided whether it is new or loaded.
+pub struct Durable {
+    log: RwLock<Option<Log>>,
+    /// Whether this start begins a new log (else it waits for `LoadLog`).
+    new: bool,
+    path: PathBuf,
+    id: u32,
+    cluster: [u8; 16],
+    policy: FsyncPolicy,
+}
+
+/// Why a write was not stored: the log refused it (a full disk, an I/O error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("server {id} cannot write its log: {why}")]
+pub struct NotLogged {
+    pub id: u32,
+    pub why: String,
+}
+
+impl Durable {
+    /// The log at `path`; `from_log`: kept as it is until [`Server::load_log`], else
+    /// replaced by a new, empty one now.
+    pub fn open(
+        path: PathBuf,
+        id: u32,
+        token: &[u8],
+        policy: FsyncPolicy,
+        from_log: bool,
+    ) -> Result<Self, LogError> {
+        let cluster = aof::cluster_digest(token);
+        Ok(Durable { log: RwLock::new(None), new: !from_log, path, id, cluster, policy })
+    }
+
+    /// Begins this start's new log now, if it is to have one and has none yet, holding what
+    /// `tables` hold (the keys of a restore of dumps, loaded without passing through it).
+    pub fn begin(&self, tables: &[(&Table, TableKind)]) -> Result<Log, NotLogged> {
+        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = log.as_ref() {
+            return Ok(log.clone());
+        }
+        if !self.new {
+            return Err(NotLogged { id: self.id, why: "its log is not loaded yet".into() });
+        }
+        let created = self.create(tables).map_err(|e| self.refusal(&e))?;
+        info!(path = %self.path.display(), policy = %self.policy, "new log");
+        *log = Some(created.clone());
+        Ok(created)
+    }
+
+    /// A new log holding `tables`' entries, on disk.
+    fn create(&self, tables: &[(&Table, TableKind)]) -> Result<Log, LogError> {
+        let log = Log::create(&self.path, self.id, self.cluster, self.policy)?;
+        let mut last = 0;
+        for (table, kind) in tables {
+            for chunk in table.snapshot().chunks(4096) {
+                let ops: Vec<Op> = chunk
+                    .iter()
+                    .map(|(key, value)| Op::Put { key: key.clone(), value: value.clone() })
+                    .collect();
+                last = log.append(*kind, &ops)?;
+            }
+        }
+        if last > 0 {
+            futures::executor::block_on(log.durable(last))?;
+        }
+        Ok(log)
+    }
+
+    fn set(&self, log: Log) {
+        *self.log.write().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    /// A new log in a directory of its own, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> Arc<Durable> {
+        let dir = tempfile::tempdir().expect("a temporary directory").keep();
+        let path = dir.join("server_1.aof");
+        Arc::new(Durable::open(path, 1, b"token", FsyncPolicy::Always, false).expect("a log"))
+    }
+
+    /// The open log (begun now if need be), or why there is none.
+    pub fn log(&self) -> Result<Log, NotLogged> {
+        let open = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Begun by a first write: the tables are empty (a new copy, a restore written in).
+        open.map_or_else(|| self.begin(&[]), Ok)
+    }
+
+    /// Waits until the log is on disk past `ticket`. A sync that failed stops the server:
+    /// the kernel may have dropped the pages it could not write, so nothing this process
+    /// holds can be proved stored any more (PostgreSQL stops for the same reason); the
+    /// coordinator replaces it from its copy.
+    pub async fn wait(&self, ticket: u64) {
+        let Ok(log) = self.log() else { return };
+        if let Err(e) = log.durable(ticket).await {
+            error!(error = %e, "the log cannot be synced: stopping");
+            eprintln!("server {}: the log cannot be synced ({e}): stopping", self.id);
+            std::process::exit(70);
+        }
+    }
+
+    /// `error` as the refusal a client reads.
+    pub fn refusal(&self, error: &LogError) -> NotLogged {
+        NotLogged { id: self.id, why: error.to_string() }
+    }
+
+    /// Appends a batch of changes to `table`; returns its ticket.
+    pub fn append(&self, table: TableKind, ops: &[Op]) -> Result<u64, NotLogged> {
+        self.log()?.append(table, ops).map_err(|e| self.refusal(&e))
+    }
+}
+
+impl Server {
+    /// Answers a `LoadLog` (see `ControlRequest::LoadLog`), on a blocking thread.
+    pub(super) async fn load_log(self: &Arc<Self>, drop_secondary: bool) -> ControlResponse {
+        let server = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || server.load_log_now(drop_secondary));
+        match loaded.await {
+            Ok(Ok(loaded)) => ControlResponse::LogLoaded(loaded),
+            Ok(Err(why)) => ControlResponse::Failed(why),
+            Err(e) => ControlResponse::Failed(format!("loading the log: {e}")),
+        }
+    }
+
+    /// Loads the kept log into the empty tables, once, before any configuration.
+    fn load_log_now(&self, drop_secondary: bool) -> Result<LogLoaded, String> {
+        let durable = &self.durable;
+        if durable.new || durable.log.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(
+                "a log is loaded only once, into the tables of a start after a crash".into()
+            );
+        }
+        let began = std::time::Instant::now();
+        let (primary, secondary) = (&self.primary, &self.secondary);
+        let (log, summary) =
+            Log::load(&durable.path, durable.id, durable.cluster, durable.policy, |table, op| {
+                match table {
+                    TableKind::Primary => primary.apply_loaded(op),
+                    TableKind::Secondary => secondary.apply_loaded(op),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some((offset, bytes)) = summary.torn {
+            let file = durable.path.display();
+            warn!(%file, offset, bytes, "{}", crate::lines::TORN_TAIL_CUT);
+        }
+        if drop_secondary && !secondary.is_empty() {
+            // Its owner's log holds the newer copy, streamed here next (`resync`).
+            let cleared = log.append_clear(TableKind::Secondary).map_err(|e| e.to_string())?;
+            futures::executor::block_on(log.durable(cleared)).map_err(|e| e.to_string())?;
+            secondary.clear();
+        }
+        durable.set(log);
+        let loaded = LogLoaded {
+            file: durable.path.display().to_string(),
+            records: summary.records,
+            primary_keys: primary.len() as u64,
+            secondary_keys: secondary.len() as u64,
+            bytes: primary.bytes() + secondary.bytes(),
+            torn: summary.torn,
+        };
+        let took_ms = began.elapsed().as_millis() as u64;
+        info!(?loaded, drop_secondary, took_ms, "log loaded");
+        Ok(loaded)
+    }
+}
