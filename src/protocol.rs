@@ -213,10 +213,9 @@ pub enum ControlRequest {
     /// touched. Answered by [`ControlResponse::Loaded`].
     Load { n: u32, primary: DumpFile, secondary: DumpFile },
     /// The start after a crash (the server was started with `--from-log`): load the
-    /// append-only log into the tables, then append to it. `drop_secondary`: the secondary
-    /// table is emptied (and the log says so), to be filled again by its owner's stream,
-    /// which holds the newer copy. Answered by [`ControlResponse::LogLoaded`].
-    LoadLog { drop_secondary: bool },
+    /// append-only log into the tables, then append to it; nothing is written to it yet.
+    /// Answered by [`ControlResponse::LogLoaded`].
+    LoadLog,
 }
 
 /// Server -> coordinator, on the control port.

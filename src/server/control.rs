@@ -71,7 +71,7 @@ pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<
             ControlRequest::Load { n, primary, secondary } => {
                 server.load_dumps(n, primary, secondary).await
             }
-            ControlRequest::LoadLog { drop_secondary } => server.load_log(drop_secondary).await,
+            ControlRequest::LoadLog => server.load_log().await,
             ControlRequest::Drain => {
                 server.drain(DRAIN_LIMIT).await;
                 ControlResponse::Done

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::aof::{self, FsyncPolicy, Log, LogError};
 use crate::protocol::{ControlResponse, LogLoaded, Op, TableKind};
+use crate::routing::ClusterConfig;
 use crate::server::{Server, Table};
 
 /// The log of a server: open once a start decided whether it is new or loaded.
@@ -129,9 +130,9 @@ impl Durable {
 
 impl Server {
     /// Answers a `LoadLog` (see `ControlRequest::LoadLog`), on a blocking thread.
-    pub(super) async fn load_log(self: &Arc<Self>, drop_secondary: bool) -> ControlResponse {
+    pub(super) async fn load_log(self: &Arc<Self>) -> ControlResponse {
         let server = self.clone();
-        let loaded = tokio::task::spawn_blocking(move || server.load_log_now(drop_secondary));
+        let loaded = tokio::task::spawn_blocking(move || server.load_log_now());
         match loaded.await {
             Ok(Ok(loaded)) => ControlResponse::LogLoaded(loaded),
             Ok(Err(why)) => ControlResponse::Failed(why),
@@ -140,7 +141,7 @@ impl Server {
     }
 
     /// Loads the kept log into the empty tables, once, before any configuration.
-    fn load_log_now(&self, drop_secondary: bool) -> Result<LogLoaded, String> {
+    fn load_log_now(&self) -> Result<LogLoaded, String> {
         let durable = &self.durable;
         if durable.new || durable.log.read().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Err(
@@ -161,12 +162,6 @@ impl Server {
             let file = durable.path.display();
             warn!(%file, offset, bytes, "{}", crate::lines::TORN_TAIL_CUT);
         }
-        if drop_secondary && !secondary.is_empty() {
-            // Its owner's log holds the newer copy, streamed here next (`resync`).
-            let cleared = log.append_clear(TableKind::Secondary).map_err(|e| e.to_string())?;
-            futures::executor::block_on(log.durable(cleared)).map_err(|e| e.to_string())?;
-            secondary.clear();
-        }
         durable.set(log);
         let loaded = LogLoaded {
             file: durable.path.display().to_string(),
@@ -177,7 +172,29 @@ impl Server {
             torn: summary.torn,
         };
         let took_ms = began.elapsed().as_millis() as u64;
-        info!(?loaded, drop_secondary, took_ms, "log loaded");
+        info!(?loaded, took_ms, "log loaded");
         Ok(loaded)
+    }
+
+    /// The first configuration after a crash (`resync`): if this server's primary serves
+    /// its own keys, the secondary table is emptied, in the log first: the primary's copy
+    /// is the newer one (its writes that were never acknowledged may differ), and it is
+    /// streamed here next. Done before the configuration is installed, so that no batch of
+    /// that stream can land before it.
+    pub(super) fn resync_secondary(&self, config: &ClusterConfig) -> Result<(), NotLogged> {
+        let primary = crate::routing::primary_of(self.id, self.servers) as usize;
+        let owner_up = config.servers[primary].state == crate::routing::Replica::Up
+            && config.serving[primary] as usize == primary;
+        let first = self.config().is_none();
+        if !config.resync || !first || !owner_up || self.secondary.is_empty() {
+            return Ok(());
+        }
+        let log = self.durable.log()?;
+        let cleared =
+            log.append_clear(TableKind::Secondary).map_err(|e| self.durable.refusal(&e))?;
+        futures::executor::block_on(log.durable(cleared)).map_err(|e| self.durable.refusal(&e))?;
+        info!(keys = self.secondary.len(), "secondary emptied: its primary fills it again");
+        self.secondary.clear();
+        Ok(())
     }
 }

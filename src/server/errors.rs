@@ -20,6 +20,9 @@ pub enum ConfigRefused {
     /// both replicators keep their modes.
     #[error("writes to the handed-back slot did not settle")]
     NotSettled,
+    /// The log refused the change this configuration starts with (see `resync_secondary`).
+    #[error(transparent)]
+    NotLogged(#[from] crate::server::durable::NotLogged),
 }
 
 /// Why a replication stream, or one of its batches, was refused.

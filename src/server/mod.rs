@@ -190,6 +190,7 @@ impl Server {
         }
         let (own, adopted) = self.modes(&config);
         let restoring = config.restoring;
+        self.resync_secondary(&config)?;
         {
             let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
             if let Some(current) = current.as_ref().filter(|c| c.epoch > config.epoch) {
@@ -233,7 +234,8 @@ impl Server {
             Mode::Waiting
         } else {
             match config.servers[next as usize].state {
-                Replica::Up => stream(next, TableKind::Secondary, false),
+                // After a crash the copy is filled again from this, the newer one.
+                Replica::Up => stream(next, TableKind::Secondary, config.resync),
                 Replica::Joining => stream(next, TableKind::Secondary, true),
                 Replica::Down => Mode::Local,
             }

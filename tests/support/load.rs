@@ -114,6 +114,16 @@ impl Load {
         true
     }
 
+    /// Waits until `more` operations more than now have completed; panics after `limit`.
+    pub async fn completes(&self, more: u64, limit: Duration) {
+        let target = self.completed.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + limit;
+        while self.completed.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "{more} operations not done in {limit:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Stops the clients and waits for their last operations.
     pub async fn stop(self) -> (Arc<Recorder>, Vec<Vec<u8>>) {
         self.stop.store(true, Ordering::Relaxed);

@@ -4,11 +4,12 @@
 //! once every key is back on both copies:
 //!
 //! 1. every server of the last configuration that was up starts with `--from-log` (a new
-//!    incarnation) and is told to load its log (`LoadLog`); a server whose primary is up
-//!    drops its secondary table, which its primary's log holds newer;
-//! 2. a configuration with `resync` set: every owner streams its whole primary table to its
-//!    secondary (a snapshot, as in recovery step 2), and each copy logs what it receives
-//!    before acknowledging it;
+//!    incarnation) and is told to load its log (`LoadLog`), which writes nothing: a start
+//!    refused now (a damaged log) changes no file;
+//! 2. a configuration with `resync` set: a server whose primary is up empties its secondary
+//!    table (its primary's log holds the newer copy), and every owner streams its whole
+//!    primary table to its secondary (a snapshot, as in recovery step 2), which logs what it
+//!    receives before acknowledging it;
 //! 3. once every such stream caught up, the next configuration (without `resync`) goes to
 //!    the servers and to clients. A server that was down or being replaced at the crash is
 //!    then recovered as usual, from its secondary's copy.
@@ -17,8 +18,9 @@
 //! so the next start tries again from the same logs.
 
 use super::*;
+use crate::coord::state::Member;
 use crate::protocol::LogLoaded;
-use crate::routing::{Replica, primary_of};
+use crate::routing::{Replica, ServerAddr};
 
 /// Longest a server may take to load its log (a big one takes seconds).
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
@@ -36,9 +38,11 @@ impl Cluster {
         // A recovery under way at the crash starts again from the beginning, after.
         self.state.recovery = None;
         let last = self.state.config.clone().expect("only a configured cluster crashed");
-        let (config, missing) = config_after_crash(&last);
+        let missing = not_up(&last);
         self.spawn_from_logs(&missing, events, internal).await?;
-        let (keys, bytes) = self.load_logs(&config).await?;
+        let addrs = self.state.members.iter().map(Member::addr).collect();
+        let config = config_after_crash(&last, addrs, &missing);
+        let (keys, bytes) = self.load_logs().await?;
         let resync = ClusterConfig { epoch: config.epoch + 1, resync: true, ..config.clone() };
         self.configure(&resync).await?;
         self.await_resync(&resync, events, internal).await?;
@@ -87,15 +91,9 @@ impl Cluster {
 
     /// Has every server started load its log, all at once; prints what each found. Returns
     /// the keys and bytes of the primary tables.
-    async fn load_logs(&self, config: &ClusterConfig) -> Result<(u64, u64)> {
-        let n = self.state.len();
+    async fn load_logs(&self) -> Result<(u64, u64)> {
         let links: Vec<&ControlLink> = self.links.iter().flatten().collect();
-        let calls = links.iter().map(|link| {
-            let primary = primary_of(link.id(), n) as usize;
-            let owner_up = config.servers[primary].state == Replica::Up
-                && config.serving[primary] as usize == primary;
-            link.call(ControlRequest::LoadLog { drop_secondary: owner_up }, LOAD_LIMIT)
-        });
+        let calls = links.iter().map(|link| link.call(ControlRequest::LoadLog, LOAD_LIMIT));
         let (mut keys, mut bytes) = (0, 0);
         for (link, answer) in links.iter().zip(join_all(calls).await) {
             let id = link.id();
@@ -157,18 +155,25 @@ impl Cluster {
     }
 }
 
-/// The configuration to start again with after a crash, and the server that must be
-/// recovered after it (a server down or being replaced at the crash): it is left down, its
-/// keys served by its secondary, which holds their newest copy.
-fn config_after_crash(last: &ClusterConfig) -> (ClusterConfig, Vec<u32>) {
-    let missing: Vec<u32> =
-        (0..last.len()).filter(|&id| last.servers[id as usize].state != Replica::Up).collect();
-    let mut config = last.clone();
-    for &id in &missing {
+/// The servers to recover after the start: down or being replaced at the crash.
+fn not_up(last: &ClusterConfig) -> Vec<u32> {
+    (0..last.len()).filter(|&id| last.servers[id as usize].state != Replica::Up).collect()
+}
+
+/// The configuration to start again with after a crash, at `last`'s epoch: the servers at
+/// their new addresses, and those `missing` left down, their keys served by their
+/// secondary, which holds their newest copy.
+fn config_after_crash(
+    last: &ClusterConfig,
+    addrs: Vec<ServerAddr>,
+    missing: &[u32],
+) -> ClusterConfig {
+    let mut config = ClusterConfig::new(last.epoch, addrs);
+    for &id in missing {
         config.servers[id as usize].state = Replica::Down;
         config.serving[id as usize] = crate::routing::secondary_of(id, last.len());
     }
-    (config, missing)
+    config
 }
 
 /// The servers whose own stream refills a copy under `config`: those that serve their own
@@ -206,14 +211,16 @@ mod tests {
     #[test]
     fn a_server_down_at_the_crash_stays_down_and_every_other_owner_refills_its_copy() {
         let up = ClusterConfig::for_tests(3);
-        let (config, missing) = config_after_crash(&up);
+        let missing = not_up(&up);
         assert!(missing.is_empty());
+        let config = config_after_crash(&up, up.servers.clone(), &missing);
         assert_eq!(resyncing(&ClusterConfig { resync: true, ..config }), [0, 1, 2]);
 
         let down = up.take_over(1).unwrap();
-        let (config, missing) = config_after_crash(&down);
+        let missing = not_up(&down);
         assert_eq!(missing, [1]);
-        assert_eq!(config.serving, [0, 2, 2]);
+        let config = config_after_crash(&down, up.servers.clone(), &missing);
+        assert_eq!((config.serving.clone(), config.epoch), (vec![0, 2, 2], down.epoch));
         // 0 streams to 1, which is down (degraded); 2 serves 1's keys and its own.
         assert_eq!(resyncing(&config), [2]);
     }
