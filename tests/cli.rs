@@ -105,6 +105,112 @@ fn status_table_and_json() {
     }
 }
 
+/// `client status`, `watch` and `bench` with the coordinator's options after the word, as
+/// people type them (clap asked for `--port` that was there: the words after the command were
+/// its own, so `-h` and `-p` had to come first).
+#[test]
+fn commands_take_the_coordinators_options_after_the_word() {
+    use std::io::BufRead;
+    let cluster = Cluster::start(3);
+    let port = cluster.clients_port.to_string();
+    let client = |words: &[&str]| {
+        let out = Command::new(CLIENT).args(words).output().unwrap();
+        let (stdout, stderr) = (out.stdout, out.stderr);
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        (out.status.code(), text(stdout), text(stderr))
+    };
+    let (code, stdout, stderr) = client(&["status", "-h", "127.0.0.1", "-p", &port]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.matches("running").count(), 3, "{stdout}");
+    let (code, stdout, stderr) = client(&["-h", "127.0.0.1", "status", "--json", "-p", &port]);
+    assert_eq!(code, Some(0), "options on both sides: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["servers"].as_array().unwrap().len(), 3);
+    let bench = ["bench", "-n", "50", "-c", "2", "-p", &port, "-h", "127.0.0.1", "-r", "10"];
+    let (code, stdout, stderr) = client(&bench);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("checked: 100 answers, 0 errors"), "{stdout}");
+
+    let mut watch = Command::new(CLIENT)
+        .args(["watch", "-h", "127.0.0.1", "-p", &port])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("epoch 1")) {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                let _ = watch.kill();
+                let out = watch.wait_with_output().unwrap();
+                panic!("no epoch line: {lines:?} {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+    assert_eq!(lines.iter().filter(|l| l.ends_with("running")).count(), 3, "{lines:#?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// Each command's `--help` shows its own options with the coordinator's, `-h` staying the
+/// host; it needs no `-p`.
+#[test]
+fn every_command_has_its_own_help() {
+    for (command, own, others) in [
+        ("status", &["--json"][..], &["--requests", "--file"][..]),
+        ("watch", &[], &["--json", "--requests", "--file"]),
+        ("bench", &["-n, --requests", "-P, --pipeline", "--duration"], &["--json", "--file"]),
+    ] {
+        let out = Command::new(CLIENT).args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(help.contains(&format!("Usage: client {command} [OPTIONS]")), "{help}");
+        assert!(help.contains("-h, --host") && help.contains("-p, --port"), "{help}");
+        assert!(!help.contains("-h, --help"), "help is long only: {help}");
+        for option in own {
+            assert!(help.contains(option), "{command} shows {option}: {help}");
+        }
+        for option in others {
+            assert!(!help.contains(option), "{command} does not take {option}: {help}");
+        }
+    }
+}
+
+/// A command's bad option, a missing `-p` after the word, or `-f` with a command: a one-line
+/// reason on standard error, usage, and exit status 2, before anything connects.
+#[test]
+fn a_bad_command_option_is_a_clear_error() {
+    for (words, reason) in [
+        (&["status", "--jsn", "-p", "1"][..], "unexpected argument '--jsn'"),
+        (&["watch", "--json", "-p", "1"], "unexpected argument '--json'"),
+        (&["bench", "-p", "1", "-t", "del"], "unknown test \"del\""),
+        (&["bench", "-p", "1", "-x"], "unexpected argument '-x'"),
+        (&["watch", "-h", "127.0.0.1"], "required arguments were not provided:\n  --port"),
+        (&["-f", "ops.txt", "-p", "1", "status"], "give either -f FILE or status, not both"),
+    ] {
+        let out = Command::new(CLIENT).args(words).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{words:?}: {err}");
+        assert!(err.contains(reason), "{words:?}: {err}");
+        assert!(out.stdout.is_empty(), "{words:?}");
+    }
+}
+
 #[test]
 fn client_without_a_coordinator_fails_clearly() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
