@@ -127,7 +127,7 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A full disk (a 4 MiB tmpfs, nearly filled): server 0's primary dump (small) fits, its
+/// A full disk (a tmpfs filled to its last MiB): server 0's primary dump (small) fits, its
 /// secondary (server 2's keys, 1.5 MiB) does not, nor does server 2's primary. Once the
 /// filler is deleted, every key is in both copies. Needs root (mount); skipped otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +137,8 @@ async fn a_full_disk_freed_later_gets_every_key_in_both_dumps() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let tmpfs = Tmpfs::mount("4m");
+    // Room for the servers' logs (the 64 KiB values are in two of them) and the dumps.
+    let tmpfs = Tmpfs::mount("16m");
     let dumps = tmpfs.0.path().to_path_buf();
     let dump_dir = dumps.to_str().unwrap();
     let mut cluster =
@@ -146,7 +147,9 @@ async fn a_full_disk_freed_later_gets_every_key_in_both_dumps() {
     acked.extend(write_keys(&cluster, &[2], 24, 64 * 1024).await);
     // About 1 MiB left: room for the small dumps, not for a big one.
     let filler = dumps.join("filler");
-    std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
+    let free = nix::sys::statvfs::statvfs(&dumps).unwrap();
+    let free = free.blocks_available() as usize * free.fragment_size() as usize;
+    std::fs::write(&filler, vec![0u8; free - (1 << 20)]).unwrap();
     tokio::task::block_in_place(|| kill_coord_and_see_server_0_retry(&mut cluster, &[0, 2]));
     std::fs::remove_file(&filler).unwrap();
     tokio::task::block_in_place(|| assert_every_key_in_both_dumps(&cluster, &dumps, &acked));
