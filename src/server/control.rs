@@ -48,14 +48,17 @@ pub const MAX_HEARTBEAT_MS: u64 = 1_800_000;
 /// Parses `--heartbeat-ms MS`, a whole number from 1 to [`MAX_HEARTBEAT_MS`], for `server`
 /// and `coord`. 0 was taken as 1 ms without a word (a heartbeat a millisecond); a value
 /// past an `Instant`'s range would have panicked the server at its first heartbeat.
-pub fn parse_heartbeat_ms(text: &str) -> std::result::Result<Duration, String> {
+pub fn parse_heartbeat_ms(text: &str) -> std::result::Result<Duration, BadHeartbeat> {
     match text.trim().parse::<u64>() {
         Ok(ms @ 1..=MAX_HEARTBEAT_MS) => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "{text:?} is not a whole number of milliseconds from 1 to {MAX_HEARTBEAT_MS}"
-        )),
+        _ => Err(BadHeartbeat(text.to_string())),
     }
 }
+
+/// A `--heartbeat-ms` that is not a whole number in range.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a whole number of milliseconds from 1 to {MAX_HEARTBEAT_MS}")]
+pub struct BadHeartbeat(String);
 
 /// Commands from the coordinator.
 pub async fn serve_control(server: Arc<Server>, mut conn: Connection) -> Result<()> {

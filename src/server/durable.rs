@@ -128,6 +128,15 @@ impl Durable {
     }
 }
 
+/// Why a `LoadLog` was refused; the tables and the file are as they were.
+#[derive(Debug, thiserror::Error)]
+enum LoadLogRefused {
+    #[error("a log is loaded only once, into the tables of a start after a crash")]
+    NotNow,
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
 impl Server {
     /// Answers a `LoadLog` (see `ControlRequest::LoadLog`), on a blocking thread.
     pub(super) async fn load_log(self: &Arc<Self>) -> ControlResponse {
@@ -135,18 +144,16 @@ impl Server {
         let loaded = tokio::task::spawn_blocking(move || server.load_log_now());
         match loaded.await {
             Ok(Ok(loaded)) => ControlResponse::LogLoaded(loaded),
-            Ok(Err(why)) => ControlResponse::Failed(why),
+            Ok(Err(why)) => ControlResponse::Failed(why.to_string()),
             Err(e) => ControlResponse::Failed(format!("loading the log: {e}")),
         }
     }
 
     /// Loads the kept log into the empty tables, once, before any configuration.
-    fn load_log_now(&self) -> Result<LogLoaded, String> {
+    fn load_log_now(&self) -> Result<LogLoaded, LoadLogRefused> {
         let durable = &self.durable;
         if durable.new || durable.log.read().unwrap_or_else(|p| p.into_inner()).is_some() {
-            return Err(
-                "a log is loaded only once, into the tables of a start after a crash".into()
-            );
+            return Err(LoadLogRefused::NotNow);
         }
         let began = std::time::Instant::now();
         let (primary, secondary) = (&self.primary, &self.secondary);
@@ -156,8 +163,7 @@ impl Server {
                     TableKind::Primary => primary.apply_loaded(op),
                     TableKind::Secondary => secondary.apply_loaded(op),
                 }
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
         if let Some((offset, bytes)) = summary.torn {
             let file = durable.path.display();
             warn!(%file, offset, bytes, "{}", crate::lines::TORN_TAIL_CUT);

@@ -25,7 +25,7 @@ impl Server {
         let loaded = tokio::task::spawn_blocking(move || server.load(n, &primary, &secondary));
         match loaded.await {
             Ok(Ok((keys, bytes))) => ControlResponse::Loaded { keys, bytes },
-            Ok(Err(why)) => ControlResponse::Failed(why),
+            Ok(Err(why)) => ControlResponse::Failed(why.to_string()),
             Err(e) => ControlResponse::Failed(format!("loading the dumps: {e}")),
         }
     }
@@ -33,18 +33,21 @@ impl Server {
     /// Loads both files, each checked before either table is touched, into empty tables
     /// of a restoring configuration of `n` servers only: anything else would mix the set
     /// with newer data, or place its keys on the wrong servers.
-    fn load(&self, n: u32, primary: &DumpFile, secondary: &DumpFile) -> Result<(u64, u64), String> {
+    fn load(
+        &self,
+        n: u32,
+        primary: &DumpFile,
+        secondary: &DumpFile,
+    ) -> Result<(u64, u64), LoadRefused> {
         let restoring = self.config().as_ref().is_some_and(|c| c.restoring && c.len() == n);
         if !restoring || !self.primary.is_empty() || !self.secondary.is_empty() {
-            return Err(format!(
-                "a load is only taken into the empty tables of a restore among {n}"
-            ));
+            return Err(LoadRefused::NotARestore { n });
         }
         let began = std::time::Instant::now();
         let (primaries, secondaries) = std::thread::scope(|scope| {
             let other = scope.spawn(|| self.load_file(DumpKind::Secondary, secondary));
             let primaries = self.load_file(DumpKind::Primary, primary);
-            (primaries, other.join().unwrap_or_else(|_| Err("a loading thread panicked".into())))
+            (primaries, other.join().unwrap_or(Err(LoadRefused::Panicked)))
         });
         let (primaries, secondaries) = (primaries?, secondaries?);
         let (keys, secondaries_len) = (primaries.len() as u64, secondaries.len());
@@ -60,15 +63,25 @@ impl Server {
     /// One of the two files, checked against its entry. Each key's place is not checked
     /// (a tenth of the load): a file with the MD5 its manifest names is the one this
     /// server's id wrote, with only its own slot's keys (primary) or its predecessor's.
-    fn load_file(&self, kind: DumpKind, entry: &DumpFile) -> Result<Entries, String> {
+    fn load_file(&self, kind: DumpKind, entry: &DumpFile) -> Result<Entries, LoadRefused> {
         let path = self.dump_path(kind);
-        let shown = path.display();
         match dumpfile::load_file(&path, entry, None) {
             Ok(Some(entries)) => Ok(entries),
-            Ok(None) => Err(format!("dump file {shown}: missing")),
-            Err(why) => Err(format!("dump file {shown}: {why}")),
+            Ok(None) => Err(LoadRefused::File { path, why: "missing".into() }),
+            Err(why) => Err(LoadRefused::File { path, why }),
         }
     }
+}
+
+/// Why a `Load` was refused; nothing was loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadRefused {
+    #[error("a load is only taken into the empty tables of a restore among {n}")]
+    NotARestore { n: u32 },
+    #[error("dump file {}: {why}", path.display())]
+    File { path: std::path::PathBuf, why: String },
+    #[error("a loading thread panicked")]
+    Panicked,
 }
 
 #[cfg(test)]
@@ -96,19 +109,19 @@ mod tests {
         server.dump_dir = dir.path().into();
         let primary = dump(dir.path(), "primary", "P \"k\" \"value\"\n", None);
         let secondary = dump(dir.path(), "secondary", "P \"j\" \"v\"\n", None);
-        let refused = server.load(3, &primary, &secondary).unwrap_err();
+        let refused = server.load(3, &primary, &secondary).unwrap_err().to_string();
         assert!(refused.contains("only taken into the empty tables of a restore"), "{refused}");
 
         let mut restoring = server.config().clone().unwrap();
         (restoring.epoch, restoring.restoring) = (2, true);
         server.set_config(restoring).await.unwrap();
         let corrupt = dump(dir.path(), "secondary", "P \"j\" \"v\"\n", Some("00"));
-        let refused = server.load(3, &primary, &corrupt).unwrap_err();
+        let refused = server.load(3, &primary, &corrupt).unwrap_err().to_string();
         assert!(refused.contains("server_1.secondary") && refused.contains("MD5"), "{refused}");
         assert!(server.primary.is_empty() && server.secondary.is_empty(), "nothing loaded");
         assert!(server.load(4, &primary, &secondary).is_err(), "another number of servers");
 
-        assert_eq!(server.load(3, &primary, &secondary), Ok((1, 6)));
+        assert_eq!(server.load(3, &primary, &secondary).unwrap(), (1, 6));
         assert_eq!((server.primary.len(), server.secondary.len()), (1, 1));
     }
 }

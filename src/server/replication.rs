@@ -345,9 +345,22 @@ impl Task {
     async fn apply_locally(&mut self) -> Result<()> {
         let pending: Vec<Entry> = self.window.take_all().collect();
         self.settle(pending).await;
+        self.alone_until(std::future::pending::<()>()).await.map(drop)
+    }
+
+    /// The one loop of every wait in which writes apply here alone: applies them (see
+    /// [`apply_alone`](Self::apply_alone)) until `until` completes (`Some` of its output)
+    /// or the mode changes first (`None`); the mode is looked at first, then `until`.
+    async fn alone_until<T>(&mut self, until: impl Future<Output = T>) -> Result<Option<T>> {
+        tokio::pin!(until);
         loop {
             tokio::select! {
-                changed = self.mode.changed() => return changed.map_err(|_| Error::Closed),
+                biased;
+                changed = self.mode.changed() => {
+                    changed.map_err(|_| Error::Closed)?;
+                    return Ok(None);
+                }
+                done = &mut until => return Ok(Some(done)),
                 pending = self.rx.recv() => {
                     let Some(pending) = pending else { return Err(Error::Closed) };
                     self.apply_alone(pending).await;
@@ -433,46 +446,21 @@ impl Task {
     ) -> Result<Option<(ConnReader, ConnWriter)>> {
         loop {
             self.streams += 1;
-            // A copy of the token: the loop below applies writes meanwhile (`&mut self`).
+            // A copy of the token: writes apply meanwhile (`&mut self`).
             let token = self.token.clone();
             let open = open_stream(self.role, &token, self.streams, target);
-            tokio::pin!(open);
-            let failed = loop {
-                tokio::select! {
-                    biased;
-                    changed = self.mode.changed() => {
-                        changed.map_err(|_| Error::Closed)?;
-                        return Ok(None);
-                    }
-                    opened = &mut open => match opened {
-                        Ok(conn) => {
-                            info!(to = %target.addr, into = ?target.into, "replication stream open");
-                            return Ok(Some(conn));
-                        }
-                        Err(e) => break e,
-                    },
-                    pending = self.rx.recv() => {
-                        let Some(pending) = pending else { return Err(Error::Closed) };
-                        self.apply_alone(pending).await;
-                    }
+            match self.alone_until(open).await? {
+                None => return Ok(None),
+                Some(Ok(conn)) => {
+                    info!(to = %target.addr, into = ?target.into, "replication stream open");
+                    return Ok(Some(conn));
                 }
-            };
-            warn!(to = %target.addr, error = %failed, "new copy not reachable; writes apply here alone");
-            let pause = tokio::time::sleep(RECONNECT_BACKOFF);
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    biased;
-                    changed = self.mode.changed() => {
-                        changed.map_err(|_| Error::Closed)?;
-                        return Ok(None);
-                    }
-                    _ = &mut pause => break,
-                    pending = self.rx.recv() => {
-                        let Some(pending) = pending else { return Err(Error::Closed) };
-                        self.apply_alone(pending).await;
-                    }
+                Some(Err(failed)) => {
+                    warn!(to = %target.addr, error = %failed, "new copy not reachable; writes apply here alone");
                 }
+            }
+            if self.alone_until(tokio::time::sleep(RECONNECT_BACKOFF)).await?.is_none() {
+                return Ok(None);
             }
         }
     }
