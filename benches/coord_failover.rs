@@ -17,6 +17,8 @@ mod etcd;
 #[allow(dead_code)]
 #[path = "../tests/support/netns.rs"]
 mod netns;
+#[path = "../tests/support/ports.rs"]
+mod ports;
 #[path = "../tests/support/standby.rs"]
 mod standby;
 

@@ -7,6 +7,12 @@
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+// Only for the ports module: the cluster holds its coordinator's ports where it runs.
+#[allow(dead_code)]
+#[path = "../tests/support/netns.rs"]
+mod netns;
+#[path = "../tests/support/ports.rs"]
+mod ports;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

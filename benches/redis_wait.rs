@@ -1,10 +1,10 @@
-//! Synchronous replication on Redis, for bench/compare.sh: every operation is `SET key value`
-//! followed by `WAIT <replicas> 0`, and counts as done when WAIT answers (when that many
+//! Synchronous replication on Redis, for scripts/bench/compare.sh: every operation is `SET key
+//! value` followed by `WAIT <replicas> 0`, and counts as done when WAIT answers (when that many
 //! replicas acknowledged the write). redis-benchmark cannot time such a pair, so this is a
 //! small load generator of the same shape as `client bench`: `-c` tokio tasks on a 2-worker
-//! runtime, each with one connection, `-P` operations written at once then their replies
-//! read, random keys `key:<12 digits>` out of `-r`. With `--batch-wait`, one WAIT follows each
-//! batch of `-P` SETs instead (every SET of the batch is done when that WAIT answers). With
+//! runtime, each with one connection, `-P` operations written at once then their replies read,
+//! random keys `key:<12 digits>` out of `-r`. With `--batch-wait`, one WAIT follows each batch
+//! of `-P` SETs instead (every SET of the batch is done when that WAIT answers). With
 //! `--no-wait` it sends plain SETs (to compare this generator with redis-benchmark).
 //!
 //! `cargo bench --bench redis_wait -- -p 6390 -n 20000 -c 50 -d 16 -P 1`

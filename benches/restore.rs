@@ -2,12 +2,18 @@
 //! manifest, as a 3-server cluster's orderly shutdown leaves them), then `coord` started
 //! on it; reports the time from the start of `coord` to "cluster ready" (the restore is
 //! over: every key is on both copies and served), and checks a sample of keys through a
-//! client. Compare with `bench/restore-redis.sh` (Redis loading an RDB of the same data).
+//! client. Compare with `scripts/bench/restore-redis.sh` (Redis loading an RDB of the same data).
 //!
 //! `cargo bench --bench restore` (1,000,000 keys); `FTKV_BENCH_KEYS=100000` for fewer.
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+// Only for the ports module: the cluster holds its coordinator's ports where it runs.
+#[allow(dead_code)]
+#[path = "../tests/support/netns.rs"]
+mod netns;
+#[path = "../tests/support/ports.rs"]
+mod ports;
 #[path = "../tests/support/set.rs"]
 mod set;
 

@@ -211,11 +211,12 @@ fn a_bad_command_option_is_a_clear_error() {
     }
 }
 
+/// Nobody listens at the coordinator's address (a port held for the test, so that no other
+/// process takes it meanwhile): the operation fails, naming the coordinator.
 #[test]
 fn client_without_a_coordinator_fails_clearly() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port().to_string();
-    drop(listener);
+    let nobody = support::ports::hold();
+    let port = nobody.port.to_string();
     let out = Command::new(CLIENT)
         .args(["-h", "127.0.0.1", "-p", &port, "--timeout", "0.5", "G", "k"])
         .output()
@@ -408,9 +409,10 @@ fn a_server_that_never_joins_fails_and_leaves_earlier_dumps_alone() {
     for dump in &dumps {
         std::fs::write(dump, "P \"k\" \"v\"\n").unwrap();
     }
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port held for the test: nothing listens there, and no other process can take it.
+    let nobody = support::ports::hold();
     let out = Command::new(SERVER)
-        .args(["-h", "127.0.0.1", "-m", &nobody.to_string(), "-S", "0", "-n", "3"])
+        .args(["-h", "127.0.0.1", "-m", &nobody.port.to_string(), "-S", "0", "-n", "3"])
         .arg("--dump-dir")
         .arg(dir.path())
         .arg("-l")

@@ -102,7 +102,8 @@ async fn servers_outlive_a_killed_coordinator_then_dump_and_exit() {
 
 /// With the coordinator dead, `client status` and a PUT (a new client: no configuration
 /// yet) keep trying until their --timeout, then fail with a message that names the
-/// coordinator and says it is unreachable, and a non-zero status.
+/// coordinator and says it is unreachable, and a non-zero status. (Its port stays refused:
+/// the cluster holds it, so no other process is handed it after the kill.)
 #[test]
 fn status_and_a_put_without_a_coordinator_fail_clearly_at_the_timeout() {
     let mut cluster = Cluster::start(N as usize);
@@ -143,6 +144,7 @@ async fn servers_re_attach_to_whoever_takes_the_coordinators_port() {
     tokio::time::sleep(LEASE * 2).await;
     assert!(probe.get(b"probe").await.is_err(), "served past its lease");
 
+    // The cluster holds the port: free for this bind (address reuse), taken by no one else.
     let port = cluster.servers_port;
     let stand_in = tokio::net::TcpListener::bind(("0.0.0.0", port)).await.expect("rebind");
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, kill};
+use support::ports::{Held, hold};
 
 /// One HTTP exchange on 127.0.0.1:`port`: sends `request` as it is, returns all it got.
 fn http(port: u16, request: &[u8]) -> String {
@@ -50,7 +51,8 @@ fn have(tool: &str) -> bool {
 /// A Prometheus server scraping `target` every second, killed on drop.
 struct Prometheus {
     child: Child,
-    port: u16,
+    /// The port of its web API, held while it runs.
+    port: Held,
     _dir: tempfile::TempDir,
 }
 
@@ -63,12 +65,13 @@ impl Prometheus {
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
-        // A free port for its web API: taken from the kernel, released just before.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Its web API on a port held for it (a port taken from the kernel and released could
+        // be another process's by the time Prometheus binds it).
+        let port = hold();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", port.port))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
@@ -79,7 +82,7 @@ impl Prometheus {
 
     /// The value of instant query `query` (its only series), if it has one yet.
     fn query(&self, query: &str) -> Option<f64> {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return None };
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port.port)) else { return None };
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let request = format!("GET /api/v1/query?query={query} HTTP/1.0\r\n\r\n");
         stream.write_all(request.as_bytes()).ok()?;

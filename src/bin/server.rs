@@ -1,8 +1,8 @@
 //! `server`: one ftkv storage server, normally started by `coord`.
 
 /// mimalloc rather than the system allocator: 190 instead of 204 bytes of memory per stored
-/// copy (1,000,000 keys of 16 bytes, values of 100: bench/memory.sh), against Redis's 200.
-/// Measured alongside: throughput the same within noise; a+ filled with 1,000,000 keys in
+/// copy (1,000,000 keys of 16 bytes, values of 100: scripts/bench/memory.sh), against Redis's
+/// 200. Measured alongside: throughput the same within noise; a+ filled with 1,000,000 keys in
 /// about 640 ms instead of 375 ms (still far under the 2 s target).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

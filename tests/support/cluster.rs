@@ -1,5 +1,8 @@
-//! A real cluster for tests: the `coord` binary on ephemeral ports in a temporary
-//! directory, which starts the real `server` binaries. Everything is killed on drop.
+//! A real cluster for tests: the `coord` binary in a temporary directory, which starts the
+//! real `server` binaries. Everything is killed on drop. The coordinator's two ports are
+//! held by the cluster for its whole life ([`super::ports`]): a coordinator killed and
+//! started again binds them again, and while none runs they stay refused (another process
+//! can take a freed port).
 
 #![allow(dead_code)]
 
@@ -14,6 +17,8 @@ use std::time::{Duration, Instant};
 use ftkv::client::Client;
 use ftkv::client::line::{Command as Line, Parsed, parse_line};
 use ftkv::routing::{secondary_of, slot_of};
+
+use super::ports::{Held, hold_behind};
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_coord");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
@@ -33,6 +38,9 @@ pub struct Cluster {
     stdin: Option<ChildStdin>,
     pub clients_port: u16,
     pub servers_port: u16,
+    /// The coordinator's clients and servers ports, held while the cluster lives: every
+    /// coordinator it starts is given them (`-c`, `-s`).
+    held: [Held; 2],
     /// Lines the coordinator printed on standard output after "ready".
     pub stdout: mpsc::Receiver<String>,
     /// The coordinator's "restored ..." line, if its last start restored dumps.
@@ -63,14 +71,16 @@ impl Cluster {
         Self::launch(&config, &[], extra)
     }
 
-    /// Starts `coord` on `config` behind `prefix` (e.g. `ip netns exec NS`); `extra` goes on
-    /// its command line. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets
-    /// `--orphan-timeout`.
+    /// Starts `coord` on `config` behind `prefix` (e.g. `ip netns exec NS`), on two ports
+    /// held where it runs; `extra` goes on its command line. Servers get [`ORPHAN_TIMEOUT`]
+    /// unless `extra` sets `--orphan-timeout`.
     pub fn launch(config: &str, prefix: &[String], extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.txt"), config).unwrap();
+        let held = [hold_behind(prefix), hold_behind(prefix)];
+        let ports = held.each_ref().map(|held| held.port);
         let (coord, stdin, stdout) =
-            spawn_coord(dir.path(), prefix, extra, 0).expect("spawn coord");
+            spawn_coord(dir.path(), prefix, ports, extra, 0).expect("spawn coord");
         let mut cluster = Cluster {
             dir,
             pgid: coord.id(),
@@ -78,6 +88,7 @@ impl Cluster {
             stdin,
             clients_port: 0,
             servers_port: 0,
+            held,
             stdout,
             restored: None,
             pids: Vec::new(),
@@ -88,7 +99,13 @@ impl Cluster {
         };
         cluster.await_ready();
         assert_eq!(cluster.pids.len(), cluster.servers(), "pids from the coordinator's table");
+        assert_eq!([cluster.clients_port, cluster.servers_port], ports, "on the held ports");
         cluster
+    }
+
+    /// The coordinator's clients and servers ports, held by the cluster.
+    pub fn held_ports(&self) -> [u16; 2] {
+        self.held.each_ref().map(|held| held.port)
     }
 
     /// Reads the coordinator's standard output until "cluster ready": its ports and the
@@ -145,18 +162,18 @@ impl Cluster {
         self.await_ready();
     }
 
-    /// [`restart_coord`](Self::restart_coord) without waiting until it is ready.
+    /// [`restart_coord`](Self::restart_coord) without waiting until it is ready. It gets
+    /// the held ports (a coordinator taking back running servers binds its state's, the same).
     pub fn spawn_coord_again(&mut self, extra: &[&str]) {
-        let (coord, stdin, stdout) =
-            match spawn_coord(self.dir.path(), &self.coord_prefix, extra, self.pgid) {
-                Ok(spawned) => spawned,
-                Err(_) => {
-                    let spawned = spawn_coord(self.dir.path(), &self.coord_prefix, extra, 0)
-                        .expect("spawn coord");
-                    self.pgid = spawned.0.id();
-                    spawned
-                }
-            };
+        let (dir, prefix, ports) = (self.dir.path(), &self.coord_prefix, self.held_ports());
+        let (coord, stdin, stdout) = match spawn_coord(dir, prefix, ports, extra, self.pgid) {
+            Ok(spawned) => spawned,
+            Err(_) => {
+                let spawned = spawn_coord(dir, prefix, ports, extra, 0).expect("spawn coord");
+                self.pgid = spawned.0.id();
+                spawned
+            }
+        };
         (self.coord, self.stdin, self.stdout) = (coord, stdin, stdout);
     }
 
@@ -359,18 +376,21 @@ pub fn await_line_in(
     }
 }
 
-/// Starts `coord` in `dir` on its config.txt, with `extra` on its command line, in process
-/// group `pgid` (0: a new one of its own); returns it, its standard input, and its output
-/// lines. Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets `--orphan-timeout`.
+/// Starts `coord` in `dir` on its config.txt, on `[clients, servers]` ports `ports` (held
+/// by the caller, see [`super::ports`]), with `extra` on its command line, in process group
+/// `pgid` (0: a new one of its own); returns it, its standard input, and its output lines.
+/// Servers get [`ORPHAN_TIMEOUT`] unless `extra` sets `--orphan-timeout`.
 pub fn spawn_coord(
     dir: &Path,
     prefix: &[String],
+    ports: [u16; 2],
     extra: &[&str],
     pgid: u32,
 ) -> std::io::Result<(Child, Option<ChildStdin>, mpsc::Receiver<String>)> {
+    let [clients, servers] = ports.map(|port| port.to_string());
     let mut coord = command(prefix, COORD)
         .current_dir(dir)
-        .args(["-c", "0", "-s", "0", "-C", "config.txt", "-l", "coord.log"])
+        .args(["-c", &clients, "-s", &servers, "-C", "config.txt", "-l", "coord.log"])
         .args(extra)
         .args(if extra.contains(&"--orphan-timeout") {
             &[][..]

@@ -2,8 +2,8 @@
 //! standby coordinators elect their leader there, so their tests need members they can kill,
 //! restart, and take the quorum from. Two shapes:
 //!
-//! - [`Etcd`]: one throwaway member on loopback, free ports, its data in a temporary
-//!   directory. [`Timings::Tuned`] by default, so that leases, and failovers, can be 1 s.
+//! - [`Etcd`]: one throwaway member on loopback, on two ports it holds (a restarted member
+//!   gets them back), its data in a temporary directory. [`Timings::Tuned`] by default, so that leases, and failovers, can be 1 s.
 //! - [`EtcdCluster`]: three members (or any number), one per network-namespace host
 //!   (tests/support/netns.rs), each on its host's address, for tests that already cut and
 //!   kill hosts. Only processes inside those namespaces can reach them (run the client with
@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::netns::{Hosts, addr};
+use super::ports::{Held, hold};
 
 /// How long a single member may take to be healthy. Measured here: 0.1-1.1 s, most of it
 /// etcd creating and syncing its 64 MB write-ahead log on a fresh data dir (so it grows with
@@ -80,6 +81,10 @@ struct Member {
     host: String,
     client_port: u16,
     peer_port: u16,
+    /// Its two ports, held while the member lives: those of a loopback member (the members in
+    /// namespaces of their own have fixed ports below the ephemeral range, which the kernel
+    /// hands to no one).
+    _held: Vec<Held>,
     /// `--initial-cluster`: every member's `name=peer URL`.
     initial_cluster: String,
     /// `--initial-cluster-token`: unique to one cluster, so that members never join another's.
@@ -204,14 +209,6 @@ impl Drop for Member {
     }
 }
 
-/// A port the kernel had free a moment ago (bound to port 0, then released). Both of a member's
-/// ports are taken before either is released, so that they differ.
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
 /// One throwaway etcd member on loopback. Its data dir (about 125 MB: etcd preallocates its
 /// 64 MB write-ahead log file, and the next one) lives in a temporary directory that goes
 /// with it.
@@ -238,7 +235,8 @@ impl Etcd {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (client_port, peer_port) = free_ports();
+        let held = vec![hold(), hold()];
+        let (client_port, peer_port) = (held[0].port, held[1].port);
         let name = "t1".to_string();
         let host = "127.0.0.1".to_string();
         let initial_cluster = format!("{name}=http://{host}:{peer_port}");
@@ -248,6 +246,7 @@ impl Etcd {
             host,
             client_port,
             peer_port,
+            _held: held,
             initial_cluster,
             token: token(dir.path()),
             data_dir: dir.path().join("data"),
@@ -277,8 +276,7 @@ impl Etcd {
 
     /// Starts the same member again (killing it first if it runs) on its data dir and ports,
     /// and waits until it is healthy: its keys are back, and so are its unexpired leases (etcd
-    /// gives each its full TTL again when it becomes leader). The ports were free when first
-    /// taken; another process could take one in between (then this fails with the log).
+    /// gives each its full TTL again when it becomes leader). Its ports are held meanwhile.
     pub fn restart(&mut self) {
         self.member.kill();
         self.member.spawn();
@@ -342,6 +340,7 @@ impl EtcdCluster {
                 host: host.as_ref().to_string(),
                 client_port: CLIENT_PORT,
                 peer_port: PEER_PORT,
+                _held: Vec::new(),
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
                 data_dir: dir.path().join(&name),

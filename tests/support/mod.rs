@@ -1,5 +1,6 @@
 //! Shared test support: a real cluster, recorded client load, the history checker, test
-//! hosts in network namespaces, a real etcd, and the kernel's socket queues.
+//! hosts in network namespaces, a real etcd, the kernel's socket queues, and ports held for
+//! the processes a test starts.
 #![allow(dead_code)]
 
 pub mod cluster;
@@ -7,6 +8,7 @@ pub mod etcd;
 pub mod history;
 pub mod load;
 pub mod netns;
+pub mod ports;
 pub mod remote;
 pub mod set;
 pub mod sockets;

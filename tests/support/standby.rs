@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::cluster::{Cluster, await_line_in, kill, spawn_coord, wait_child, wait_until};
+use super::ports::{Held, hold_behind};
 
 pub struct Standby {
     pub dir: PathBuf,
@@ -20,6 +21,9 @@ pub struct Standby {
     pub stdout: mpsc::Receiver<String>,
     pub clients_port: u16,
     pub servers_port: u16,
+    /// Its two ports, held while it lives (one that steps down execs itself again and binds
+    /// them again).
+    _held: [Held; 2],
     /// The address it registers in etcd and answers with (`--advertise-host`, else
     /// 127.0.0.1).
     pub host: String,
@@ -35,7 +39,7 @@ pub fn etcd_flags(urls: &str, name: &str) -> Vec<String> {
 
 impl Cluster {
     /// Starts coordinator number `n` (1, 2, ...) with `extra` in `standby-<n>` of the
-    /// cluster's directory; returns once it printed its ports.
+    /// cluster's directory, on two ports it holds; returns once it printed them.
     pub fn spawn_standby(&self, n: usize, extra: &[String]) -> Standby {
         self.spawn_standby_on(n, &[], extra)
     }
@@ -49,20 +53,31 @@ impl Cluster {
         let here = self.dir.path().to_str().unwrap().to_string();
         let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
         args.extend(["--log-dir", &here, "--dump-dir", &here]);
+        let held = [hold_behind(prefix), hold_behind(prefix)];
+        let on = held.each_ref().map(|held| held.port);
         let (coord, stdin, stdout) =
-            spawn_coord(&dir, prefix, &args, self.coord_group()).expect("spawn a standby");
+            spawn_coord(&dir, prefix, on, &args, self.coord_group()).expect("spawn a standby");
         let host = extra
             .iter()
             .position(|flag| flag == "--advertise-host")
             .and_then(|at| extra.get(at + 1))
             .map_or("127.0.0.1".to_string(), String::clone);
-        let mut standby =
-            Standby { dir, coord, stdin, stdout, clients_port: 0, servers_port: 0, host };
+        let mut standby = Standby {
+            dir,
+            coord,
+            stdin,
+            stdout,
+            clients_port: 0,
+            servers_port: 0,
+            _held: held,
+            host,
+        };
         let ports = standby.await_line("ftkv coordinator: clients port ", Duration::from_secs(10));
         let rest = ports.strip_prefix("ftkv coordinator: clients port ").unwrap();
         let (clients, servers) = rest.split_once(", servers port ").unwrap();
         standby.clients_port = clients.parse().unwrap();
         standby.servers_port = servers.parse().unwrap();
+        assert_eq!([standby.clients_port, standby.servers_port], on, "on the held ports");
         standby
     }
 

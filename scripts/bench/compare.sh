@@ -3,8 +3,9 @@
 # and one replica, redis-benchmark), alternately, and prints a markdown table: ops/s and p50
 # latency of each, and the ratio ftkv/Redis.
 #
-#   bench/compare.sh            # about 5 minutes on 2 cores
-#   SCALE=0.1 ROUNDS=1 bench/compare.sh  # a quick check
+#   scripts/bench/compare.sh                     # about 5 minutes on 2 cores
+#   SCALE=0.1 ROUNDS=1 scripts/bench/compare.sh  # a quick check
+#   scripts/bench/compare.sh --help              # this text; runs nothing
 #
 # Each workload runs ROUNDS times (default 2) on each side, in the order ftkv, Redis, Redis,
 # ftkv, ...; the table keeps each side's best round (the one least disturbed by anything else
@@ -14,8 +15,15 @@
 # redis-server redis-tools) and cargo. Ports: REDIS_PORT (6390) and REDIS_PORT+1 for the
 # replica; ftkv takes free ports. The table goes to standard output, progress to standard error.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
+# shellcheck source=scripts/bench/lib.sh
+. "$root/scripts/bench/lib.sh"
+if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
+    # The comment at the top of this file (the repository and lib.sh were found).
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"
+    exit 0
+fi
 
 REDIS_PORT=${REDIS_PORT:-6390}
 REPLICA_PORT=$((REDIS_PORT + 1))
@@ -37,8 +45,6 @@ for port in "$REDIS_PORT" "$REPLICA_PORT"; do
 done
 
 log() { echo "compare.sh: $*" >&2; }
-# shellcheck source=bench/lib.sh
-. "$root/bench/lib.sh"
 
 work="$(mktemp -d)"
 pids=()

@@ -2,18 +2,18 @@
 # Reference figure for ftkv's coordinator failover: how long Redis Sentinel takes to fail over
 # on this machine, and how many acknowledged writes the failover loses.
 #
-#   bench/sentinel-failover.sh          # 10 runs, about 70 s
-#   RUNS=3 bench/sentinel-failover.sh   # a quick look
+#   scripts/bench/sentinel-failover.sh          # 10 runs, about 70 s
+#   RUNS=3 scripts/bench/sentinel-failover.sh   # a quick look
 #
 # Each run starts, on loopback and in a temporary directory, a Redis master, one replica
 # (--replicaof) and three sentinels monitoring the master (quorum 2, down-after-milliseconds
-# 1000, failover-timeout 10000, parallel-syncs 1). A writer (bench/sentinel-writer.py) asks the
-# sentinels for the master (SENTINEL get-master-addr-by-name, as a client library following
-# Sentinel does), checks it with ROLE and writes numbered keys one at a time, recording every
-# acknowledged write. One second after its first write the master is killed with kill -9; the
-# writer keeps asking the sentinels and retrying until the promoted replica acknowledges a
-# write, writes on for 0.5 s, then reads every acknowledged key back from the new master.
-# Everything is stopped after each run (and on exit or ctrl+c).
+# 1000, failover-timeout 10000, parallel-syncs 1). A writer (scripts/bench/sentinel-writer.py)
+# asks the sentinels for the master (SENTINEL get-master-addr-by-name, as a client library
+# following Sentinel does), checks it with ROLE and writes numbered keys one at a time,
+# recording every acknowledged write. One second after its first write the master is killed with
+# kill -9; the writer keeps asking the sentinels and retrying until the promoted replica
+# acknowledges a write, writes on for 0.5 s, then reads every acknowledged key back from the new
+# master. Everything is stopped after each run (and on exit or ctrl+c).
 #
 # Per run it prints a markdown row: the time from the kill to the first write acknowledged by
 # the new master, the longest time without an acknowledged write (as benches/coord_restart.rs
@@ -26,7 +26,7 @@
 # standard library only). Ports: REDIS_PORT (6393) for the master, the next 4 for the replica
 # and the sentinels. RUNS (10) runs. The table goes to standard output, progress to stderr.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 
 RUNS=${RUNS:-10}
 REDIS_PORT=${REDIS_PORT:-6393}
@@ -105,9 +105,10 @@ sentinel_ready() { # port
 start_run() {
     local port
     mkdir -p "$dir"
-    # The same Redis as bench/compare.sh's, no persistence; the master sends the replica its
-    # first copy at once instead of waiting 5 s for more replicas (repl-diskless-sync-delay),
-    # which only shortens the setup: after the kill no replica is left to copy to.
+    # The same Redis as scripts/bench/compare.sh's, no persistence; the master sends the replica
+    # its first copy at once instead of waiting 5 s for more replicas
+    # (repl-diskless-sync-delay), which only shortens the setup: after the kill no replica is
+    # left to copy to.
     redis-server --port "$MASTER_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --repl-diskless-sync-delay 0 --dir "$dir" --logfile "$dir/master.log" &
     master_pid=$!
@@ -155,7 +156,7 @@ for run in $(seq "$RUNS"); do
     dir="$work/run-$run"
     log "run $run of $RUNS: starting a master, a replica and 3 sentinels"
     start_run
-    python3 "$root/bench/sentinel-writer.py" write "$dir/ready" "$WRITER_DEADLINE_S" \
+    python3 "$root/scripts/bench/sentinel-writer.py" write "$dir/ready" "$WRITER_DEADLINE_S" \
         "${SENTINEL_PORTS[@]}" >"$dir/writer.out" &
     writer_pid=$!
     await "the first write" test -e "$dir/ready"
@@ -179,7 +180,7 @@ for run in $(seq "$RUNS"); do
     # kill, so this can be a little shorter than the kill to the first write on the new master.
     gap=$(awk -v a="$(field first_new_ack "$out")" -v k="$killed" -v o="$(field last_old_ack "$out")" \
         'BEGIN { printf "%.3f", a - (o > k ? o : k) }')
-    steps=$(python3 "$root/bench/sentinel-writer.py" events "$killed" "$dir"/sentinel-*.log)
+    steps=$(python3 "$root/scripts/bench/sentinel-writer.py" events "$killed" "$dir"/sentinel-*.log)
     lost=$(field lost "$out")
     [ "$lost" = 0 ] || log "run $run: lost $(field lost_keys "$out")"
     times+=("$failover")

@@ -4,14 +4,14 @@
 # one replica, each with its own AOF), every SET followed by WAIT 1 0 (the redis_wait bench:
 # acknowledged once the replica has it, the Redis way of two copies). Prints a markdown table.
 #
-#   bench/durable.sh                  # c=50, 16-byte values
-#   N=20000 C=50 D=16 bench/durable.sh
+#   scripts/bench/durable.sh                  # c=50, 16-byte values
+#   N=20000 C=50 D=16 scripts/bench/durable.sh
 #
 # Needs redis-server and redis-cli (Debian: redis-server redis-tools). Ports: REDIS_PORT (6392)
 # and the next one; ftkv takes free ports. Each side runs ROUNDS times (default 3), alternately,
 # and the best round is kept.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 REDIS_PORT=${REDIS_PORT:-6392}
 REPLICA_PORT=$((REDIS_PORT + 1))
@@ -20,8 +20,8 @@ C=${C:-50}
 D=${D:-16}
 ROUNDS=${ROUNDS:-3}
 log() { echo "durable.sh: $*" >&2; }
-# shellcheck source=bench/lib.sh
-. "$root/bench/lib.sh"
+# shellcheck source=scripts/bench/lib.sh
+. "$root/scripts/bench/lib.sh"
 
 work="$(mktemp -d)"
 pids=()

@@ -5,12 +5,12 @@
 # per copy for ftkv (every key is held twice), Redis's `used_memory` growth per key and its
 # RSS growth per key.
 #
-#   bench/memory.sh          # about 30 s
+#   scripts/bench/memory.sh          # about 30 s
 #
 # Needs redis-server and redis-cli (Debian: apt-get install redis-server redis-tools) and
 # cargo. Port: REDIS_PORT (6392). KEYS overrides the key count.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
 REDIS_PORT=${REDIS_PORT:-6392}
@@ -26,8 +26,8 @@ if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     exit 1
 fi
 log() { echo "memory.sh: $*" >&2; }
-# shellcheck source=bench/lib.sh
-. "$root/bench/lib.sh"
+# shellcheck source=scripts/bench/lib.sh
+. "$root/scripts/bench/lib.sh"
 
 work="$(mktemp -d)"
 coord_pid=

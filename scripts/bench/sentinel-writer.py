@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The client side of bench/sentinel-failover.sh (see there); standard library only.
+"""The client side of scripts/bench/sentinel-failover.sh (see there); standard library only.
 
   sentinel-writer.py write READY_FILE DEADLINE_S SENTINEL_PORT...
       Follows Sentinel like a client library does and writes numbered keys (SET k<n> <n>), one
