@@ -21,6 +21,11 @@ pub const RECORD_HEAD: usize = 8;
 /// The longest body a put of the largest key and value makes.
 pub const MAX_BODY: usize = 2 + 4 + MAX_KEY_LEN + MAX_VALUE_LEN;
 
+/// The bytes a put of a key and value of these lengths takes in a log.
+pub fn entry_len(key_and_value: u64) -> u64 {
+    (RECORD_HEAD + 6) as u64 + key_and_value
+}
+
 /// One change of a table, as a log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

@@ -5,14 +5,17 @@
 //! - [`load`]: reading a log back at a start after a crash, a torn last record cut off,
 //!   damage anywhere before it refused;
 //! - [`writer`]: appending, and the syncs (group commit: one `fdatasync` for every write
-//!   that arrived while the previous one ran).
+//!   that arrived while the previous one ran);
+//! - [`rewrite`]: compaction in the background, once a log has outgrown its live data.
 
 mod format;
 mod load;
+mod rewrite;
 mod writer;
 
-pub use format::{Change, cluster_digest};
+pub use format::{Change, cluster_digest, entry_len};
 pub use load::Loaded;
+pub use rewrite::Rewritten;
 pub use writer::Log;
 
 use std::path::PathBuf;
@@ -82,5 +85,7 @@ pub enum LogError {
     NotStored(String),
 }
 
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod tests;

@@ -6,18 +6,47 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::protocol::{Op, TableKind};
 
-const CLUSTER: [u8; 16] = [7; 16];
+pub(super) const CLUSTER: [u8; 16] = [7; 16];
 
-fn put(k: &str, v: &str) -> Op {
+pub(super) fn put(k: &str, v: &str) -> Op {
     Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }
 }
 
-fn del(k: &str) -> Op {
+pub(super) fn del(k: &str) -> Op {
     Op::Del { key: k.as_bytes().to_vec() }
 }
 
+/// A small tmpfs (as root; `None`, and a line saying the test is skipped, elsewhere),
+/// unmounted when dropped.
+pub(super) struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    pub(super) fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            println!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
 /// Every change a load hands over, in order.
-fn load_all(path: &Path) -> Result<(Vec<(TableKind, Change)>, Loaded), LogError> {
+pub(super) fn load_all(path: &Path) -> Result<(Vec<(TableKind, Change)>, Loaded), LogError> {
     let mut seen = Vec::new();
     let (_, loaded) = Log::load(path, 1, CLUSTER, FsyncPolicy::No, |t, c| seen.push((t, c)))?;
     Ok((seen, loaded))
@@ -166,23 +195,8 @@ async fn everysec_and_no_never_wait_for_a_sync() {
 /// exactly the writes that succeeded.
 #[tokio::test]
 async fn a_full_disk_fails_the_write_and_room_made_lets_writes_succeed_again() {
-    let mount = tempfile::tempdir().unwrap();
-    let dir = mount.path();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(dir)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        println!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir);
+    let Some(tmpfs) = Tmpfs::mount("1m") else { return };
+    let dir = tmpfs.path();
     let filler = dir.join("filler");
     std::fs::write(&filler, vec![1u8; 600 * 1024]).unwrap();
     let path = dir.join("server_1.aof");

@@ -34,49 +34,63 @@ use crate::protocol::{Op, TableKind};
 /// A server's log: cheap to clone, shared by every task that writes.
 #[derive(Clone)]
 pub struct Log {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    path: PathBuf,
+pub(super) struct Inner {
+    pub(super) path: PathBuf,
+    pub(super) id: u32,
+    pub(super) cluster: [u8; 16],
     policy: FsyncPolicy,
-    appender: Mutex<Appender>,
-    sync: Arc<Syncs>,
+    pub(super) appender: Mutex<Appender>,
+    pub(super) sync: Arc<Syncs>,
     records: AtomicU64,
+    /// The file's length, read without the appender's lock (whether to compact).
+    pub(super) file_len: AtomicU64,
+    pub(super) compaction: super::rewrite::Compaction,
 }
 
-struct Appender {
-    file: Arc<File>,
-    len: u64,
+/// Tickets are positions in the log's history, not in its file: a compaction makes the
+/// file shorter, and a ticket handed out before must still mean the same records.
+pub(super) struct Appender {
+    pub(super) file: Arc<File>,
+    /// The file's length.
+    pub(super) len: u64,
+    /// Ticket minus file offset: what compactions took out of the file so far.
+    pub(super) shift: u64,
     buf: Vec<u8>,
 }
 
 /// What the sync thread and the appenders share.
-struct Syncs {
-    state: Mutex<SyncState>,
+pub(super) struct Syncs {
+    pub(super) state: Mutex<SyncState>,
     wake: Condvar,
-    /// How far the file is on disk, or why no more of it will be.
-    synced: watch::Sender<Synced>,
+    /// How far the log is on disk (a ticket), or why no more of it will be.
+    pub(super) synced: watch::Sender<Synced>,
     count: AtomicU64,
 }
 
-struct SyncState {
-    file: Arc<File>,
+pub(super) struct SyncState {
+    pub(super) file: Arc<File>,
+    /// The ticket of the last write.
     written: u64,
     stop: bool,
 }
 
 #[derive(Debug, Clone, Default)]
-struct Synced {
-    upto: u64,
+pub(super) struct Synced {
+    pub(super) upto: u64,
     failed: Option<String>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+pub(super) fn io<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> LogError + 'a {
     move |err| LogError::Io { path: path.into(), what, err }
 }
 
@@ -95,7 +109,7 @@ impl Log {
         file.sync_all().map_err(io(&tmp, "syncing"))?;
         std::fs::rename(&tmp, path).map_err(io(path, "renaming the new log over"))?;
         sync_dir(path)?;
-        Log::open(path, format::HEADER_LEN as u64, policy)
+        Log::open(path, id, cluster, format::HEADER_LEN as u64, policy)
     }
 
     /// Loads the log at `path` (see [`load`]): each change goes to `apply`, in order; a
@@ -120,10 +134,17 @@ impl Log {
             file.set_len(loaded.len).map_err(io(path, "cutting the torn tail"))?;
             file.sync_all().map_err(io(path, "syncing"))?;
         }
-        Ok((Log::open(path, loaded.len, policy)?, loaded))
+        Ok((Log::open(path, id, cluster, loaded.len, policy)?, loaded))
     }
 
-    fn open(path: &Path, len: u64, policy: FsyncPolicy) -> Result<Log, LogError> {
+    fn open(
+        path: &Path,
+        id: u32,
+        cluster: [u8; 16],
+        len: u64,
+        policy: FsyncPolicy,
+    ) -> Result<Log, LogError> {
+        super::rewrite::remove_leftover(path);
         let file = OpenOptions::new().append(true).open(path).map_err(io(path, "opening"))?;
         let file = Arc::new(file);
         let sync = Arc::new(Syncs {
@@ -139,8 +160,18 @@ impl Log {
                 .spawn(move || sync_loop(&s, &p, policy))
                 .map_err(io(path, "starting its sync thread"))?;
         }
-        let appender = Mutex::new(Appender { file, len, buf: Vec::new() });
-        let inner = Inner { path: path.into(), policy, appender, sync, records: AtomicU64::new(0) };
+        let appender = Mutex::new(Appender { file, len, shift: 0, buf: Vec::new() });
+        let inner = Inner {
+            path: path.into(),
+            id,
+            cluster,
+            policy,
+            appender,
+            sync,
+            records: AtomicU64::new(0),
+            file_len: AtomicU64::new(len),
+            compaction: Default::default(),
+        };
         Ok(Log { inner: Arc::new(inner) })
     }
 
@@ -168,11 +199,11 @@ impl Log {
         if let Some(why) = &self.inner.sync.synced.borrow().failed {
             return Err(LogError::NotStored(why.clone()));
         }
-        let Appender { file, len, buf } = &mut *appender;
+        let Appender { file, len, shift, buf } = &mut *appender;
         buf.clear();
         encode(buf);
         if buf.is_empty() {
-            return Ok(*len);
+            return Ok(*len + *shift);
         }
         if let Err(e) = (&**file).write_all(buf) {
             // Cut what may have been written of it: later records must not follow a part.
@@ -182,23 +213,25 @@ impl Log {
             return Err(LogError::NotStored(e.to_string()));
         }
         *len += buf.len() as u64;
+        self.inner.file_len.store(*len, Ordering::Relaxed);
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();
         }
         self.inner.records.fetch_add(records, Ordering::Relaxed);
+        let ticket = *len + *shift;
         let mut state = lock(&self.inner.sync.state);
-        state.written = *len;
+        state.written = ticket;
         match self.inner.policy {
             FsyncPolicy::Always => self.inner.sync.wake.notify_one(),
             // Synced on the thread's next second; acknowledged at once.
             FsyncPolicy::EverySec => {}
-            FsyncPolicy::No => self.inner.sync.synced.send_modify(|s| s.upto = *len),
+            FsyncPolicy::No => self.inner.sync.synced.send_modify(|s| s.upto = ticket),
         }
-        Ok(*len)
+        Ok(ticket)
     }
 
     /// No write is stored from now on.
-    fn fail(&self, why: String) {
+    pub(super) fn fail(&self, why: String) {
         error!(path = %self.inner.path.display(), %why, "log unusable until a restart");
         self.inner.sync.synced.send_modify(|s| s.failed = Some(why));
     }
@@ -235,6 +268,11 @@ impl Log {
     /// Syncs done and records appended since the log was opened.
     pub fn stats(&self) -> (u64, u64) {
         (self.inner.sync.count.load(Ordering::Relaxed), self.inner.records.load(Ordering::Relaxed))
+    }
+
+    /// The file's length now.
+    pub fn file_len(&self) -> u64 {
+        self.inner.file_len.load(Ordering::Relaxed)
     }
 }
 
@@ -286,7 +324,7 @@ fn sync_loop(sync: &Syncs, path: &Path, policy: FsyncPolicy) {
 }
 
 /// Syncs the directory holding `path` (a rename is durable only then).
-fn sync_dir(path: &Path) -> Result<(), LogError> {
+pub(super) fn sync_dir(path: &Path) -> Result<(), LogError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "syncing the directory"))
 }

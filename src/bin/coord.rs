@@ -76,6 +76,10 @@ struct Args {
     /// process loses at most the last second), no (left to the kernel).
     #[arg(long, value_name = "POLICY", default_value = "always")]
     fsync: ftkv::aof::FsyncPolicy,
+    /// Every server compacts its log in the background once it is at least this many MiB
+    /// and twice the size of its live data.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    compact_min_mib: u64,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; port 0: any
     /// free port, printed at start).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -170,6 +174,7 @@ fn start(args: Args) -> Result<(), String> {
         orphan_timeout: args.orphan_timeout,
         fresh: args.fresh,
         fsync: args.fsync,
+        compact_min_mib: args.compact_min_mib,
         metrics: args.metrics,
         etcd,
     };

@@ -69,6 +69,10 @@ struct Args {
     /// disk: always (before a write is acknowledged), everysec, no (left to the kernel).
     #[arg(long, value_name = "POLICY", default_value = "always")]
     fsync: ftkv::aof::FsyncPolicy,
+    /// Compact the log in the background once it is at least this many MiB and twice the
+    /// size of the live data (Redis's auto-aof-rewrite-min-size and -percentage 100).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    compact_min_mib: u64,
     /// Keep the log of an earlier start and load it when the coordinator says so (the
     /// start after a crash); without it, a new log replaces an old one.
     #[arg(long)]
@@ -171,6 +175,7 @@ fn start(args: Args) -> Result<(), String> {
         incarnation: args.incarnation,
         orphan_timeout: args.orphan_timeout,
         fsync: args.fsync,
+        compact_min_bytes: args.compact_min_mib << 20,
         from_log: args.from_log,
     };
     // One thread by default: measured on 2 cores with 3 servers and a load generator on the

@@ -98,6 +98,8 @@ pub struct CoordOptions {
     pub fresh: bool,
     /// Passed to every server: when it syncs its log (`--fsync`).
     pub fsync: crate::aof::FsyncPolicy,
+    /// Passed to every server: the size from which it compacts its log (`--compact-min-mib`).
+    pub compact_min_mib: u64,
     /// Serve `/metrics` (Prometheus text format) on this `ADDR:PORT`; off when `None`.
     pub metrics: Option<String>,
     /// Keep the state in etcd and stand by until elected (`--etcd`); `None`: the state
@@ -268,6 +270,7 @@ fn launcher(opts: &CoordOptions, state: &CoordState, shared: &Shared) -> Launche
         advertise_host: opts.advertise_host.clone(),
         orphan_timeout: opts.orphan_timeout,
         fsync: opts.fsync,
+        compact_min_mib: opts.compact_min_mib,
         from_log: false,
         coordinators: shared.coordinators.clone(),
     }

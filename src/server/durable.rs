@@ -17,9 +17,25 @@ use crate::protocol::{ControlResponse, LogLoaded, Op, TableKind};
 use crate::routing::ClusterConfig;
 use crate::server::{Server, Table};
 
+/// When a log is compacted (see `aof::rewrite`): once its file is at least `min_bytes`
+/// long and twice what the tables' entries would take in a log of their own.
+pub struct CompactWhen {
+    pub min_bytes: u64,
+    pub tables: [Arc<Table>; 2],
+}
+
+impl CompactWhen {
+    /// What the tables' entries take in a log: one put each.
+    fn live_bytes(&self) -> u64 {
+        let per_entry = aof::entry_len(0);
+        self.tables.iter().map(|t| t.bytes() + t.len() as u64 * per_entry).sum()
+    }
+}
+
 /// The log of a server: open once a start decided whether it is new or loaded.
 pub struct Durable {
     log: RwLock<Option<Log>>,
+    compact: CompactWhen,
     /// Whether this start begins a new log (else it waits for `LoadLog`).
     new: bool,
     path: PathBuf,
@@ -45,9 +61,10 @@ impl Durable {
         token: &[u8],
         policy: FsyncPolicy,
         from_log: bool,
-    ) -> Result<Self, LogError> {
+        compact: CompactWhen,
+    ) -> Self {
         let cluster = aof::cluster_digest(token);
-        Ok(Durable { log: RwLock::new(None), new: !from_log, path, id, cluster, policy })
+        Durable { log: RwLock::new(None), compact, new: !from_log, path, id, cluster, policy }
     }
 
     /// Begins this start's new log now, if it is to have one and has none yet, holding what
@@ -94,7 +111,9 @@ impl Durable {
     pub fn for_tests() -> Arc<Durable> {
         let dir = tempfile::tempdir().expect("a temporary directory").keep();
         let path = dir.join("server_1.aof");
-        Arc::new(Durable::open(path, 1, b"token", FsyncPolicy::Always, false).expect("a log"))
+        let tables = [Arc::default(), Arc::default()];
+        let compact = CompactWhen { min_bytes: u64::MAX, tables };
+        Arc::new(Durable::open(path, 1, b"token", FsyncPolicy::Always, false, compact))
     }
 
     /// The open log (begun now if need be), or why there is none.
@@ -122,9 +141,15 @@ impl Durable {
         NotLogged { id: self.id, why: error.to_string() }
     }
 
-    /// Appends a batch of changes to `table`; returns its ticket.
+    /// Appends a batch of changes to `table`; returns its ticket. Starts a compaction in the
+    /// background if the log has grown enough for one.
     pub fn append(&self, table: TableKind, ops: &[Op]) -> Result<u64, NotLogged> {
-        self.log()?.append(table, ops).map_err(|e| self.refusal(&e))
+        let log = self.log()?;
+        let ticket = log.append(table, ops).map_err(|e| self.refusal(&e))?;
+        if log.file_len() >= self.compact.min_bytes {
+            log.compact_if_grown(self.compact.live_bytes(), self.compact.min_bytes);
+        }
+        Ok(ticket)
     }
 }
 

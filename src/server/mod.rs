@@ -69,6 +69,8 @@ pub struct ServerOptions {
     pub orphan_timeout: Duration,
     /// When the append-only log is synced (`--fsync`).
     pub fsync: crate::aof::FsyncPolicy,
+    /// The log is compacted once at least this long (and twice its live data).
+    pub compact_min_bytes: u64,
     /// Keep the log of an earlier start, to load it when told (`--from-log`).
     pub from_log: bool,
 }
@@ -112,11 +114,18 @@ pub struct Server {
 impl Server {
     fn new(opts: &ServerOptions, token: Vec<u8>, cancel: CancellationToken) -> Result<Self> {
         let log = opts.dump_dir.join(crate::manifest::dump_name(opts.id, "aof"));
-        let durable = durable::Durable::open(log, opts.id, &token, opts.fsync, opts.from_log)
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        let durable = Arc::new(durable);
         let primary = Arc::new(Table::default());
         let secondary = Arc::new(Table::default());
+        let tables = [primary.clone(), secondary.clone()];
+        let compact = durable::CompactWhen { min_bytes: opts.compact_min_bytes, tables };
+        let durable = Arc::new(durable::Durable::open(
+            log,
+            opts.id,
+            &token,
+            opts.fsync,
+            opts.from_log,
+            compact,
+        ));
         let (caught_tx, caught_rx) = mpsc::unbounded_channel();
         let me = (opts.id, opts.incarnation);
         let start = |table: &Arc<Table>, kind| {
@@ -537,6 +546,7 @@ mod tests {
             incarnation: 0,
             orphan_timeout: Duration::from_secs(60),
             fsync: crate::aof::FsyncPolicy::Always,
+            compact_min_bytes: 64 << 20,
             from_log: false,
         };
         let server = Server::new(&opts, b"t".to_vec(), CancellationToken::new()).unwrap();

@@ -385,11 +385,7 @@ impl Task {
     /// their place in it. If the log refuses them, each is answered "not stored" instead.
     fn logged(&mut self, taken: Vec<Pending>) -> Vec<Entry> {
         let ops: Vec<Op> = taken.iter().map(|p| p.op.clone()).collect();
-        let appended = self
-            .durable
-            .log()
-            .and_then(|log| log.append(self.kind, &ops).map_err(|e| self.durable.refusal(&e)));
-        match appended {
+        match self.durable.append(self.kind, &ops) {
             Ok(ticket) => taken.into_iter().map(|p| Entry { ticket, ..p.into() }).collect(),
             Err(why) => {
                 warn!(%why, writes = taken.len(), "writes not stored");

@@ -46,6 +46,8 @@ pub struct Launcher {
     pub orphan_timeout: Duration,
     /// `--fsync` of every server.
     pub fsync: crate::aof::FsyncPolicy,
+    /// `--compact-min-mib` of every server.
+    pub compact_min_mib: u64,
     /// Servers started now keep their log, to load it when told (`--from-log`: the start
     /// after a crash); otherwise each starts a new one.
     pub from_log: bool,
@@ -274,6 +276,7 @@ impl Launcher {
             ("--heartbeat-ms", self.heartbeat.as_millis().to_string()),
             ("--orphan-timeout", self.orphan_timeout.as_secs_f64().to_string()),
             ("--fsync", self.fsync.to_string()),
+            ("--compact-min-mib", self.compact_min_mib.to_string()),
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
