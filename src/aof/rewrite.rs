@@ -107,8 +107,9 @@ impl Log {
         self.inner.compaction.running.load(Ordering::Acquire)
     }
 
-    /// Rewrites the log now, on this thread (see the module's doc).
-    pub fn compact(&self) -> Result<Rewritten, LogError> {
+    /// Rewrites the log now, on this thread (unit tests: nothing else may rewrite it then).
+    #[cfg(test)]
+    pub(super) fn compact(&self) -> Result<Rewritten, LogError> {
         rewrite(self)
     }
 }

@@ -121,6 +121,27 @@ impl Hosts {
         assert!(status.success(), "nft delete in host {i}");
     }
 
+    /// Every process of host `i` but its sshd listener: what a crash of the host kills
+    /// (its servers, ssh sessions under way). The listener stays, standing for the host's
+    /// ssh service up again after a reboot; a host that stays down is a partition
+    /// ([`cut`](Self::cut)).
+    pub fn processes(&self, i: usize) -> Vec<u32> {
+        let sshd: Vec<u32> = ["pid", "launcher"]
+            .iter()
+            .filter_map(|kind| {
+                let file = self.dir.path().join(format!("sshd_{i}.{kind}"));
+                std::fs::read_to_string(file).ok()?.trim().parse().ok()
+            })
+            .collect();
+        let out = Command::new("ip").args(["netns", "pids", &self.ns(i)]).output().unwrap();
+        assert!(out.status.success(), "ip netns pids {}", self.ns(i));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .filter(|pid| !sshd.contains(pid))
+            .collect()
+    }
+
     /// The namespace a process runs in.
     pub fn namespace_of(pid: u32) -> String {
         let out =

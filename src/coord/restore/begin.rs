@@ -49,7 +49,7 @@ pub async fn begin(opts: &CoordOptions, store: &Store) -> Result<(CoordState, Be
                 lines::RESTORE_AGAIN
             ));
             process::kill_all(&previous.members, &opts.server_bin).await;
-        } else if !process::all_gone(&previous.members, &opts.server_bin) {
+        } else if !process::all_gone(&previous.members, &opts.server_bin, &opts.ssh_args).await {
             return Ok((previous, Begin::TakeBack));
         } else if opts.fresh {
             say(&format!("{}: starting empty (--fresh)", lines::SERVERS_GONE));

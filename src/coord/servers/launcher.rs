@@ -226,11 +226,7 @@ impl Launcher {
             .args(&self.ssh_args)
             .arg(&destination)
             // Only if that pid is still this server (pids are reused).
-            .arg(format!(
-                "tr '\\0' ' ' < /proc/{pid}/cmdline | grep -q -- '-S {id} .*--incarnation {inc} ' && kill -9 {pid}",
-                id = member.id,
-                inc = incarnation
-            ))
+            .arg(format!("{} && kill -9 {pid}", runs_there(pid, member.id, incarnation)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -285,6 +281,42 @@ impl Launcher {
     }
 }
 
+/// The shell test, run on a server's host, that process `pid` is still start `incarnation`
+/// of server `id` (pids are reused; a pid that is gone fails it too).
+fn runs_there(pid: u32, id: u32, incarnation: u64) -> String {
+    format!(
+        "tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q -- '-S {id} .*--incarnation {incarnation} '"
+    )
+}
+
+/// Whether the server start that remote `member` names (its pid and incarnation) is surely
+/// gone: its host answered over ssh that the pid is not that server any more. A start after
+/// a crash of every process needs this to tell a dead cluster from one to take back (a
+/// local server's process is looked up in /proc, a remote one can only be asked for). A
+/// host that cannot be asked (cut off, its sshd down) may still run it: not gone.
+pub async fn remote_gone(ssh_args: &[String], member: &Member) -> bool {
+    let Host::Ssh { user, host } = &member.spec.host else { return false };
+    let destination = ssh_destination(user, host);
+    let test = runs_there(member.pid, member.id, member.incarnation);
+    let ask = Command::new("ssh")
+        .args(SSH_DEFAULTS)
+        .args(ssh_args)
+        .arg(&destination)
+        .arg(format!("if {test}; then echo running; else echo gone; fi"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let answer = match tokio::time::timeout(SSH_LIMIT, ask).await {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(Ok(out)) => format!("ssh {}", out.status),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".into(),
+    };
+    info!(id = member.id, %destination, pid = member.pid, answer = answer.trim(), "asked over ssh whether the server still runs");
+    answer.trim() == "gone"
+}
+
 /// Kills process `pid` when dropped, unless cleared first.
 struct KillUnlessClaimed(Option<u32>);
 
@@ -306,6 +338,26 @@ mod tests {
         assert_eq!(shell_quote("plain"), "'plain'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    /// The test run on a host: true for the pid of that server's start, false for another
+    /// start of it and once the process is gone.
+    #[test]
+    fn the_remote_test_knows_a_start_by_its_pid_id_and_incarnation() {
+        let run = |test: String| std::process::Command::new("sh").arg("-c").arg(test).status();
+        // Waits on a builtin (no child left behind) with a server's words on its command line.
+        let mut server = std::process::Command::new("sh")
+            .args(["-c", "read line", "server", "-S", "1", "-n", "3", "--incarnation", "2", "-x"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = server.id();
+        assert!(run(runs_there(pid, 1, 2)).unwrap().success());
+        assert!(!run(runs_there(pid, 1, 3)).unwrap().success(), "another incarnation");
+        assert!(!run(runs_there(pid, 2, 2)).unwrap().success(), "another server");
+        server.kill().unwrap();
+        server.wait().unwrap();
+        assert!(!run(runs_there(pid, 1, 2)).unwrap().success(), "gone");
     }
 
     #[test]

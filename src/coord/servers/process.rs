@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::Host;
-use crate::coord::servers::launcher::{Launcher, Started};
+use crate::coord::servers::launcher::{Launcher, Started, remote_gone};
 use crate::coord::state::Member;
 
 /// A server process this coordinator started.
@@ -66,9 +68,25 @@ pub fn runs_server(pid: u32, server_bin: &Path) -> bool {
     pid != 0 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == server_bin)
 }
 
-/// Whether every server of `members` is a local process that is gone.
-pub fn all_gone(members: &[Member], server_bin: &Path) -> bool {
-    members.iter().all(|m| gone(m, server_bin))
+/// Whether every server of `members` is surely gone: a local one whose process no longer
+/// runs, a remote one whose host says so over ssh ([`remote_gone`]; asked only once every
+/// local one is gone, all at once, and the first that may still run ends the question).
+/// Without asking, remote servers all killed at once (a crash) were taken for a running
+/// cluster: the take-back waited `-t` for servers that never came back and stopped with a
+/// double fault, where their logs would have brought everything back.
+pub async fn all_gone(members: &[Member], server_bin: &Path, ssh_args: &[String]) -> bool {
+    let (local, remote): (Vec<&Member>, Vec<&Member>) =
+        members.iter().partition(|m| matches!(m.spec.host, Host::Local(_)));
+    if !local.iter().all(|m| gone(m, server_bin)) {
+        return false;
+    }
+    let mut asked: FuturesUnordered<_> = remote.iter().map(|m| remote_gone(ssh_args, m)).collect();
+    while let Some(gone) = asked.next().await {
+        if !gone {
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether `member` is surely gone: a local server whose process no longer runs.
