@@ -160,8 +160,9 @@ async fn a_crash_then_a_start_with_fewer_servers_reshards_the_logs() {
 
 /// After a crash, a configuration of 4 naming a server on another host is refused before
 /// anything starts (its logs would have to be shipped), saying to start with the old 3, and
-/// changes no file. Then server 1's log damaged and a start with 4 local servers: its keys
-/// come from their copy in server 2's log, said so, and every key is there.
+/// changes no file. Then server 1's log damaged, a torn record after server 0's, and a start
+/// with 4 local servers: server 1's keys come from their copy in server 2's log, the tail is
+/// named, both are said, and every key is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_its_copy() {
     let mut cluster = Cluster::start(3);
@@ -192,9 +193,20 @@ async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x20;
     std::fs::write(&log, &damaged).unwrap();
+    // And a torn record at the end of server 0's: read up to it, the file set aside whole.
+    let log_0 = cluster.path("server_0.aof");
+    let mut torn = std::fs::read(&log_0).unwrap();
+    let length = torn.len();
+    torn.extend([100, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3]);
+    std::fs::write(&log_0, &torn).unwrap();
     set_servers(&cluster, 4);
     restart(&mut cluster, &[]);
     let said = cluster.coord_log();
+    let cut = format!("{} at offset {length} (11 bytes", lines::TORN_TAIL_CUT);
+    assert!(said.lines().any(|l| l.contains("server_0.aof") && l.contains(&cut)), "{said}");
+    let aside = asides(&cluster);
+    let moved = aside.iter().map(|dir| files_in(dir)).find(|f| f.contains_key("server_0.aof"));
+    assert_eq!(moved.unwrap()["server_0.aof"], torn, "set aside as it was");
     let replaced = "server 1: not used (its log is refused: ";
     assert!(said.contains(replaced) && said.contains("damaged record at offset"), "{said}");
     assert!(said.contains("its keys come from their copy in server 2's server_2.aof"), "{said}");
