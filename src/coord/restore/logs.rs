@@ -42,8 +42,9 @@ type Map = HashMap<Vec<u8>, Vec<u8>>;
 
 /// One server of the crashed cluster, read back.
 enum Read {
-    /// Its two tables, and the line that says what they were read from.
-    Usable { primary: Map, secondary: Map, said: String },
+    /// Its two tables, the line that says what they were read from, and the name of the
+    /// file that held its secondary table (where its predecessor's keys come from if need be).
+    Usable { primary: Map, secondary: Map, said: String, copies: String },
     /// Why its files are not used.
     Unusable(String),
 }
@@ -91,21 +92,7 @@ pub fn reshard(dir: &Path, state: &CoordState, specs: &[ServerSpec]) -> Result<(
         dir: dir.into(),
         missing: describe_missing(&owners, &reads, n),
     })?;
-    for (id, read) in (0..).zip(&reads) {
-        match read {
-            Read::Usable { said, .. } => say(said),
-            Read::Unusable(why) => {
-                let next = secondary_of(id, n);
-                let line = format!(
-                    "server {id}: not used ({why}); its keys come from their copy in server \
-                     {next}'s {}",
-                    log_name(next)
-                );
-                warn!("{line}");
-                println!("{line}");
-            }
-        }
-    }
+    say_reads(&reads, n);
     let files = files(dir)?;
     let (logs, others): (Vec<String>, Vec<String>) =
         files.into_iter().partition(|f| is_log_name(f));
@@ -124,6 +111,29 @@ pub fn reshard(dir: &Path, state: &CoordState, specs: &[ServerSpec]) -> Result<(
     let count = logs.len() + others.len();
     say(&format!("moved the crashed cluster's files ({count}) to {}", aside.display()));
     Ok(())
+}
+
+/// What was read from each server, and for those not used, where their keys come from.
+fn say_reads(reads: &[Read], n: u32) {
+    for (id, read) in (0..).zip(reads) {
+        match read {
+            Read::Usable { said, .. } => say(said),
+            Read::Unusable(why) => {
+                let next = secondary_of(id, n);
+                // Usable: choose_sources found a copy of every owner's keys.
+                let copies = match &reads[next as usize] {
+                    Read::Usable { copies, .. } => copies.as_str(),
+                    Read::Unusable(_) => "no file",
+                };
+                let line = format!(
+                    "server {id}: not used ({why}); its keys come from their copy in server \
+                     {next}'s {copies}"
+                );
+                warn!("{line}");
+                println!("{line}");
+            }
+        }
+    }
 }
 
 /// Logs of servers on other hosts stay there (nothing is shipped), and a restore onto other
@@ -191,7 +201,8 @@ fn read_dumps(dir: &Path, n: u32, own: &ServerDumps) -> Result<Read, String> {
             .map(|n| dir.join(n).display().to_string())
             .join(" and ")
     );
-    Ok(Read::Usable { primary, secondary, said })
+    let copies = own.secondary.name.clone();
+    Ok(Read::Usable { primary, secondary, said, copies })
 }
 
 /// Server `id`'s log, read as a server loads it, the file left as it is.
@@ -224,7 +235,7 @@ fn read_log(dir: &Path, state: &CoordState, id: u32) -> Read {
                     lines::TORN_TAIL_CUT
                 );
             }
-            Read::Usable { primary, secondary, said }
+            Read::Usable { primary, secondary, said, copies: log_name(id) }
         }
         Err(LogError::Missing { .. }) => Read::Unusable(format!("{} is missing", path.display())),
         Err(refused) => Read::Unusable(format!("its log is refused: {refused}")),
