@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ftkv::lines;
-use support::cluster::{Cluster, alive, files_in, wait_until};
+use support::cluster::{Cluster, alive, files_in, kill, wait_until};
 use support::history::{check_all, lost_acknowledged_writes};
 use support::load::{Load, final_reads};
 use support::set::{VALUE, key};
@@ -210,6 +210,46 @@ async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_
     let replaced = "server 1: not used (its log is refused: ";
     assert!(said.contains(replaced) && said.contains("damaged record at offset"), "{said}");
     assert!(said.contains("its keys come from their copy in server 2's server_2.aof"), "{said}");
+    let restored = cluster.restored.clone().unwrap_or_default();
+    assert!(restored.starts_with("restored 300 keys"), "{restored:?}\n{said}");
+    let mut client = cluster.client();
+    for i in 0..300 {
+        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
+    }
+    assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
+}
+
+/// The coordinator killed, then server 1 (kill -9), while servers 0 and 2 outlive them and
+/// write their dumps after their orphan timeout; then a start with 4: 0's and 2's tables come
+/// from those dumps (written at their end, newer than their logs), 1's from its log, each
+/// said, and every key is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_takes_the_dumps_servers_wrote_at_their_end_over_their_logs() {
+    let mut cluster = Cluster::start(3);
+    let mut client = cluster.client();
+    for i in 0..300 {
+        client.put(&key(i), &VALUE).await.unwrap();
+    }
+    let pids = cluster.server_pids();
+    tokio::task::block_in_place(|| {
+        cluster.kill_coord();
+        kill(cluster.pids[1], "KILL");
+        let gone = wait_until(Duration::from_secs(20), || pids.iter().all(|&pid| !alive(pid)));
+        assert!(gone, "servers {pids:?} still running after their orphan timeout");
+    });
+    for (id, wrote) in [(0, true), (1, false), (2, true)] {
+        let manifest = cluster.path(&format!("server_{id}.manifest"));
+        assert_eq!(manifest.exists(), wrote, "server {id}'s own dumps");
+    }
+    set_servers(&cluster, 4);
+    restart(&mut cluster, &[]);
+    let said = cluster.coord_log();
+    for id in [0, 2] {
+        let line = format!("server_{id}.secondary written at its end, newer than its log");
+        assert!(said.contains(&line), "{line:?} not in {said}");
+    }
+    let from_log = |l: &&str| l.contains("server 1: ") && l.contains("server_1.aof");
+    assert!(said.lines().any(|l| from_log(&l)), "server 1 from its log: {said}");
     let restored = cluster.restored.clone().unwrap_or_default();
     assert!(restored.starts_with("restored 300 keys"), "{restored:?}\n{said}");
     let mut client = cluster.client();
