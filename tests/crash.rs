@@ -259,6 +259,44 @@ async fn a_reshard_takes_the_dumps_servers_wrote_at_their_end_over_their_logs() 
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
+/// A crash, a start with 4 killed (kill -9 of every process) once it prints that it is
+/// restoring, and a start with 4 again: the set written from the logs is restored again (or,
+/// if the first restore finished in time, its servers start from their own logs), and
+/// every key is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_killed_during_its_restore_is_restored_again() {
+    let mut cluster = Cluster::start(3);
+    let tasks = (0..8).map(|t| {
+        let mut client = cluster.client();
+        tokio::spawn(async move {
+            for i in (t..2000).step_by(8) {
+                client.put(&key(i), &VALUE).await.unwrap();
+            }
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.unwrap();
+    }
+    tokio::task::block_in_place(|| crash(&mut cluster));
+    set_servers(&cluster, 4);
+    tokio::task::block_in_place(|| {
+        cluster.spawn_coord_again(&[]);
+        cluster.await_line(lines::RESTORING, Duration::from_secs(20));
+        crash(&mut cluster);
+    });
+    restart(&mut cluster, &[]);
+    let said = cluster.coord_log();
+    let again = said.contains(lines::RESTORE_AGAIN);
+    assert!(again || said.contains(lines::FROM_LOGS), "{said}");
+    println!("restored again: {again}");
+    assert_eq!(cluster.pids.len(), 4);
+    let mut client = cluster.client();
+    for i in 0..2000 {
+        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
+    }
+    assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
+}
+
 /// 300 keys written, a crash, and a torn record (the write a crash interrupted) at the end
 /// of server 1's log: it is cut off with a warning naming the file and offset, and every
 /// key is there.
