@@ -1,16 +1,81 @@
-//! Reading a dump file back: checking it against its manifest entry and parsing its
-//! `P "key" "value"` lines (the format `server::Table::dump` writes; it stays readable, and
-//! `client -f` replays it). Used by the coordinator, which rebuilds a set under another N,
-//! and by each server, which loads its own two files when N is unchanged.
+//! A dump file: written as `P "key" "value"` lines sorted by key ([`write`]: a server's
+//! table, or a crashed cluster's log read back by the coordinator; it stays readable, and
+//! `client -f` replays it), and read back, checked against its manifest entry and parsed.
+//! Read by the coordinator, which rebuilds a set under another N, and by each server, which
+//! loads its own two files when N is unchanged.
+
+use std::io::Write;
+use std::path::Path;
 
 use md5::{Digest, Md5};
 
 use crate::client::line::{Command, Parsed, parse_line};
 use crate::protocol::DumpFile;
 use crate::routing::slot_of;
+use crate::text::quote;
 
 /// Keys and values.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Writes `entries` (sorted here) to `path` as client lines `P "key" "value"`, so that a
+/// dump is readable, diffable and can be replayed with `client -f`. Returns the file's name,
+/// size, entry count and MD5, computed as it is written (for the dumps manifest), and its
+/// metadata, taken before the rename, so surely of this file (a server tells its own dumps
+/// from a newer start's by it). Written to `<path>.tmp`, synced, renamed over `path`.
+pub fn write(
+    path: &Path,
+    entries: &mut [(Vec<u8>, Vec<u8>)],
+) -> std::io::Result<(DumpFile, std::fs::Metadata)> {
+    entries.sort_unstable();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| -> std::io::Result<_> {
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut out = Summing { inner: file, md5: Md5::new(), bytes: 0 };
+        for (key, value) in entries.iter() {
+            writeln!(out, "P {} {}", quote(key), quote(value))?;
+        }
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let meta = file.metadata()?;
+        std::fs::rename(&tmp, path)?;
+        Ok((out.bytes, out.md5.finalize(), meta))
+    })();
+    if written.is_err() {
+        // A partial file (the disk filled up) helps nobody; an older dump at `path` is left
+        // as it was.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let (bytes, md5, meta) = written?;
+    let file = DumpFile {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        bytes,
+        keys: entries.len() as u64,
+        md5: md5.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    Ok((file, meta))
+}
+
+/// A writer that counts and digests what goes through it.
+struct Summing<W> {
+    inner: W,
+    md5: Md5,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.md5.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Reads `path`, checks it against `entry` ([`check_file`]), parses it, and checks that it
 /// holds `entry.keys` keys, and with `placement` = `(n, slot)` that every one is `slot`'s

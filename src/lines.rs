@@ -40,6 +40,10 @@ pub const TORN_TAIL_CUT: &str = "a torn last record cut";
 /// A start after a crash of every process (the state names servers, none runs).
 pub const FROM_LOGS: &str =
     "no server of the cluster runs (a crash?): starting each again from its log";
+/// A start after a crash with another number of servers (or other servers) than the
+/// crashed cluster had: its logs are read here and restored as a set of dumps of its N.
+pub const RESHARD_LOGS: &str = "no server of the cluster runs (a crash?), and the configuration \
+     names other servers: resharding their logs";
 /// server: it was asked for dumps while a restore fills it: the files keep the set.
 pub const NO_DUMPS_DURING_RESTORE: &str =
     "a restore is under way: no dumps written (the files hold the set being restored)";

@@ -51,6 +51,11 @@ pub struct Manifest {
     /// When the set was written, UTC (`2026-12-01 10:05:13 UTC`).
     pub time: String,
     pub servers: Vec<ServerDumps>,
+    /// What the set was made from when it is not a run's own dumps: the logs of a crashed
+    /// cluster, read and written as dumps by the coordinator for a start with another
+    /// number of servers (`coord::restore::logs`). Said by the line of what was restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Manifest {
@@ -78,6 +83,7 @@ impl Manifest {
             epoch,
             time: utc_time(now),
             servers,
+            origin: None,
         })
     }
 
@@ -305,6 +311,14 @@ pub enum RestoreError {
          to move them aside and start empty"
     )]
     NoManifest { dir: PathBuf, files: String },
+    #[error(
+        "cannot reshard the logs of the crashed cluster of {was} servers onto the {now} servers \
+         of the configuration: {which} on other hosts, and resharding reads every log here and \
+         writes every key through this coordinator (logs would have to be shipped between \
+         hosts); nothing was started or changed: start with the crashed cluster's \
+         configuration ({was} servers), whose servers each load their own log where it is"
+    )]
+    RemoteLogs { was: u32, now: usize, which: &'static str },
     #[error("{what}: {err}")]
     Io { what: String, err: std::io::Error },
     #[error("restoring the dumps: {0}")]

@@ -19,6 +19,26 @@ pub struct Loaded {
     pub torn: Option<(u64, u64)>,
 }
 
+/// Reads the log at `path` as [`parse`] does, changing nothing (a torn tail is reported,
+/// not cut): the coordinator reads the logs of a crashed cluster this way when it reshards
+/// them onto another number of servers, and moves the files aside as they were.
+pub fn read(
+    path: &Path,
+    id: u32,
+    cluster: [u8; 16],
+    apply: impl FnMut(TableKind, Change),
+) -> Result<Loaded, LogError> {
+    parse(path, &read_bytes(path)?, id, cluster, apply)
+}
+
+/// The whole file at `path`; [`LogError::Missing`] if there is none.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, LogError> {
+    std::fs::read(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => LogError::Missing { path: path.into() },
+        _ => LogError::Io { path: path.into(), what: "reading", err },
+    })
+}
+
 /// Reads `bytes` (the whole file at `path`), checks its header against `id` and `cluster`,
 /// and hands every record to `apply`, in order. Nothing is applied when the log is refused.
 pub fn parse(

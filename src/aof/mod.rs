@@ -3,7 +3,8 @@
 //!
 //! - [`format`]: the header and the records, each `length | crc32c | body`;
 //! - [`load`]: reading a log back at a start after a crash, a torn last record cut off,
-//!   damage anywhere before it refused;
+//!   damage anywhere before it refused ([`read`]: the same, changing nothing, for the
+//!   coordinator that reshards a crashed cluster's logs);
 //! - [`writer`]: appending, and the syncs (group commit: one `fdatasync` for every write
 //!   that arrived while the previous one ran);
 //! - [`rewrite`]: compaction in the background, once a log has outgrown its live data.
@@ -14,7 +15,7 @@ mod rewrite;
 mod writer;
 
 pub use format::{Change, cluster_digest, entry_len};
-pub use load::Loaded;
+pub use load::{Loaded, read};
 pub use rewrite::Rewritten;
 pub use writer::Log;
 

@@ -121,13 +121,7 @@ impl Log {
         policy: FsyncPolicy,
         apply: impl FnMut(TableKind, Change),
     ) -> Result<(Log, Loaded), LogError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LogError::Missing { path: path.into() });
-            }
-            Err(e) => return Err(io(path, "reading")(e)),
-        };
+        let bytes = load::read_bytes(path)?;
         let loaded = load::parse(path, &bytes, id, cluster, apply)?;
         if loaded.torn.is_some() {
             let file = OpenOptions::new().write(true).open(path).map_err(io(path, "opening"))?;

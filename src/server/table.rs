@@ -2,16 +2,12 @@
 //!
 //! A std `Mutex` is enough: it is held only for a map operation, never across an `.await`.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use md5::{Digest, Md5};
-
 use crate::aof::Change;
 use crate::protocol::{DumpFile, Op};
-use crate::text::quote;
 
 /// What applying a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,62 +135,10 @@ impl Table {
         self.len() == 0
     }
 
-    /// Writes every entry as a client line `P "key" "value"`, sorted by key, so that a dump
-    /// is readable, diffable and can be replayed with `client -f`. Returns the file's name,
-    /// size, entry count and MD5, computed as it is written (for the dumps manifest), and its
-    /// metadata, taken before the rename, so surely of this file (a server tells its own
-    /// dumps from a newer start's by it).
+    /// Writes every entry as a dump file ([`crate::dumpfile::write`]: sorted client lines,
+    /// with the file's size, count and MD5 for the manifest, and its metadata).
     pub fn dump(&self, path: &Path) -> std::io::Result<(DumpFile, std::fs::Metadata)> {
-        let mut entries = self.snapshot();
-        entries.sort_unstable();
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        let written = (|| -> std::io::Result<_> {
-            let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            let mut out = Summing { inner: file, md5: Md5::new(), bytes: 0 };
-            for (key, value) in &entries {
-                writeln!(out, "P {} {}", quote(key), quote(value))?;
-            }
-            let file = out.inner.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            let meta = file.metadata()?;
-            std::fs::rename(&tmp, path)?;
-            Ok((out.bytes, out.md5.finalize(), meta))
-        })();
-        if written.is_err() {
-            // A partial file (the disk filled up) helps nobody; an older dump at `path` is
-            // left as it was.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        let (bytes, md5, meta) = written?;
-        let file = DumpFile {
-            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            bytes,
-            keys: entries.len() as u64,
-            md5: md5.iter().map(|b| format!("{b:02x}")).collect(),
-        };
-        Ok((file, meta))
-    }
-}
-
-/// A writer that counts and digests what goes through it.
-struct Summing<W> {
-    inner: W,
-    md5: Md5,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Summing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.md5.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        crate::dumpfile::write(path, &mut self.snapshot())
     }
 }
 

@@ -77,7 +77,7 @@ impl Cluster {
     async fn restore(&mut self, set: Restore, filling: ClusterConfig) -> Result<ClusterConfig> {
         let (keys, began) = (set.keys(), Instant::now());
         info!(keys, time = %set.time, "{}", lines::RESTORING);
-        println!("{} {keys} keys from the dumps of {}", lines::RESTORING, set.time);
+        println!("{} {keys} keys from {}", lines::RESTORING, set.origin);
         let (keys, bytes) = match set.data {
             SetData::InPlace(manifest) => self.load_in_place(&manifest).await?,
             SetData::Rebuilt { entries, bytes } => {
@@ -98,7 +98,7 @@ impl Cluster {
         }
         let took_ms = began.elapsed().as_millis() as u64;
         info!(keys, bytes, took_ms, time = %set.time, "{}", lines::RESTORED);
-        println!("{} {keys} keys ({bytes} bytes) from the dumps of {}", lines::RESTORED, set.time);
+        println!("{} {keys} keys ({bytes} bytes) from {}", lines::RESTORED, set.origin);
         Ok(serving)
     }
 

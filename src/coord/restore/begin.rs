@@ -5,7 +5,9 @@
 //! - they are all gone, each after writing its dumps alone (the orphan timeout): restore
 //!   the dumps they left ([`gather`]), like after an orderly stop;
 //! - they are all gone otherwise (killed at once: a crash): start each again from its
-//!   append-only log (`Cluster::start_from_logs`);
+//!   append-only log (`Cluster::start_from_logs`), or, when the configuration names other
+//!   servers (another N), reshard the logs: read here, written as a set of dumps of the old
+//!   N ([`logs`]), restored onto the new servers as any set;
 //! - it was killed during a restore: kill the servers it had started (they hold part of the
 //!   set at most, and wrote no dumps over it) and restore the same set again;
 //! - it stopped in order: restore its set (with the servers' own manifests when one server
@@ -15,7 +17,7 @@
 use crate::config::{Host, ServerSpec};
 use crate::coord::ha::store::Store;
 use crate::coord::restore::gather::{gather, gathered};
-use crate::coord::restore::{self, Restore};
+use crate::coord::restore::{self, Restore, logs};
 use crate::coord::servers::process;
 use crate::coord::state::machine_id;
 use crate::coord::{CoordOptions, CoordState, new_token};
@@ -42,23 +44,30 @@ pub async fn begin(opts: &CoordOptions, store: &Store) -> Result<(CoordState, Be
     let restoring = previous.config.as_ref().is_some_and(|c| c.restoring);
     let dir = &opts.dump_dir;
     if previous.running {
-        same_cluster(&previous, &opts.specs, store)?;
+        same_machine(&previous, store)?;
+        let same = same_servers(&previous, &opts.specs, store);
         if restoring {
+            same?;
             say(&format!(
                 "{}: killing the servers it started; restoring again",
                 lines::RESTORE_AGAIN
             ));
             process::kill_all(&previous.members, &opts.server_bin).await;
         } else if !process::all_gone(&previous.members, &opts.server_bin, &opts.ssh_args).await {
+            same?;
             return Ok((previous, Begin::TakeBack));
         } else if opts.fresh {
             say(&format!("{}: starting empty (--fresh)", lines::SERVERS_GONE));
         } else if gathered(dir, &previous)?.servers.iter().all(|s| s.complete) {
+            // Another N too: the restore reshards them.
             say(&format!("{}: restoring the dumps its servers wrote", lines::SERVERS_GONE));
             gather(dir, &previous)?;
-        } else {
+        } else if same.is_ok() {
             say(lines::FROM_LOGS);
             return Ok((previous, Begin::FromLogs));
+        } else {
+            say(lines::RESHARD_LOGS);
+            logs::reshard(dir, &previous, &opts.specs)?;
         }
     } else if !restoring && !opts.fresh && !dir.join(MANIFEST).exists() && has_own_manifests(dir) {
         gather(dir, &previous)?;
@@ -91,10 +100,9 @@ fn has_own_manifests(dir: &std::path::Path) -> bool {
     set_files(dir).is_ok_and(|files| files.iter().any(|f| is_server_manifest_name(f)))
 }
 
-/// A restarted coordinator takes back only the cluster its configuration file describes,
-/// and its `localhost` servers only on the machine they run on (an elected standby may run
-/// on another).
-fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Result<()> {
+/// A restarted coordinator takes back its `localhost` servers only on the machine they run
+/// on (an elected standby may run on another).
+fn same_machine(state: &CoordState, store: &Store) -> Result<()> {
     let local = state.members.iter().any(|m| matches!(m.spec.host, Host::Local(_)));
     if let (true, Some(there), Some(here)) = (local, &state.machine, machine_id())
         && *there != here
@@ -106,6 +114,12 @@ fn same_cluster(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Resu
             store.describe()
         )));
     }
+    Ok(())
+}
+
+/// A restarted coordinator takes back, or restarts from their logs, only the servers its
+/// configuration file describes; a crashed cluster's logs are resharded onto others.
+fn same_servers(state: &CoordState, specs: &[ServerSpec], store: &Store) -> Result<()> {
     let running: Vec<&ServerSpec> = state.members.iter().map(|m| &m.spec).collect();
     if running.iter().copied().eq(specs.iter()) {
         return Ok(());

@@ -60,7 +60,8 @@ pub fn gathered(dir: &Path, state: &CoordState) -> Result<Manifest, RestoreError
         });
     }
     let time = times.into_iter().max().unwrap_or_else(|| utc_time(std::time::SystemTime::now()));
-    Ok(Manifest { format: FORMAT, n: state.len(), epoch: config.epoch, time, servers })
+    let n = state.len();
+    Ok(Manifest { format: FORMAT, n, epoch: config.epoch, time, servers, origin: None })
 }
 
 /// Server `id`'s manifest in `dir`, if it wrote one.
@@ -122,7 +123,7 @@ enum Unusable {
 }
 
 /// The entry of a server whose files are not used.
-fn unusable(id: u32, why: String) -> ServerDumps {
+pub(super) fn unusable(id: u32, why: String) -> ServerDumps {
     let file = |kind| DumpFile { name: dump_name(id, kind), bytes: 0, keys: 0, md5: String::new() };
     ServerDumps {
         id,

@@ -14,11 +14,15 @@
 //!   data it never had (`--fresh` moves them aside);
 //! - `--fresh`: the dump files and the manifest move into `dumps-<UTC time>`.
 //!
+//! A crashed cluster's logs, for a start with another number of servers, become such a set
+//! first ([`logs`]).
+//!
 //! Anything wrong is refused without a dump file or manifest touched; all but a file whose MD5
 //! does not match (found by the server that loads it in place) before a server is started.
 
 pub mod begin;
 pub mod gather;
+pub mod logs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +55,9 @@ pub struct Restore {
     pub data: SetData,
     /// When the set was written (the manifest's time), and the epoch it was written at.
     pub time: String,
+    /// What it was made from, for the lines that say what a start restores: `the dumps of
+    /// <time>`, or the manifest's origin (a crashed cluster's logs).
+    pub origin: String,
     pub epoch: u64,
     /// The dump directory it is in.
     pub dir: PathBuf,
@@ -141,6 +148,7 @@ pub fn prepare(
     let manifest = Manifest::decode(&bytes)
         .map_err(|why| RestoreError::Manifest { path: manifest_path.clone(), why })?;
     let (time, epoch) = (manifest.time.clone(), manifest.epoch);
+    let origin = manifest.origin.clone().unwrap_or_else(|| format!("the dumps of {time}"));
     let remote = specs.iter().any(|s| matches!(s.host, Host::Ssh { .. }));
     let same_n = manifest.n as usize == specs.len();
     let whole = same_n && manifest.servers.iter().all(|s| s.complete);
@@ -151,7 +159,7 @@ pub fn prepare(
     } else {
         rebuild(dir, manifest)?
     };
-    Ok(Some(Restore { data, time, epoch, dir: dir.into() }))
+    Ok(Some(Restore { data, time, origin, epoch, dir: dir.into() }))
 }
 
 /// Checks the size of every file of the set in `dir` against its entry: whether all are
