@@ -11,7 +11,8 @@
 # The sides run alternately, ftkv, etcd, etcd, ftkv, ... (ROUNDS rounds, default 2), and the
 # best round of each is kept (the one least disturbed by anything else on the machine). Each
 # ftkv round is a fresh cluster; etcd is one member for the whole run, on loopback, its data
-# in a temporary directory on the same file system as ftkv's (mktemp). Ports: ETCD_PORT (2391)
+# in a temporary directory on the same file system as ftkv's (mktemp); ETCD_CONNS=1 has the load
+# generator's tasks share one connection (default: one each). Ports: ETCD_PORT (2391)
 # and the next one; ftkv takes free ports. Needs etcd and etcdctl (Debian: etcd-server
 # etcd-client) and cargo; installs nothing.
 set -euo pipefail
@@ -23,6 +24,8 @@ N=${N:-30000}
 C=${C:-50}
 D=${D:-16}
 ROUNDS=${ROUNDS:-2}
+# gRPC connections etcd_put's tasks share; 0: one per task, as client bench holds one per worker.
+ETCD_CONNS=${ETCD_CONNS:-0}
 log() { echo "durable-etcd.sh: $*" >&2; }
 # shellcheck source=scripts/bench/lib.sh
 . "$root/scripts/bench/lib.sh"
@@ -96,7 +99,7 @@ ftkv_round() { # -> "<ops> <p50> <p99>"
 }
 etcd_round() { # -> "<ops> <p50> <p99>"
     cargo bench --quiet --bench etcd_put -- --endpoints "$url" -n "$N" -c "$C" -d "$D" \
-        -r 100000 | ours etcd-put
+        -r 100000 --conns "$ETCD_CONNS" | ours etcd-put
 }
 
 rows=()
