@@ -19,18 +19,6 @@ use support::set::{VALUE, key};
 /// A client's patience across a crash and a start from the logs.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `kill -9` of the coordinator and every server at the same moment (their process group),
-/// then waits until none of them runs.
-fn crash(cluster: &mut Cluster) {
-    let pids = cluster.server_pids();
-    assert!(!pids.is_empty(), "servers running");
-    // SAFETY: kill(2) of the cluster's own process group.
-    unsafe { libc::kill(-(cluster.coord_group() as i32), libc::SIGKILL) };
-    let _ = cluster.coord.wait();
-    let gone = wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| !alive(pid)));
-    assert!(gone, "servers {pids:?} still running after kill -9");
-}
-
 fn restart(cluster: &mut Cluster, extra: &[&str]) {
     tokio::task::block_in_place(|| cluster.restart_coord(extra));
 }
@@ -50,7 +38,7 @@ async fn crash_twice_under_load(policy: &str) {
     load.under_way().await;
     for round in 0..2 {
         load.completes(1000, TIMEOUT).await;
-        tokio::task::block_in_place(|| crash(&mut cluster));
+        tokio::task::block_in_place(|| cluster.crash());
         restart(&mut cluster, &["--fsync", policy]);
         assert_restored_from_logs(&cluster);
         let log = cluster.coord_log();
@@ -105,7 +93,7 @@ async fn crash_and_start_with(from: usize, to: usize) {
     let load = Load::start(cluster.coord_addr(), 4, 100, TIMEOUT);
     load.under_way().await;
     load.completes(1000, TIMEOUT).await;
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     let logs: Vec<Vec<u8>> = (0..from)
         .map(|id| std::fs::read(cluster.path(&format!("server_{id}.aof"))).unwrap())
         .collect();
@@ -170,7 +158,7 @@ async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_
     for i in 0..300 {
         client.put(&key(i), &VALUE).await.unwrap();
     }
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     let files = |cluster: &Cluster| {
         let mut files = files_in(cluster.dir.path());
         files.retain(|name, _| name.starts_with("server_") || name.starts_with("dumps"));
@@ -277,12 +265,12 @@ async fn a_reshard_killed_during_its_restore_is_restored_again() {
     for task in futures::future::join_all(tasks).await {
         task.unwrap();
     }
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     set_servers(&cluster, 4);
     tokio::task::block_in_place(|| {
         cluster.spawn_coord_again(&[]);
         cluster.await_line(lines::RESTORING, Duration::from_secs(20));
-        crash(&mut cluster);
+        cluster.crash();
     });
     restart(&mut cluster, &[]);
     let said = cluster.coord_log();
@@ -307,7 +295,7 @@ async fn a_torn_last_record_is_cut_off_and_named() {
     for i in 0..300 {
         client.put(&key(i), &VALUE).await.unwrap();
     }
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     let log = cluster.path("server_1.aof");
     let length = std::fs::metadata(&log).unwrap().len();
     // A record's head announcing 100 bytes, and 3 of them.
@@ -340,7 +328,7 @@ async fn a_damaged_record_before_the_end_is_refused_and_nothing_changes() {
     for i in 0..300 {
         client.put(&key(i), &VALUE).await.unwrap();
     }
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     let log = cluster.path("server_2.aof");
     let whole = std::fs::read(&log).unwrap();
     let mut damaged = whole.clone();
@@ -426,7 +414,7 @@ async fn a_crash_during_a_compaction_loses_nothing_acknowledged() {
             false
         });
         assert!(seen.await.unwrap(), "no compaction under way in 120 s");
-        tokio::task::block_in_place(|| crash(&mut cluster));
+        tokio::task::block_in_place(|| cluster.crash());
         interrupted = interrupted.or(rewrite_under_way(cluster.dir.path()));
         restart(&mut cluster, &args);
         // (The leftover is removed at the load: a unit test; here a new rewrite may be

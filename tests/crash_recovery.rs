@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use ftkv::lines;
-use support::cluster::{Cluster, alive, wait_until};
+use support::cluster::Cluster;
 use support::history::{check_all, lost_acknowledged_writes};
 use support::load::{Load, final_reads};
 
@@ -24,18 +24,6 @@ const VICTIM: u32 = 1;
 /// How much of its copy a+ has logged when the crash comes: some of it, far from all (the
 /// copy is about 34 MB, below).
 const LOGGED_BEFORE_THE_CRASH: u64 = 1 << 20;
-
-/// `kill -9` of the coordinator and every server at the same moment (their process group),
-/// then waits until none of them runs.
-fn crash(cluster: &mut Cluster) {
-    let pids = cluster.server_pids();
-    assert!(!pids.is_empty(), "servers running");
-    // SAFETY: kill(2) of the cluster's own process group.
-    unsafe { libc::kill(-(cluster.coord_group() as i32), libc::SIGKILL) };
-    let _ = cluster.coord.wait();
-    let gone = wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| !alive(pid)));
-    assert!(gone, "servers {pids:?} still running after kill -9");
-}
 
 /// The recovery step in the coordinator's state file (persisted before it is acted on), if
 /// a recovery is under way.
@@ -100,7 +88,7 @@ async fn a_crash_during_a_recovery_and_right_after_it_loses_nothing_acknowledged
     support::cluster::kill(cluster.pids[VICTIM as usize], "KILL");
     tokio::task::block_in_place(|| {
         await_copy_under_way(&cluster, before, LOGGED_BEFORE_THE_CRASH);
-        crash(&mut cluster);
+        cluster.crash();
     });
     let step = recovery_step(&cluster).unwrap_or_default();
     assert!(step.contains("Copy"), "the crash came during the copy: {step}");
@@ -111,7 +99,7 @@ async fn a_crash_during_a_recovery_and_right_after_it_loses_nothing_acknowledged
 
     tokio::task::block_in_place(|| cluster.wait_recovered(epoch, TIMEOUT));
     assert_eq!(recovery_step(&cluster), None, "recovered");
-    tokio::task::block_in_place(|| crash(&mut cluster));
+    tokio::task::block_in_place(|| cluster.crash());
     restart(&mut cluster);
     assert!(loaded_its_log(&cluster, VICTIM), "a+ loaded its log: {}", cluster.coord_log());
     load.answered_since(Some(Instant::now()), TIMEOUT).await;

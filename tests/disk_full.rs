@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ftkv::client::{Client, OpError};
-use support::cluster::{Cluster, alive, wait_until};
+use support::cluster::Cluster;
 
 struct Tmpfs(tempfile::TempDir);
 
@@ -82,9 +82,7 @@ async fn a_full_disk_fails_writes_clearly_and_they_succeed_again_once_there_is_r
     }
 
     // Every acknowledged write is on disk: a crash of every process loses none of them.
-    unsafe { libc::kill(-(cluster.coord_group() as i32), libc::SIGKILL) };
-    let _ = cluster.coord.wait();
-    assert!(wait_until(Duration::from_secs(10), || pids.iter().all(|&p| !alive(p))));
+    cluster.crash();
     tokio::task::block_in_place(|| cluster.restart_coord(&["--dump-dir", &dumps]));
     let mut client = Client::new(cluster.coord_addr(), Duration::from_secs(10));
     for key in &acknowledged {

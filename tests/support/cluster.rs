@@ -157,6 +157,18 @@ impl Cluster {
     /// Starts a coordinator again in the cluster's directory (so on the state of the one
     /// before), in the cluster's process group, and waits until it is ready.
     /// If the group is gone (everything in it exited), the new coordinator leads a new one.
+    /// A crash of every process at once: `kill -9` of the coordinator and every server at
+    /// the same moment (their process group); returns once none of them runs.
+    pub fn crash(&mut self) {
+        let pids = self.server_pids();
+        assert!(!pids.is_empty(), "servers running");
+        // SAFETY: kill(2) of the cluster's own process group.
+        unsafe { libc::kill(-(self.pgid as i32), libc::SIGKILL) };
+        let _ = self.coord.wait();
+        let gone = wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| !alive(pid)));
+        assert!(gone, "servers {pids:?} still running after kill -9");
+    }
+
     pub fn restart_coord(&mut self, extra: &[&str]) {
         self.spawn_coord_again(extra);
         self.await_ready();
