@@ -83,7 +83,9 @@ redis-cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up' 
     || { log "the Redis replica did not connect"; exit 1; }
 
 # ftkv: 3 local servers on free ports.
-start_ftkv "$work"
+# FTKV_FLAGS: more coord flags (e.g. "--fsync no": the request path without the sync).
+# shellcheck disable=SC2086
+start_ftkv "$work" ${FTKV_FLAGS:-}
 
 # Requests per run, so that each run takes a few seconds here.
 requests() { # c P
