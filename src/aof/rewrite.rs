@@ -35,6 +35,11 @@ use crate::protocol::{Op, TableKind};
 // Small in unit tests, so that they go through the rounds without the lock too.
 const LAST_PIECE: u64 = if cfg!(test) { 512 } else { 256 << 10 };
 
+/// The new file is synced every this many bytes as it is written (Redis's
+/// `aof-rewrite-incremental-fsync`): one sync of tens of MiB at the end would fill the disk's
+/// queue, and every write's own `fdatasync` would wait behind it.
+const INCREMENTAL_SYNC: u64 = 4 << 20;
+
 /// A log's compactions: whether one runs, and when the next may start.
 #[derive(Default)]
 pub(super) struct Compaction {
@@ -179,7 +184,7 @@ fn write_entries(
     let mut len = header.len() as u64;
     out.write_all(&header).map_err(io(tmp, "writing"))?;
     let mut buf = Vec::new();
-    let mut entries = 0;
+    let (mut entries, mut synced) = (0, 0);
     for (table, kind) in tables.into_iter().zip([TableKind::Primary, TableKind::Secondary]) {
         for (key, value) in table {
             buf.clear();
@@ -187,6 +192,11 @@ fn write_entries(
             out.write_all(&buf).map_err(io(tmp, "writing"))?;
             len += buf.len() as u64;
             entries += 1;
+            if len - synced >= INCREMENTAL_SYNC {
+                out.flush().map_err(io(tmp, "writing"))?;
+                out.get_ref().sync_data().map_err(io(tmp, "syncing"))?;
+                synced = len;
+            }
         }
     }
     out.flush().map_err(io(tmp, "writing"))?;
