@@ -23,6 +23,22 @@ fn restart(cluster: &mut Cluster, extra: &[&str]) {
     tokio::task::block_in_place(|| cluster.restart_coord(extra));
 }
 
+/// Writes keys `0..n` with [`VALUE`] through a client.
+async fn put_keys(cluster: &Cluster, n: usize) {
+    let mut client = cluster.client();
+    for i in 0..n {
+        client.put(&key(i), &VALUE).await.unwrap();
+    }
+}
+
+/// Reads keys `0..n` back through a client: each holds [`VALUE`].
+async fn assert_keys(cluster: &Cluster, n: usize) {
+    let mut client = cluster.client();
+    for i in 0..n {
+        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
+    }
+}
+
 /// The line a start from the logs prints last, checked.
 fn assert_restored_from_logs(cluster: &Cluster) {
     let restored = cluster.restored.clone().unwrap_or_default();
@@ -154,10 +170,7 @@ async fn a_crash_then_a_start_with_fewer_servers_reshards_the_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_its_copy() {
     let mut cluster = Cluster::start(3);
-    let mut client = cluster.client();
-    for i in 0..300 {
-        client.put(&key(i), &VALUE).await.unwrap();
-    }
+    put_keys(&cluster, 300).await;
     tokio::task::block_in_place(|| cluster.crash());
     let files = |cluster: &Cluster| {
         let mut files = files_in(cluster.dir.path());
@@ -200,10 +213,7 @@ async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_
     assert!(said.contains("its keys come from their copy in server 2's server_2.aof"), "{said}");
     let restored = cluster.restored.clone().unwrap_or_default();
     assert!(restored.starts_with("restored 300 keys"), "{restored:?}\n{said}");
-    let mut client = cluster.client();
-    for i in 0..300 {
-        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
-    }
+    assert_keys(&cluster, 300).await;
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
@@ -214,10 +224,7 @@ async fn a_reshard_onto_other_hosts_is_refused_and_a_refused_log_is_replaced_by_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_takes_the_dumps_servers_wrote_at_their_end_over_their_logs() {
     let mut cluster = Cluster::start(3);
-    let mut client = cluster.client();
-    for i in 0..300 {
-        client.put(&key(i), &VALUE).await.unwrap();
-    }
+    put_keys(&cluster, 300).await;
     let pids = cluster.server_pids();
     tokio::task::block_in_place(|| {
         cluster.kill_coord();
@@ -240,10 +247,7 @@ async fn a_reshard_takes_the_dumps_servers_wrote_at_their_end_over_their_logs() 
     assert!(said.lines().any(|l| from_log(&l)), "server 1 from its log: {said}");
     let restored = cluster.restored.clone().unwrap_or_default();
     assert!(restored.starts_with("restored 300 keys"), "{restored:?}\n{said}");
-    let mut client = cluster.client();
-    for i in 0..300 {
-        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
-    }
+    assert_keys(&cluster, 300).await;
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
@@ -278,10 +282,7 @@ async fn a_reshard_killed_during_its_restore_is_restored_again() {
     assert!(again || said.contains(lines::FROM_LOGS), "{said}");
     println!("restored again: {again}");
     assert_eq!(cluster.pids.len(), 4);
-    let mut client = cluster.client();
-    for i in 0..2000 {
-        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
-    }
+    assert_keys(&cluster, 2000).await;
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
@@ -291,10 +292,7 @@ async fn a_reshard_killed_during_its_restore_is_restored_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_record_is_cut_off_and_named() {
     let mut cluster = Cluster::start(3);
-    let mut client = cluster.client();
-    for i in 0..300 {
-        client.put(&key(i), &VALUE).await.unwrap();
-    }
+    put_keys(&cluster, 300).await;
     tokio::task::block_in_place(|| cluster.crash());
     let log = cluster.path("server_1.aof");
     let length = std::fs::metadata(&log).unwrap().len();
@@ -312,10 +310,7 @@ async fn a_torn_last_record_is_cut_off_and_named() {
     let now = std::fs::read(&log).unwrap();
     assert_eq!(now[..length as usize], torn[..length as usize]);
     assert_ne!(now[length as usize..].first(), Some(&100), "the torn record is gone");
-    let mut client = cluster.client();
-    for i in 0..300 {
-        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
-    }
+    assert_keys(&cluster, 300).await;
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
@@ -324,10 +319,7 @@ async fn a_torn_last_record_is_cut_off_and_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_record_before_the_end_is_refused_and_nothing_changes() {
     let mut cluster = Cluster::start(3);
-    let mut client = cluster.client();
-    for i in 0..300 {
-        client.put(&key(i), &VALUE).await.unwrap();
-    }
+    put_keys(&cluster, 300).await;
     tokio::task::block_in_place(|| cluster.crash());
     let log = cluster.path("server_2.aof");
     let whole = std::fs::read(&log).unwrap();
@@ -355,10 +347,7 @@ async fn a_damaged_record_before_the_end_is_refused_and_nothing_changes() {
     std::fs::write(&log, &whole).unwrap();
     restart(&mut cluster, &[]);
     assert_restored_from_logs(&cluster);
-    let mut client = cluster.client();
-    for i in 0..300 {
-        assert_eq!(client.get(&key(i)).await.unwrap().as_deref(), Some(&VALUE[..]), "{i}");
-    }
+    assert_keys(&cluster, 300).await;
     assert!(tokio::task::block_in_place(|| cluster.ctrl_d()).success());
 }
 
