@@ -707,15 +707,12 @@ mod tests {
         assert_eq!(applied.expect("a write held for good").unwrap(), Ok(Applied::Stored));
     }
 
-    /// Recovery step 2 towards a new copy that cannot be reached (a cut): writes are not held
-    /// up, they apply here alone; once the copy listens, its snapshot holds them all.
-    #[tokio::test]
-    async fn writes_to_a_new_copy_not_reachable_yet_apply_alone_and_reach_it_in_the_snapshot() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener); // connections are refused until it listens again
+    /// A replicator of server 0's primary table (empty, with a log of its own), with its
+    /// table, its catch-up reports and the token that stops it.
+    fn primary_replicator()
+    -> (Replicator, Arc<Table>, mpsc::UnboundedReceiver<CaughtUp>, CancellationToken) {
         let table = Arc::new(Table::default());
-        let (caught_up, mut reports) = mpsc::unbounded_channel();
+        let (caught_up, reports) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let replicator = Replicator::start(
             (0, 1),
@@ -725,6 +722,17 @@ mod tests {
             caught_up,
             cancel.clone(),
         );
+        (replicator, table, reports, cancel)
+    }
+
+    /// Recovery step 2 towards a new copy that cannot be reached (a cut): writes are not held
+    /// up, they apply here alone; once the copy listens, its snapshot holds them all.
+    #[tokio::test]
+    async fn writes_to_a_new_copy_not_reachable_yet_apply_alone_and_reach_it_in_the_snapshot() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener); // connections are refused until it listens again
+        let (replicator, table, mut reports, cancel) = primary_replicator();
         replicator.set_mode(Mode::Stream(Target {
             addr: addr.to_string(),
             into: TableKind::Primary,
@@ -750,17 +758,7 @@ mod tests {
     #[tokio::test]
     async fn after_many_writers_a_lone_write_is_held_then_sent_by_the_timer() {
         let (addr, copied) = copy_recording_keys().await;
-        let table = Arc::new(Table::default());
-        let (caught_up, _reports) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let replicator = Replicator::start(
-            (0, 1),
-            b"token".to_vec(),
-            (table.clone(), TableKind::Primary),
-            Durable::for_tests(),
-            caught_up,
-            cancel.clone(),
-        );
+        let (replicator, table, _reports, cancel) = primary_replicator();
         replicator.set_mode(Mode::Stream(Target {
             addr,
             into: TableKind::Secondary,
